@@ -1,0 +1,257 @@
+"""Transformer building blocks shared by every jaxemo model.
+
+Every parameter carries logical axis names (see `jaxemo.train.sharding.DEFAULT_RULES`), so one rules table
+decides how a model is laid out over a device mesh. No module constrains activation shardings: a hard-coded
+batch sharding inside a module breaks `jax.vmap` (per-sample test-time adaptation).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+ModuleFactory = Callable[..., nn.Module]
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def with_axes(init: Callable, *axes: Optional[str]) -> Callable:
+    """An initializer whose parameter is boxed with logical axis names."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+    # use_fast_variance=False computes the variance as torch does, which matters for checkpoint parity.
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=dtype,
+        use_fast_variance=False,
+        scale_init=with_axes(nn.initializers.ones, "embed"),
+        bias_init=with_axes(nn.initializers.zeros, "embed"),
+        name=name,
+    )
+
+
+def drop_path(x: jax.Array, rate, deterministic: bool, rng_owner: nn.Module) -> jax.Array:
+    """Stochastic depth: drops the whole residual branch per sample, scaled by 1 / keep (as timm).
+
+    `rate` may be a traced scalar (a per-layer rate scanned over the stack).
+    """
+    if deterministic:
+        return x
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(rng_owner.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with separate query/key/value projections (`[..., tokens, embed]`)."""
+
+    num_heads: int
+    head_dim: Optional[int] = None
+    qkv_bias: bool = True
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None, deterministic: bool = True):
+        embed = x.shape[-1]
+        head_dim = self.head_dim or embed // self.num_heads
+        projection = functools.partial(
+            nn.DenseGeneral,
+            features=(self.num_heads, head_dim),
+            use_bias=self.qkv_bias,
+            dtype=self.dtype,
+            kernel_init=with_axes(self.kernel_init, "embed", "heads", "kv"),
+            bias_init=with_axes(nn.initializers.zeros, "heads", "kv"),
+        )
+        q = projection(name="query")(x)
+        k = projection(name="key")(x)
+        v = projection(name="value")(x)
+        if self.dropout_rate > 0.0 and not deterministic:
+            out = self._attend_with_dropout(q, k, v, mask)
+        else:
+            out = _dot_product_attention(q, k, v, mask)
+        return nn.DenseGeneral(
+            features=embed,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            kernel_init=with_axes(self.kernel_init, "heads", "kv", "embed"),
+            bias_init=with_axes(nn.initializers.zeros, "embed"),
+            name="out",
+        )(out)
+
+    def _attend_with_dropout(self, q, k, v, mask):
+        q = q * (q.shape[-1] ** -0.5)
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        weights = nn.Dropout(self.dropout_rate)(jax.nn.softmax(logits), deterministic=False)
+        return jnp.einsum("...hqk,...khd->...qhd", weights.astype(v.dtype), v)
+
+
+def _dot_product_attention(q, k, v, mask):
+    """`jax.nn.dot_product_attention` on `[batch..., tokens, heads, head_dim]` (it wants one batch axis)."""
+    batch_shape = q.shape[:-3]
+    flat = lambda t: t.reshape((-1,) + t.shape[-3:])
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, batch_shape + mask.shape[-3:]).reshape((-1,) + mask.shape[-3:])
+    out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), mask=mask)
+    return out.reshape(batch_shape + out.shape[1:])
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward block with exact (timm) or tanh-approximated GELU."""
+
+    hidden_dim: int
+    approximate_gelu: bool = False
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        embed = x.shape[-1]
+        x = nn.Dense(
+            self.hidden_dim,
+            dtype=self.dtype,
+            kernel_init=with_axes(nn.initializers.xavier_uniform(), "embed", "mlp"),
+            bias_init=with_axes(nn.initializers.normal(1e-6), "mlp"),
+            name="fc1",
+        )(x)
+        x = nn.gelu(x, approximate=self.approximate_gelu)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dense(
+            embed,
+            dtype=self.dtype,
+            kernel_init=with_axes(nn.initializers.xavier_uniform(), "mlp", "embed"),
+            bias_init=with_axes(nn.initializers.normal(1e-6), "embed"),
+            name="fc2",
+        )(x)
+        return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    num_heads: int
+    mlp_dim: int
+    layer_norm_eps: float = 1e-6
+    approximate_gelu: bool = False
+    qkv_bias: bool = True
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, drop_path_rate=0.0, mask=None, deterministic: bool = True):
+        y = layer_norm(self.layer_norm_eps, self.dtype, "norm1")(x)
+        y = MultiHeadAttention(
+            self.num_heads,
+            qkv_bias=self.qkv_bias,
+            dropout_rate=self.attention_dropout_rate,
+            dtype=self.dtype,
+            name="attn",
+        )(y, mask, deterministic)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        x = x + drop_path(y, drop_path_rate, deterministic, self)
+        y = layer_norm(self.layer_norm_eps, self.dtype, "norm2")(x)
+        y = Mlp(self.mlp_dim, self.approximate_gelu, self.dropout_rate, self.dtype, name="mlp")(y, deterministic)
+        return x + drop_path(y, drop_path_rate, deterministic, self)
+
+
+class _StackLayer(nn.Module):
+    """One step of a `BlockStack`: the block, then the optional per-layer hook."""
+
+    block: ModuleFactory
+    hook: Optional[ModuleFactory]
+    deterministic: bool
+    return_hidden_states: bool
+
+    @nn.compact
+    def __call__(self, x, per_layer, mask):
+        index, rate = per_layer
+        x = self.block(name="block")(x, rate, mask, self.deterministic)
+        if self.hook is not None:
+            x = self.hook(name="hook")(x, index, self.deterministic)
+        return x, (x if self.return_hidden_states else None)
+
+
+class BlockStack(nn.Module):
+    """`depth` blocks with per-layer stochastic depth (linearly spaced up to `drop_path_rate`).
+
+    With `scan=True` the layers run under `nn.scan`, so compile time does not grow with depth, and their
+    parameters are stacked on a leading "layers" axis under `layers/`; with `scan=False` they live under
+    `layers_0 ... layers_{depth-1}`. `scan_to_loop` / `loop_to_scan` convert between the two layouts.
+
+    `hook`, if given, is a module factory called after every block as `hook(x, layer_index, deterministic)`;
+    its parameters are per layer (stacked under scan). Returns the output and, if `return_hidden_states`,
+    the `[depth, ...]` stack of every block's output.
+    """
+
+    depth: int
+    block: ModuleFactory
+    hook: Optional[ModuleFactory] = None
+    scan: bool = True
+    remat_policy: str = "none"
+    drop_path_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, mask=None, deterministic: bool = True, return_hidden_states: bool = False):
+        layer_cls = _remat(_StackLayer, self.remat_policy)
+        rates = np.linspace(0.0, self.drop_path_rate, self.depth, dtype=np.float32)
+        if self.scan:
+            scanned = nn.scan(
+                layer_cls,
+                variable_axes={True: 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast),
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            per_layer = (jnp.arange(self.depth), jnp.asarray(rates))
+            layer = scanned(self.block, self.hook, deterministic, return_hidden_states, name="layers")
+            return layer(x, per_layer, mask)
+        hidden = []
+        for i in range(self.depth):
+            layer = layer_cls(self.block, self.hook, deterministic, return_hidden_states, name=f"layers_{i}")
+            x, h = layer(x, (i, float(rates[i])), mask)
+            hidden.append(h)
+        return x, (jnp.stack(hidden) if return_hidden_states else None)
+
+
+def _remat(layer_cls, policy_name: str):
+    if policy_name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={policy_name!r} is unknown; expected one of {sorted(REMAT_POLICIES)}")
+    if policy_name == "none":
+        return layer_cls
+    return nn.remat(layer_cls, policy=REMAT_POLICIES[policy_name], prevent_cse=False)
+
+
+def scan_to_loop(stack_params: dict, depth: int) -> dict:
+    """`{"layers": stacked}` -> `{"layers_0": ..., "layers_{depth-1}": ...}` (a BlockStack's params)."""
+    stacked = stack_params["layers"]
+    rest = {k: v for k, v in stack_params.items() if k != "layers"}
+    for i in range(depth):
+        rest[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return rest
+
+
+def loop_to_scan(stack_params: dict, depth: int) -> dict:
+    """Inverse of `scan_to_loop`."""
+    layers = [stack_params[f"layers_{i}"] for i in range(depth)]
+    rest = {k: v for k, v in stack_params.items() if not k.startswith("layers_")}
+    rest["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *layers)
+    return rest
