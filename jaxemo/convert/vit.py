@@ -1,0 +1,323 @@
+"""PyTorch ViT checkpoints (HuggingFace transformers, timm / MAE / AudioMAE) -> `jaxemo.vit.ViT` params.
+
+The converters take a state dict whose values are numpy arrays or torch tensors (torch is never imported
+here) and return a plain nested dict of float32 numpy arrays, ready for `model.apply({"params": params}, x)`:
+
+    params = from_hf_vit(hf_model.state_dict(), depth=12, num_heads=12)
+    params, unused = from_timm_vit(torch.load("mae_pretrain_vit_base.pth")["model"], num_heads=12)
+
+Torch conventions mapped here: Linear weight [out, in] -> kernel [in, out]; q/k/v -> DenseGeneral kernel
+[D, heads, head_dim] and bias [heads, head_dim]; attention output -> kernel [heads, head_dim, D];
+Conv2d OIHW -> HWIO; LayerNorm weight -> scale. Position embeddings are copied as they are: resizing them
+to another grid (or adding prompt positions) is the caller's job, see `fit_pos_embed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+# Per-block module names, by role, in each supported layout.
+_HF_CHECKPOINT = dict(
+    layer="encoder.layer.{}.",
+    q="attention.attention.query",
+    k="attention.attention.key",
+    v="attention.attention.value",
+    proj="attention.output.dense",
+    fc1="intermediate.dense",
+    fc2="output.dense",
+    norm1="layernorm_before",
+    norm2="layernorm_after",
+)
+# transformers >= 5 renames the modules in memory (`model.state_dict()`); files on the hub keep the names above.
+_HF_V5 = dict(
+    _HF_CHECKPOINT,
+    layer="layers.{}.",
+    q="attention.q_proj",
+    k="attention.k_proj",
+    v="attention.v_proj",
+    proj="attention.o_proj",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+)
+_TIMM = dict(layer="blocks.{}.", qkv="attn.qkv", proj="attn.proj", fc1="mlp.fc1", fc2="mlp.fc2", norm1="norm1",
+             norm2="norm2")
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no numpy dtype, so widen floats first
+        value = value.detach().cpu()
+        value = value.float() if value.is_floating_point() else value
+        value = value.numpy()
+    return np.asarray(value)
+
+
+class _StateDict:
+    """Key look-ups with clear errors, remembering which keys were consumed."""
+
+    def __init__(self, state_dict: Mapping[str, Any], prefix: str, layout: str, hint: str = ""):
+        self.arrays, self.prefix, self.layout, self.hint = state_dict, prefix, layout, hint
+        self.used: set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return self.prefix + name in self.arrays
+
+    def get(self, name: str, shape: Sequence[Optional[int]], prefixed: bool = True) -> np.ndarray:
+        """The float32 array at `prefix + name`; `shape` may hold None for any size."""
+        key = self.prefix + name if prefixed else name
+        if key not in self.arrays:
+            raise ValueError(f"state dict has no key {key!r} (expected the {self.layout} layout with "
+                             f"prefix={self.prefix!r}){self.hint}")
+        value = _to_numpy(self.arrays[key]).astype(np.float32)
+        if len(value.shape) != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
+            expected = tuple("*" if s is None else s for s in shape)
+            raise ValueError(f"key {key!r} has shape {tuple(value.shape)}, expected {expected}")
+        self.used.add(key)
+        return value
+
+    def unused(self) -> list[str]:
+        return sorted(k for k in self.arrays if k not in self.used)
+
+
+# ----------------------------------------------------------------------------------- torch -> flax leaves
+
+
+def _dense(weight, bias) -> dict:
+    return {"kernel": weight.T, "bias": bias}
+
+
+def _norm(weight, bias) -> dict:
+    return {"scale": weight, "bias": bias}
+
+
+def _heads_in(weight, bias, num_heads: int) -> dict:
+    """q/k/v Linear [H*hd, D] -> DenseGeneral kernel [D, H, hd] (bias [H, hd], if any)."""
+    out = {"kernel": weight.T.reshape(weight.shape[1], num_heads, -1)}
+    if bias is not None:
+        out["bias"] = bias.reshape(num_heads, -1)
+    return out
+
+
+def _heads_out(weight, bias, num_heads: int) -> dict:
+    """Output Linear [D, H*hd] -> DenseGeneral kernel [H, hd, D]."""
+    return {"kernel": weight.T.reshape(num_heads, -1, weight.shape[0]), "bias": bias}
+
+
+def _block(linear: Callable, norm: Callable, num_heads: int) -> dict:
+    """One `EncoderBlock`'s params; `linear(role)` gives torch (weight, bias), `norm(role)` (weight, bias)."""
+    attn = {name: _heads_in(*linear(role), num_heads) for name, role in (("query", "q"), ("key", "k"),
+                                                                          ("value", "v"))}
+    attn["out"] = _heads_out(*linear("proj"), num_heads)
+    return {
+        "norm1": _norm(*norm("norm1")),
+        "attn": attn,
+        "norm2": _norm(*norm("norm2")),
+        "mlp": {"fc1": _dense(*linear("fc1")), "fc2": _dense(*linear("fc2"))},
+    }
+
+
+def _stack(trees: list) -> Any:
+    if isinstance(trees[0], dict):
+        return {k: _stack([t[k] for t in trees]) for k in trees[0]}
+    return np.stack(trees)
+
+
+def _index(tree, i: int) -> Any:
+    return {k: _index(v, i) for k, v in tree.items()} if isinstance(tree, dict) else tree[i]
+
+
+def _encoder(blocks: list[dict], scan: bool) -> dict:
+    if scan:
+        return {"layers": {"block": _stack(blocks)}}
+    return {f"layers_{i}": {"block": b} for i, b in enumerate(blocks)}
+
+
+def _check_heads(width: int, num_heads: int) -> None:
+    if width % num_heads:
+        raise ValueError(f"width {width} is not divisible by num_heads={num_heads}")
+
+
+def _check_blocks_consumed(sd: _StateDict, layer_prefix: str) -> None:
+    """Every key under the blocks must have been used: a leftover is a feature jaxemo's block lacks."""
+    leftover = [k for k in sd.unused() if k.startswith(sd.prefix + layer_prefix)]
+    if leftover:
+        raise ValueError(f"unsupported (or beyond `depth`) encoder keys in the {sd.layout} state dict: {leftover}")
+
+
+def _embeddings(sd: _StateDict, cls_token: str, pos_embed: str, patch: str) -> dict:
+    width = sd.get(cls_token, (1, 1, None)).shape[-1]
+    kernel = sd.get(patch + ".weight", (width, None, None, None))
+    return {
+        "cls_token": sd.get(cls_token, (1, 1, width)),
+        "pos_embed": sd.get(pos_embed, (1, None, width)),
+        "patch_embed": {"kernel": kernel.transpose(2, 3, 1, 0), "bias": sd.get(patch + ".bias", (width,))},
+    }
+
+
+def _head(sd: _StateDict, name: str, width: int, prefixed: bool = True) -> dict:
+    weight = sd.get(name + ".weight", (None, width), prefixed)
+    return _dense(weight, sd.get(name + ".bias", (weight.shape[0],), prefixed))
+
+
+def _linear(sd: _StateDict, name: str, shape: tuple, optional_bias: bool = False) -> tuple:
+    """torch (weight, bias) of Linear `name`; bias is None where optional (qkv_bias=False) and absent."""
+    bias = None if optional_bias and not sd.has(name + ".bias") else sd.get(name + ".bias", shape[:1])
+    return sd.get(name + ".weight", shape), bias
+
+
+def _layer_norm(sd: _StateDict, name: str, width: int) -> tuple:
+    return sd.get(name + ".weight", (width,)), sd.get(name + ".bias", (width,))
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def from_hf_vit(state_dict: Mapping[str, Any], depth: int, num_heads: int, scan: bool = True,
+                prefix: str = "") -> dict:
+    """HuggingFace `ViTModel` / `ViTForImageClassification` (prefix="vit.") state dict -> jaxemo ViT params.
+
+    Accepts the hub checkpoint names (`encoder.layer.{i}.attention.attention.query`, ...) and the names
+    transformers >= 5 uses in memory (`layers.{i}.attention.q_proj`, ...). The pooler (not part of jaxemo's
+    ViT) is ignored; a root-level `classifier` becomes `head`.
+    """
+    v5 = any(k.startswith(prefix + "layers.") for k in state_dict)
+    names = _HF_V5 if v5 else _HF_CHECKPOINT
+    layout = "transformers>=5 ViT" if v5 else "HuggingFace ViT checkpoint"
+    sd = _StateDict(state_dict, prefix, layout, hint="; ViTForImageClassification weights need prefix='vit.'")
+    params = _embeddings(sd, "embeddings.cls_token", "embeddings.position_embeddings",
+                         "embeddings.patch_embeddings.projection")
+    width = params["cls_token"].shape[-1]
+    _check_heads(width, num_heads)
+    mlp_dim = sd.get(names["layer"].format(0) + names["fc1"] + ".weight", (None, width)).shape[0]
+    shapes = dict(q=(width, width), k=(width, width), v=(width, width), proj=(width, width),
+                  fc1=(mlp_dim, width), fc2=(width, mlp_dim))
+
+    def layer(i):
+        at = names["layer"].format(i)
+        linear = lambda role: _linear(sd, at + names[role], shapes[role], optional_bias=role in ("q", "k", "v"))
+        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
+
+    params["encoder"] = _encoder([layer(i) for i in range(depth)], scan)
+    _check_blocks_consumed(sd, names["layer"].split("{")[0])
+    params["norm"] = _norm(*_layer_norm(sd, "layernorm", width))
+    if "classifier.weight" in state_dict:
+        params["head"] = _head(sd, "classifier", width, prefixed=False)
+    return params
+
+
+def _timm_depth(state_dict: Mapping[str, Any], prefix: str) -> int:
+    start = prefix + "blocks."
+    indices = {int(k[len(start):].split(".")[0]) for k in state_dict if k.startswith(start)}
+    if not indices:
+        raise ValueError(f"state dict has no {start!r}* keys (expected the timm ViT layout, prefix={prefix!r})")
+    return max(indices) + 1
+
+
+def from_timm_vit(state_dict: Mapping[str, Any], num_heads: int, scan: bool = True,
+                  prefix: str = "") -> tuple[dict, list[str]]:
+    """timm `VisionTransformer` / MAE / MAE-Face / AudioMAE state dict -> `(params, unused_keys)`.
+
+    The fused `attn.qkv` is split into query, key, value (in that order). Depth comes from the block indices.
+    Keys outside the encoder (MAE `decoder_*`, `mask_token`, ...) are skipped and returned in `unused_keys`.
+    The final norm is `norm`, or `fc_norm` when `norm` is absent (MAE fine-tuning with global pooling); note
+    jaxemo normalises every token before pooling, whereas timm's `fc_norm` normalises the pooled feature.
+    """
+    sd = _StateDict(state_dict, prefix, "timm ViT")
+    depth = _timm_depth(state_dict, prefix)
+    params = _embeddings(sd, "cls_token", "pos_embed", "patch_embed.proj")
+    width = params["cls_token"].shape[-1]
+    _check_heads(width, num_heads)
+    mlp_dim = sd.get(_TIMM["layer"].format(0) + _TIMM["fc1"] + ".weight", (None, width)).shape[0]
+    shapes = dict(qkv=(3 * width, width), proj=(width, width), fc1=(mlp_dim, width), fc2=(width, mlp_dim))
+
+    def layer(i):
+        at = _TIMM["layer"].format(i)
+        qkv_weight, qkv_bias = _linear(sd, at + _TIMM["qkv"], shapes["qkv"], optional_bias=True)
+        biases = [None] * 3 if qkv_bias is None else np.split(qkv_bias, 3)
+        q_k_v = dict(zip("qkv", zip(np.split(qkv_weight, 3), biases)))
+        linear = lambda role: q_k_v[role] if role in q_k_v else _linear(sd, at + _TIMM[role], shapes[role])
+        return _block(linear, lambda role: _layer_norm(sd, at + _TIMM[role], width), num_heads)
+
+    params["encoder"] = _encoder([layer(i) for i in range(depth)], scan)
+    _check_blocks_consumed(sd, "blocks.")
+    norm = "norm" if sd.has("norm.weight") or not sd.has("fc_norm.weight") else "fc_norm"
+    params["norm"] = _norm(*_layer_norm(sd, norm, width))
+    if sd.has("head.weight"):
+        params["head"] = _head(sd, "head", width)
+    return params, sd.unused()
+
+
+def _layer_blocks(encoder: dict, scan: bool) -> list[dict]:
+    """The per-layer `block` params of a BlockStack, in order, from either layout."""
+    if scan:
+        if set(encoder) != {"layers"} or set(encoder["layers"]) != {"block"}:
+            raise ValueError(f"expected encoder/layers/block (scan layout), got encoder keys {sorted(encoder)}")
+        stacked = encoder["layers"]["block"]
+        depth = len(stacked["norm1"]["scale"])
+        return [_index(stacked, i) for i in range(depth)]
+    depth = len(encoder)
+    if set(encoder) != {f"layers_{i}" for i in range(depth)} or any(set(v) != {"block"} for v in encoder.values()):
+        raise ValueError(f"expected encoder/layers_{{i}}/block (loop layout), got encoder keys {sorted(encoder)}")
+    return [encoder[f"layers_{i}"]["block"] for i in range(depth)]
+
+
+def _timm_block(block: dict, at: str) -> dict:
+    attn, width = block["attn"], block["norm1"]["scale"].shape[0]
+    qkv = [attn[name] for name in ("query", "key", "value")]
+    out = {at + "attn.qkv.weight": np.concatenate([p["kernel"].reshape(width, -1).T for p in qkv])}
+    if "bias" in qkv[0]:
+        out[at + "attn.qkv.bias"] = np.concatenate([p["bias"].reshape(-1) for p in qkv])
+    out[at + "attn.proj.weight"] = attn["out"]["kernel"].reshape(-1, width).T
+    out[at + "attn.proj.bias"] = attn["out"]["bias"]
+    for norm in ("norm1", "norm2"):
+        out[at + f"{norm}.weight"], out[at + f"{norm}.bias"] = block[norm]["scale"], block[norm]["bias"]
+    for fc in ("fc1", "fc2"):
+        dense = block["mlp"][fc]
+        out[at + f"mlp.{fc}.weight"], out[at + f"mlp.{fc}.bias"] = dense["kernel"].T, dense["bias"]
+    return out
+
+
+def to_timm_vit(params: Mapping[str, Any], scan: bool = True) -> dict[str, np.ndarray]:
+    """jaxemo ViT params -> timm-named state dict of float32 numpy arrays (inverse of `from_timm_vit`)."""
+    params = _as_numpy_tree(params)
+    extra = sorted(set(params) - {"cls_token", "pos_embed", "patch_embed", "encoder", "norm", "head"})
+    if extra:
+        raise ValueError(f"params {extra} have no timm ViT counterpart; remove them before exporting")
+    out = {
+        "cls_token": params["cls_token"],
+        "pos_embed": params["pos_embed"],
+        "patch_embed.proj.weight": params["patch_embed"]["kernel"].transpose(3, 2, 0, 1),
+        "patch_embed.proj.bias": params["patch_embed"]["bias"],
+    }
+    for i, block in enumerate(_layer_blocks(params["encoder"], scan)):
+        out.update(_timm_block(block, f"blocks.{i}."))
+    out["norm.weight"], out["norm.bias"] = params["norm"]["scale"], params["norm"]["bias"]
+    if "head" in params:
+        out["head.weight"], out["head.bias"] = params["head"]["kernel"].T, params["head"]["bias"]
+    return out
+
+
+def _as_numpy_tree(tree) -> Any:
+    """Nested dict (possibly a FrozenDict of jax arrays / flax Partitioned boxes) -> dict of float32 numpy."""
+    if hasattr(tree, "items"):
+        return {k: _as_numpy_tree(v) for k, v in tree.items()}
+    value = getattr(tree, "value", tree)  # unbox nn.Partitioned
+    return np.asarray(value, np.float32)
+
+
+def fit_pos_embed(pos_embed, old_grid: Sequence[int], new_grid: Sequence[int], num_prefix: int = 1,
+                  num_extra: int = 0, rng=None) -> np.ndarray:
+    """Resize a `[1, prefix + gh*gw, D]` table to `new_grid` and append `num_extra` N(0, 1) rows.
+
+    The extra rows are the positions of jaxemo prompt tokens (placed after the patches), drawn the way
+    MMA-DFER initialises its prompt-slot positions. `rng` is a numpy Generator or a seed (default 0).
+    """
+    from jaxemo.vit import resize_pos_embed  # imported here so that this module needs only numpy to load
+
+    table = resize_pos_embed(_to_numpy(pos_embed), old_grid, new_grid, num_prefix)
+    if num_extra:
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
+        extra = rng.standard_normal((1, num_extra, table.shape[-1])).astype(np.float32)
+        table = np.concatenate([table, extra], axis=1)
+    return table
