@@ -1,0 +1,75 @@
+"""Train and evaluate a ViT classifier; the default data is the learnable synthetic image set.
+
+    python -m experiments.vit_classifier                                   # tiny config, ~1 min on CPU
+    python -m experiments.vit_classifier --config=experiments/configs/vit_classifier.py:paper \
+        --config.batch_size=256 --workdir=/tmp/vit_b16
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax.numpy as jnp
+from absl import flags
+from ml_collections import config_flags
+
+from jaxemo import cli, vit
+from jaxemo.data import synthetic
+from jaxemo.train import loop, state as state_lib, tasks
+
+_CONFIG = config_flags.DEFINE_config_file("config", cli.config_path("vit_classifier") + ":tiny",
+                                          "config file and variant, e.g. experiments/configs/vit_classifier.py:tiny")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/vit_classifier-<variant>)")
+
+
+def build_model(config) -> vit.ViT:
+    m = config.model
+    overrides = {k: m[k] for k in ("width", "depth", "num_heads", "mlp_dim") if m.get(k) is not None}
+    return vit.create_vit(
+        m.variant,
+        image_size=(m.image_size, m.image_size),
+        in_channels=m.in_channels,
+        num_classes=config.data.num_classes,
+        pool=m.pool,
+        pos_embedding=m.pos_embedding,
+        drop_path_rate=m.drop_path_rate,
+        dropout_rate=m.dropout_rate,
+        scan_layers=m.scan_layers,
+        remat_policy=m.remat_policy,
+        dtype=state_lib.dtype_from_name(m.dtype),
+        **overrides,
+    )
+
+
+def build_data(config):
+    """(train source, eval source) for `config.data.name`."""
+    d = config.data
+    if d.name != "synthetic_images":
+        raise ValueError(f"data.name={d.name!r}: this experiment reads 'synthetic_images' (real image "
+                         "datasets arrive with the data builders)")
+    common = dict(num_classes=d.num_classes, image_size=config.model.image_size,
+                  channels=config.model.in_channels, noise=d.noise)
+    return (synthetic.SyntheticImages(d.train_size, seed=config.seed, **common),
+            synthetic.SyntheticImages(d.eval_size, seed=config.seed + 1_000_003, **common))
+
+
+def train(config, workdir: str) -> loop.TrainResult:
+    task = tasks.ClassificationTask(build_model(config), config.data.num_classes)
+    train_source, eval_source = build_data(config)
+    return loop.train_and_evaluate(config, workdir, task, train_source, eval_source)
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or cli.default_workdir("vit_classifier", config.get("variant", "custom"))
+    result = train(config, workdir)
+    if result.preempted:
+        return
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.eval_metrics.items()))
+    logging.info("done: %d steps; eval %s; checkpoints in %s/checkpoints", result.steps_run, metrics, workdir)
+    print(f"final eval: {metrics}\nworkdir: {workdir}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

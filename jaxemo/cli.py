@@ -1,0 +1,38 @@
+"""Command-line plumbing shared by every `python -m experiments.<name>` module."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+
+def config_path(name: str) -> str:
+    """Absolute path of `experiments/configs/<name>.py`, so defaults work from any directory."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(os.path.dirname(here), "experiments", "configs", f"{name}.py")
+
+
+def default_workdir(experiment: str, variant: str) -> str:
+    """`runs/<experiment>-<variant>` under the current directory (its parent is created)."""
+    path = os.path.abspath(os.path.join("runs", f"{experiment}-{variant}"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def run(main) -> None:
+    """absl entry point: logging to stderr at INFO, multi-host initialisation before anything else."""
+
+    def wrapped(argv):
+        logging.getLogger().setLevel(logging.INFO)
+        for noisy in ("absl", "orbax", "jax._src", "grain"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        from jaxemo.train import sharding
+
+        sharding.maybe_initialize_distributed()
+        return main(argv)
+
+    flags.FLAGS.set_default("logtostderr", True) if "logtostderr" in flags.FLAGS else None
+    app.run(wrapped, argv=sys.argv)
