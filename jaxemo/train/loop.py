@@ -60,9 +60,9 @@ def total_steps(config, num_train_examples: int) -> tuple[int, int]:
 class Trainer:
     """Everything built from the config before the first step: mesh, optimizer, shardings, jitted steps."""
 
-    def __init__(self, config, task, train_source, eval_source=None):
+    def __init__(self, config, task, train_source, eval_source=None, mesh=None):
         self.config, self.task = config, task
-        self.mesh = sharding.make_mesh(dict(config.mesh))
+        self.mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
         sharding.check_batch_size(config.batch_size, self.mesh)
         if eval_source is not None:
             sharding.check_batch_size(config.eval_batch_size, self.mesh)
@@ -99,9 +99,13 @@ class Trainer:
         return self.task.summarize(jax.device_get(totals))
 
 
-def train_and_evaluate(config, workdir: str, task, train_source, eval_source=None) -> TrainResult:
+def train_and_evaluate(config, workdir: str, task, train_source, eval_source=None, mesh=None) -> TrainResult:
+    """Trains `task` on `train_source` (random access: len and [i]), evaluating on `eval_source`.
+
+    `mesh` defaults to one built from `config.mesh` over all devices.
+    """
     workdir = check_workdir(workdir)
-    trainer = Trainer(config, task, train_source, eval_source)
+    trainer = Trainer(config, task, train_source, eval_source, mesh)
     _write_config(config, workdir)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps,
                                        config.checkpoint.keep, config.checkpoint.get("async_save", True))

@@ -49,7 +49,11 @@ def _loss_and_grads(task, trainable, frozen, batch, rng, accum_steps: int):
 
 
 def make_train_step(task, tx, schedule: Callable, accum_steps: int = 1):
-    """`step(state, batch) -> (state, metrics)`; a non-finite loss or gradient skips the update."""
+    """`step(state, batch) -> (state, metrics)`; a non-finite loss or gradient skips the update.
+
+    A skipped update leaves the optimizer state, and so its schedule's count, untouched: the learning rate
+    follows the updates actually applied.
+    """
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.key(), state.step)
@@ -66,7 +70,7 @@ def make_train_step(task, tx, schedule: Callable, accum_steps: int = 1):
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
         )
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": schedule(state.step), "update_skipped": (~finite).astype(jnp.float32)}
+                   "learning_rate": schedule(state.step - state.nonfinite_steps), "update_skipped": (~finite).astype(jnp.float32)}
         return new_state, metrics
 
     return train_step

@@ -1,0 +1,271 @@
+"""Benchmark helpers: analytic FLOP counts, timing, measured peak FLOP/s, memory, machine facts, BENCHMARKS.md.
+
+Conventions (shared by every benchmark that reports MFU):
+  * a matmul of [m, k] x [k, n] costs 2 * m * k * n FLOPs (one multiply-add = 2 FLOPs);
+  * only matmuls and convolutions are counted: softmax, LayerNorm, GELU, residual adds, the optimizer
+    update and other elementwise work are ignored (a few percent of a ViT's FLOPs at width >= 384);
+  * a training step costs 3x the forward pass (the backward pass does two matmuls per forward matmul:
+    one for the input gradient, one for the weight gradient), even where a gradient is not needed (the
+    patch embedding never needs the gradient of the images), as in the PaLM / MaxText MFU convention;
+  * MFU = achieved model FLOP/s / peak FLOP/s, the peak being a large matmul timed in the same process in
+    the same dtype on the same device, not a datasheet number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import resource
+import statistics
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+GIB = 1024**3
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs
+
+
+def vit_forward_flops(model) -> int:
+    """Matmul FLOPs of one sample through a `jaxemo.vit.ViT` forward pass.
+
+    With N patches of P x P x C pixels, T tokens (CLS + patches + prompts), width D, MLP width M, depth L
+    and K classes:
+
+        patch embedding   2 * N * P*P*C * D
+        per layer         8 * T * D^2      query, key, value and output projections
+                          4 * T^2 * D      attention scores q k^T and the weighted sum of v (all heads)
+                          4 * T * D * M    the two MLP matmuls
+        head              2 * D * K        on the pooled token only
+    """
+    (ph, pw), d = model.patch_size, model.width
+    gh, gw = model.grid
+    patches, tokens = gh * gw, model.num_tokens
+    patch_embed = 2 * patches * ph * pw * model.in_channels * d
+    per_layer = 8 * tokens * d * d + 4 * tokens * tokens * d + 4 * tokens * d * model.mlp_dim
+    head = 2 * d * model.num_classes if model.num_classes else 0
+    return patch_embed + model.depth * per_layer + head
+
+
+def train_flops(forward_flops: int) -> int:
+    """Forward + backward (2x forward) FLOPs of one training step, per sample."""
+    return 3 * forward_flops
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def time_runs(run: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `run`, after `warmup` untimed calls.
+
+    `run` must return only once its work is finished (e.g. end with `jax.block_until_ready`).
+    """
+    for _ in range(warmup):
+        run()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def matmul_peak_flops(matmul: Callable[[], Any], size: int, repeats: int = 5, min_run_s: float = 0.2) -> float:
+    """Peak FLOP/s from `matmul`, a blocking callable doing one [size, size] x [size, size] product.
+
+    Each timed run repeats the product enough times to last about `min_run_s` (dispatch overhead would
+    otherwise dominate a fast accelerator); the result is the median over `repeats` runs.
+    """
+    matmul()  # compile / allocate
+    one = min(time_runs(matmul, 2, warmup=0))
+    iterations = max(1, int(min_run_s / max(one, 1e-9)))
+
+    def run():
+        for _ in range(iterations):
+            matmul()
+
+    seconds = statistics.median(time_runs(run, repeats, warmup=0))
+    return 2 * size**3 * iterations / seconds
+
+
+def jax_matmul(size: int, dtype, device: Optional[jax.Device] = None) -> Callable[[], Any]:
+    """A blocking [size, size] x [size, size] product in `dtype` on `device` (see `matmul_peak_flops`)."""
+    device = device or jax.devices()[0]
+    keys = jax.random.split(jax.random.key(0))
+    a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
+    product = jax.jit(jnp.matmul)
+    return lambda: product(a, b).block_until_ready()
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def compiled_memory_bytes(compiled) -> Optional[int]:
+    """XLA's estimate of a compiled program's footprint: temp + arguments + outputs - donated aliases."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return (stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
+            - stats.alias_size_in_bytes)
+
+
+def device_peak_bytes(device: jax.Device) -> Optional[int]:
+    """The allocator's high-water mark on an accelerator (process lifetime); None where not reported (CPU)."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return (stats or {}).get("peak_bytes_in_use")
+
+
+def reset_peak_rss() -> bool:
+    """Resets the process's peak RSS (Linux `/proc/self/clear_refs`); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (since the last `reset_peak_rss`)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One table row: a framework's train step throughput on one model and batch."""
+
+    model: str
+    batch: int
+    image_size: int
+    dtype: str
+    framework: str
+    run_seconds: list[float]  # wall time of each timed run
+    steps_per_run: int
+    flops_per_sample: int  # analytic, training (3x forward)
+    peak_flops: float  # measured in the same process, row's dtype and device(s)
+    compile_s: Optional[float] = None
+    memory_bytes: Optional[int] = None
+    memory_source: str = ""
+    rss_bytes: Optional[int] = None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch * self.steps_per_run / statistics.median(self.run_seconds)
+
+    @property
+    def achieved_flops(self) -> float:
+        return self.samples_per_s * self.flops_per_sample
+
+    @property
+    def mfu(self) -> float:
+        return self.achieved_flops / self.peak_flops
+
+
+TABLE_COLUMNS = ("model", "batch", "image px", "dtype", "framework", "samples/s", "GFLOP/sample",
+                 "achieved TFLOP/s", "measured peak TFLOP/s", "MFU %", "compile s", "memory")
+
+
+def _memory_cell(m: Measurement) -> str:
+    parts = []
+    if m.memory_bytes is not None:
+        parts.append(f"{m.memory_bytes / GIB:.2f} GiB {m.memory_source}".strip())
+    if m.rss_bytes is not None:
+        parts.append(f"RSS {m.rss_bytes / GIB:.2f} GiB")
+    return "; ".join(parts) or "n/a"
+
+
+def table_row(m: Measurement) -> list[str]:
+    return [m.model, str(m.batch), str(m.image_size), m.dtype, m.framework, f"{m.samples_per_s:.2f}",
+            f"{m.flops_per_sample / 1e9:.2f}", f"{m.achieved_flops / 1e12:.3f}", f"{m.peak_flops / 1e12:.3f}",
+            f"{100 * m.mfu:.1f}", "n/a" if m.compile_s is None else f"{m.compile_s:.1f}", _memory_cell(m)]
+
+
+def markdown_table(rows: Sequence[Measurement]) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(table_row(m)) + " |" for m in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_bytes() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the host's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def package_version(name: str) -> Optional[str]:
+    """Installed version without importing the package (None if absent)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_description(packages: Sequence[str] = ("jax", "jaxlib", "flax", "torch", "transformers")) -> str:
+    """One line: CPU model, cores, RAM, package versions, JAX backend and devices."""
+    ram = _ram_bytes()
+    devices = jax.devices()
+    parts = [_cpu_model(), f"{cpu_count()} cores"] + ([f"{ram / GIB:.1f} GiB RAM"] if ram else [])
+    parts += [f"{p} {v}" for p in packages if (v := package_version(p))]
+    parts.append(f"JAX backend {jax.default_backend()} ({len(devices)} x {devices[0].device_kind})")
+    return ", ".join(parts)
+
+
+def today() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# ------------------------------------------------------------------------------------------------ BENCHMARKS.md
+
+
+def section_markers(key: str) -> tuple[str, str]:
+    return f"<!-- {key} begin -->", f"<!-- {key} end -->"
+
+
+def replace_section(text: str, key: str, body: str) -> str:
+    """`text` with the section between `key`'s markers replaced by `body` (appended if there is none)."""
+    begin, end = section_markers(key)
+    section = f"{begin}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        return pattern.sub(lambda _: section, text, count=1)
+    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
+
+
+def write_section(path: str, key: str, body: str, header: str = "# Benchmarks\n") -> None:
+    """Writes `body` into `path` between `key`'s markers, keeping every other section of the file."""
+    text = header
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    with open(path, "w") as f:
+        f.write(replace_section(text, key, body))

@@ -1,0 +1,159 @@
+"""Two JAX processes over loopback (`jax.distributed`, gloo CPU collectives) train exactly like one.
+
+`tests/multiprocess_worker.py` runs in (a) one process with 4 CPU devices and (b) two processes with 2 CPU
+devices each (4 global devices, joined through `sharding.maybe_initialize_distributed()`). Each run takes
+5 jitted train steps of a tiny ViT on the `data` mesh, then runs `loop.train_and_evaluate` on a
+`data=2 x fsdp=2` mesh with Orbax checkpoints and resumes it from the second-newest checkpoint. The per-step
+losses, final params, eval metrics and checkpoints of (b) must match those of (a).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
+STEPS = 5
+TIMEOUT_S = 300  # generous: a hang (a process waiting on a dead peer) fails instead of blocking the suite
+TOL = dict(rtol=1e-5, atol=1e-5)
+# Variables that would make a worker join a cluster that the test did not ask for.
+_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "TPU_WORKER_HOSTNAMES",
+                "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_CPU_DEVICES")
+
+pytestmark = pytest.mark.slow  # multi-process: two Python processes joined by jax.distributed
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(name: str, num_processes: int, devices_per_process: int, root) -> dict:
+    """Launches the worker processes of one run; their output goes to files (no pipe can fill up)."""
+    run_dir = root / name
+    run_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_ENV}
+    env["JAX_PLATFORMS"] = "cpu"
+    port = _free_port() if num_processes > 1 else 0
+    procs = []
+    for process_id in range(num_processes):
+        log = open(run_dir / f"process{process_id}.log", "w")
+        cmd = [sys.executable, WORKER, f"--process_id={process_id}", f"--num_processes={num_processes}",
+               f"--port={port}", f"--devices_per_process={devices_per_process}", f"--steps={STEPS}",
+               f"--out={run_dir / 'result.npz'}", f"--workdir={run_dir / 'workdir'}",
+               f"--cache_dir={run_dir / 'xla_cache'}"]
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run_dir), log))
+    return {"name": name, "dir": run_dir, "procs": procs}
+
+
+def _wait(runs: list[dict], timeout: float) -> None:
+    """Waits for every process; kills all stragglers at the deadline; fails with the logs of a bad run."""
+    deadline = time.monotonic() + timeout
+    failures = []
+    for run in runs:
+        for process_id, (proc, log) in enumerate(run["procs"]):
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+    for run in runs:
+        for process_id, (proc, log) in enumerate(run["procs"]):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                failures.append(f"{run['name']} process {process_id}: still running after {timeout:.0f}s; killed")
+            elif proc.returncode != 0:
+                failures.append(f"{run['name']} process {process_id}: exit code {proc.returncode}")
+            log.close()
+    if failures:
+        logs = []
+        for run in runs:
+            for process_id in range(len(run["procs"])):
+                text = (run["dir"] / f"process{process_id}.log").read_text(errors="replace")
+                logs.append(f"----- {run['name']} process {process_id} (last 6000 chars) -----\n{text[-6000:]}")
+        pytest.fail("\n".join(failures) + "\n" + "\n".join(logs), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{"one": results of 1 process x 4 devices, "two": results of 2 processes x 2 devices}."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    started = time.perf_counter()
+    launched = [_start("one", 1, 4, root), _start("two", 2, 2, root)]  # concurrently: both are CPU-bound
+    _wait(launched, TIMEOUT_S)
+    print(f"multi-process runs took {time.perf_counter() - started:.1f}s")
+    results = {}
+    for run in launched:
+        with np.load(run["dir"] / "result.npz") as data:
+            results[run["name"]] = {k: data[k] for k in data.files}
+        results[run["name"]]["workdir"] = run["dir"] / "workdir"
+    return results
+
+
+def _params(result: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
+
+
+def _assert_trees_close(actual: dict, expected: dict, what: str, **tol) -> None:
+    assert sorted(actual) == sorted(expected), f"{what}: different parameter names"
+    assert expected, f"{what}: no parameters"
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], err_msg=f"{what}: {name}", **(tol or TOL))
+
+
+def test_two_processes_see_the_same_global_batches(runs):
+    one, two = runs["one"], runs["two"]
+    np.testing.assert_array_equal(two["data/batch0_labels"], one["data/batch0_labels"])
+
+
+def test_train_steps_match_one_process(runs):
+    one, two = runs["one"], runs["two"]
+    assert one["data/losses"].shape == (STEPS,)
+    assert np.all(np.isfinite(one["data/losses"]))
+    np.testing.assert_allclose(two["data/losses"], one["data/losses"], **TOL)
+    _assert_trees_close(_params(two, "data/param/"), _params(one, "data/param/"), "train steps, data mesh")
+    # The comparison is not vacuous: the params moved away from their initial values.
+    assert not np.allclose(one["data/param/head/kernel"], 0.0)
+
+
+def test_train_loop_on_fsdp_mesh_matches_one_process(runs):
+    one, two = runs["one"], runs["two"]
+    assert int(one["loop/steps_run"]) == int(two["loop/steps_run"]) == STEPS
+    _assert_trees_close(_params(two, "loop/param/"), _params(one, "loop/param/"), "train loop, fsdp mesh")
+    eval_one, eval_two = _params(one, "loop/eval/"), _params(two, "loop/eval/")
+    assert sorted(eval_one) == sorted(eval_two) and "loss" in eval_one
+    for name in eval_one:
+        np.testing.assert_allclose(eval_two[name], eval_one[name], err_msg=f"eval/{name}", **TOL)
+
+
+def test_resume_in_two_processes_reproduces_the_run(runs):
+    for name in ("one", "two"):
+        result = runs[name]
+        assert int(result["loop/resumed_steps_run"]) == 1, name  # resumed from step STEPS - 1
+        _assert_trees_close(_params(result, "loop/resumed_param/"), _params(result, "loop/param/"),
+                            f"{name}: resumed run", rtol=0, atol=1e-6)
+
+
+def test_checkpoints_written_by_two_processes(runs):
+    from jaxemo.train import checkpoint
+
+    directory = runs["two"]["workdir"] / "checkpoints"
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    assert STEPS in steps and STEPS - 1 in steps, steps
+    for step in steps:
+        assert (directory / str(step) / "commit_success.txt").exists() or \
+            (directory / str(step) / "_CHECKPOINT_METADATA").exists(), f"checkpoint {step} is incomplete"
+    loaded = checkpoint.load_params(str(directory))
+    from flax import traverse_util
+
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(loaded).items()}
+    _assert_trees_close(flat, _params(runs["two"], "loop/param/"), "params read back from the checkpoint",
+                        rtol=0, atol=0)
+    assert (runs["two"]["workdir"] / "config.json").exists()
