@@ -13,6 +13,7 @@ def parse_variant(arg: str | None, allowed: tuple[str, ...]) -> str:
 def base_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
+    config.total_steps = 0  # when > 0 it replaces num_epochs as the length of the run
     # Mesh axes data x fsdp x tensor; -1 takes all remaining devices.
     config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.frozen_dtype = "float32"  # "bfloat16" keeps frozen weights in bf16
