@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 

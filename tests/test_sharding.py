@@ -1,6 +1,5 @@
 """Mesh construction, the logical rules table, and sharded-vs-single-device equivalence of the train step."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest

@@ -16,6 +16,8 @@ def base_config() -> config_dict.ConfigDict:
     config.total_steps = 0  # when > 0 it replaces num_epochs as the length of the run
     # Mesh axes data x fsdp x tensor; -1 takes all remaining devices.
     config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Real datasets are read through TFDS from files the user provides (see README, "Real data").
+    config.data = config_dict.ConfigDict(dict(name="", manual_dir="", data_dir=""))
     config.frozen_dtype = "float32"  # "bfloat16" keeps frozen weights in bf16
     config.data_workers = 0  # grain worker processes
     config.log_every_steps = 100

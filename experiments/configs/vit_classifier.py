@@ -24,9 +24,8 @@ def get_config(arg: str = "tiny"):
         drop_path_rate=0.1, dropout_rate=0.0, scan_layers=True, remat_policy="none",
         dtype="float32",
     ))
-    config.data = config_dict.ConfigDict(dict(
-        name="synthetic_images", num_classes=10, train_size=100_000, eval_size=10_000, noise=0.25,
-    ))
+    config.data.update(dict(name="synthetic_images", num_classes=10, train_size=100_000, eval_size=10_000,
+                            noise=0.25))
     config.batch_size = 512
     config.eval_batch_size = 512
     config.num_epochs = 300

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import time
-from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp

@@ -74,7 +74,11 @@ def create_train_state(task, tx, example_batch, rng, mesh, rules=sharding.DEFAUL
     """A freshly initialised state, every array created directly with its sharding."""
     init = _init_fn(task, tx, example_batch, frozen_dtype)
     _, shardings = abstract_state(task, tx, example_batch, mesh, rules, frozen_dtype)
-    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+
+    def init_sharded(rng):
+        return nn.unbox(init(rng))
+
+    state = jax.jit(init_sharded, out_shardings=shardings)(rng)
     return state, shardings
 
 
