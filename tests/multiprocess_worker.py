@@ -5,11 +5,12 @@
 
 With `--num_processes > 1` the processes join through `jaxemo.train.sharding.maybe_initialize_distributed()`
 (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, over loopback; CPU collectives use gloo).
-For every mesh in `MESHES` the worker builds a tiny ViT classifier, runs `--steps` jitted train steps on
+For every mesh in `--meshes` the worker builds a tiny ViT classifier, runs `--steps` jitted train steps on
 batches from `pipeline.train_dataset` placed with `sharding.shard_batch`, and gathers the final params on
-every process. With `--workdir` it also runs the whole `loop.train_and_evaluate` job there (Orbax
-checkpoints written by all processes). Process 0 writes the per-step losses and the flattened params of
-each run to `--out`. Standalone: it does not rely on pytest or `tests/conftest.py`.
+every process. With `--workdir` it also runs the whole `loop.train_and_evaluate` job there on
+`--loop_mesh` (Orbax checkpoints written by all processes), deletes the newest checkpoint and runs the
+job again, which resumes from the one before. Process 0 writes the per-step losses and the flattened
+params of each run to `--out`. Standalone: it does not rely on pytest or `tests/conftest.py`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ MESHES = {"data": {"data": -1}, "data_fsdp": {"data": 2, "fsdp": -1}}
 GLOBAL_BATCH = 16
 
 
+_T0 = (time.perf_counter(), time.process_time())
+
+
+def log(message: str) -> None:
+    """A progress line with the wall and CPU seconds since start (stdout; the test keeps it in a log)."""
+    wall, cpu = time.perf_counter() - _T0[0], time.process_time() - _T0[1]
+    print(f"[{wall:6.1f}s wall {cpu:6.1f}s cpu] {message}", flush=True)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--process_id", type=int, default=0)
@@ -38,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--cache_dir", default=None,
                         help="persistent XLA cache shared by the processes of a run (the resumed loop reuses "
                              "the compiled steps instead of compiling them again)")
-    parser.add_argument("--meshes", default=",".join(MESHES), help="comma-separated MESHES for bare train steps")
+    parser.add_argument("--meshes", default="data", help="comma-separated MESHES for the bare train steps")
     parser.add_argument("--loop_mesh", default="data_fsdp", choices=sorted(MESHES), help="mesh of the loop run")
     return parser.parse_args(argv)
 
@@ -57,7 +67,7 @@ def setup_jax(args):
     import jax
 
     jax.config.update("jax_num_cpu_devices", args.devices_per_process)
-    if args.cache_dir:  # JAX writes entries from process 0 only; the others read them
+    if args.cache_dir:  # JAX writes entries from process 0 only (keys differ per process): it alone reuses them
         jax.config.update("jax_compilation_cache_dir", args.cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -81,7 +91,9 @@ def tiny_config(steps: int, mesh_axes: dict):
     config.batch_size = GLOBAL_BATCH
     config.eval_batch_size = 16  # 40 examples: the last eval batch is padded and masked
     config.total_steps = steps
-    config.optimizer.update(warmup_steps=2)
+    # AdamW at 2e-3 (tests/test_multiprocess.py assumes it), the full rate from step 1 on: every loss after
+    # the first differs from the one before.
+    config.optimizer.update(name="adamw", learning_rate=2e-3, schedule="warmup_cosine", warmup_steps=0)
     config.log_every_steps = 2
     config.eval_every_steps = 3
     config.checkpoint.update(every_steps=2, keep=5, async_save=True)
@@ -104,7 +116,9 @@ def run_steps(jax, mesh_name: str, steps: int) -> dict:
 
     from experiments import vit_classifier
     from jaxemo.data import pipeline
-    from jaxemo.train import optim, sharding, state as state_lib, step as step_lib, tasks
+    from jaxemo.train import optim, sharding, tasks
+    from jaxemo.train import state as state_lib
+    from jaxemo.train import step as step_lib
 
     config = tiny_config(steps, MESHES[mesh_name])
     mesh = sharding.make_mesh(MESHES[mesh_name])
@@ -152,6 +166,7 @@ def run_loop(jax, workdir: str, steps: int, mesh_name: str) -> dict:
     if jax.process_index() == 0:
         shutil.rmtree(os.path.join(checkpoints, str(steps)))
     multihost_utils.sync_global_devices("multiprocess_worker_removed_last_checkpoint")
+    log(f"loop: {result.steps_run} steps; resuming from step {steps - 1}")
     resumed = loop.train_and_evaluate(config, workdir, task, train_source, eval_source)
     out.update({f"resumed_param/{k}": v for k, v in gather(jax, resumed.state.params).items()})
     out["resumed_steps_run"] = np.asarray(resumed.steps_run)
@@ -160,23 +175,25 @@ def run_loop(jax, workdir: str, steps: int, mesh_name: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
     jax = setup_jax(args)
     import numpy as np
+
+    log(f"process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices in all")
 
     results = {}
     for name in filter(None, args.meshes.split(",")):
         for key, value in run_steps(jax, name, args.steps).items():
             results[f"{name}/{key}"] = value
+        log(f"{args.steps} train steps on mesh {name!r}: losses {results[f'{name}/losses'].round(5).tolist()}")
     if args.workdir:
         for key, value in run_loop(jax, args.workdir, args.steps, args.loop_mesh).items():
             results[f"loop/{key}"] = value
+        log(f"loop on mesh {args.loop_mesh!r}, checkpointed and resumed")
     if jax.process_index() == 0:
         tmp = args.out + ".tmp.npz"
         np.savez(tmp, **results)
         os.replace(tmp, args.out)
-    print(f"process {jax.process_index()}/{jax.process_count()}: done in {time.perf_counter() - started:.1f}s",
-          flush=True)
+    log("done")
     if args.num_processes > 1:
         jax.distributed.shutdown()
     return 0

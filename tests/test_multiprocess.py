@@ -5,6 +5,8 @@ devices each (4 global devices, joined through `sharding.maybe_initialize_distri
 5 jitted train steps of a tiny ViT on the `data` mesh, then runs `loop.train_and_evaluate` on a
 `data=2 x fsdp=2` mesh with Orbax checkpoints and resumes it from the second-newest checkpoint. The per-step
 losses, final params, eval metrics and checkpoints of (b) must match those of (a).
+
+Marked `slow` (it still runs in the default suite): about 30 s of CPU per process, 70-100 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ import pytest
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
 STEPS = 5
-TIMEOUT_S = 300  # generous: a hang (a process waiting on a dead peer) fails instead of blocking the suite
-TOL = dict(rtol=1e-5, atol=1e-5)
-# Variables that would make a worker join a cluster that the test did not ask for.
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "TPU_WORKER_HOSTNAMES",
-                "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_CPU_DEVICES")
+TIMEOUT_S = 360  # generous: a hang (a process waiting on a dead peer) fails instead of blocking the suite
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+LEARNING_RATE = 2e-3  # set by the worker's config
+# Parameters whose gradient is zero in exact arithmetic: a key bias adds the same amount to every attention
+# logit of a query, which the softmax ignores. Their gradient is float32 rounding noise (~1e-9, as small as
+# Adam's eps) that Adam rescales into steps of up to the learning rate, so their values are noise that
+# depends on the order of the reductions (4 devices in one process vs gloo across two; seen: 6e-6 after
+# 5 steps). They cannot influence anything else, and are only checked against Adam's step bound.
+ZERO_GRADIENT_PARAMS = ("attn/key/bias",)
+# Variables that would make a worker join a cluster that the test did not ask for, or change its devices.
+_UNWANTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "TPU_WORKER_HOSTNAMES",
+                 "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_CPU_DEVICES", "XLA_FLAGS")
 
 pytestmark = pytest.mark.slow  # multi-process: two Python processes joined by jax.distributed
 
@@ -39,12 +48,12 @@ def _start(name: str, num_processes: int, devices_per_process: int, root) -> dic
     """Launches the worker processes of one run; their output goes to files (no pipe can fill up)."""
     run_dir = root / name
     run_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in _UNWANTED_ENV}
     env["JAX_PLATFORMS"] = "cpu"
     port = _free_port() if num_processes > 1 else 0
     procs = []
     for process_id in range(num_processes):
-        log = open(run_dir / f"process{process_id}.log", "w")
+        log = open(run_dir / f"process{process_id}.log", "w")  # noqa: SIM115 (closed by _wait)
         cmd = [sys.executable, WORKER, f"--process_id={process_id}", f"--num_processes={num_processes}",
                f"--port={port}", f"--devices_per_process={devices_per_process}", f"--steps={STEPS}",
                f"--out={run_dir / 'result.npz'}", f"--workdir={run_dir / 'workdir'}",
@@ -54,23 +63,30 @@ def _start(name: str, num_processes: int, devices_per_process: int, root) -> dic
 
 
 def _wait(runs: list[dict], timeout: float) -> None:
-    """Waits for every process; kills all stragglers at the deadline; fails with the logs of a bad run."""
+    """Waits for every process. A process that fails gets its run's other processes killed at once (they
+    would wait for it in a collective); at the deadline every straggler is killed. Fails with the logs."""
     deadline = time.monotonic() + timeout
     failures = []
-    for run in runs:
-        for process_id, (proc, log) in enumerate(run["procs"]):
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                pass
+    while True:
+        running = 0
+        for run in runs:
+            codes = [proc.poll() for proc, _ in run["procs"]]
+            if any(code not in (None, 0) for code in codes):
+                for proc, _ in run["procs"]:
+                    if proc.poll() is None:
+                        proc.kill()
+            running += sum(code is None for code in codes)
+        if not running or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     for run in runs:
         for process_id, (proc, log) in enumerate(run["procs"]):
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
                 failures.append(f"{run['name']} process {process_id}: still running after {timeout:.0f}s; killed")
             elif proc.returncode != 0:
                 failures.append(f"{run['name']} process {process_id}: exit code {proc.returncode}")
+            proc.wait()
             log.close()
     if failures:
         logs = []
@@ -87,7 +103,14 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
     started = time.perf_counter()
     launched = [_start("one", 1, 4, root), _start("two", 2, 2, root)]  # concurrently: both are CPU-bound
-    _wait(launched, TIMEOUT_S)
+    try:
+        _wait(launched, TIMEOUT_S)
+    finally:  # also on Ctrl-C: leave no worker behind
+        for run in launched:
+            for proc, _ in run["procs"]:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     print(f"multi-process runs took {time.perf_counter() - started:.1f}s")
     results = {}
     for run in launched:
@@ -101,11 +124,26 @@ def _params(result: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
 
 
-def _assert_trees_close(actual: dict, expected: dict, what: str, **tol) -> None:
+def _assert_trees_close(actual: dict, expected: dict, what: str, exact_only: bool = False, **tol) -> None:
+    """`actual` == `expected` within `tol` (default TOL) for every parameter; with `exact_only=False` the
+    ZERO_GRADIENT_PARAMS only have to stay within Adam's reach of each other."""
     assert sorted(actual) == sorted(expected), f"{what}: different parameter names"
     assert expected, f"{what}: no parameters"
-    for name in expected:
-        np.testing.assert_allclose(actual[name], expected[name], err_msg=f"{what}: {name}", **(tol or TOL))
+    for name, want in expected.items():
+        got = actual[name]
+        if not exact_only and name.endswith(ZERO_GRADIENT_PARAMS):
+            assert got.shape == want.shape and np.all(np.isfinite(got)), f"{what}: {name}"
+            np.testing.assert_allclose(got, want, rtol=0, atol=4 * STEPS * LEARNING_RATE, err_msg=f"{what}: {name}")
+            continue
+        np.testing.assert_allclose(got, want, err_msg=f"{what}: {name}", **(tol or TOL))
+
+
+def _logged(workdir, key: str) -> dict:
+    """{step: value} of `key` in the run's metrics.jsonl (written by process 0 only)."""
+    import json
+
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return {record["step"]: record[key] for record in map(json.loads, lines) if key in record}
 
 
 def test_two_processes_see_the_same_global_batches(runs):
@@ -131,6 +169,10 @@ def test_train_loop_on_fsdp_mesh_matches_one_process(runs):
     assert sorted(eval_one) == sorted(eval_two) and "loss" in eval_one
     for name in eval_one:
         np.testing.assert_allclose(eval_two[name], eval_one[name], err_msg=f"eval/{name}", **TOL)
+    losses_one, losses_two = _logged(one["workdir"], "train/loss"), _logged(two["workdir"], "train/loss")
+    assert sorted(losses_one) == sorted(losses_two) and STEPS in losses_one, (losses_one, losses_two)
+    for step in losses_one:
+        np.testing.assert_allclose(losses_two[step], losses_one[step], err_msg=f"train/loss at {step}", **TOL)
 
 
 def test_resume_in_two_processes_reproduces_the_run(runs):
@@ -138,10 +180,12 @@ def test_resume_in_two_processes_reproduces_the_run(runs):
         result = runs[name]
         assert int(result["loop/resumed_steps_run"]) == 1, name  # resumed from step STEPS - 1
         _assert_trees_close(_params(result, "loop/resumed_param/"), _params(result, "loop/param/"),
-                            f"{name}: resumed run", rtol=0, atol=1e-6)
+                            f"{name}: resumed run", exact_only=True, rtol=0, atol=1e-6)
 
 
 def test_checkpoints_written_by_two_processes(runs):
+    from flax import traverse_util
+
     from jaxemo.train import checkpoint
 
     directory = runs["two"]["workdir"] / "checkpoints"
@@ -150,10 +194,17 @@ def test_checkpoints_written_by_two_processes(runs):
     for step in steps:
         assert (directory / str(step) / "commit_success.txt").exists() or \
             (directory / str(step) / "_CHECKPOINT_METADATA").exists(), f"checkpoint {step} is incomplete"
-    loaded = checkpoint.load_params(str(directory))
-    from flax import traverse_util
+    # Each process wrote its own shards of the params (fsdp-sharded) into the shared directory.
+    written = sorted(p.name for p in (directory / str(STEPS) / "params").glob("ocdbt.process_*"))
+    assert written == ["ocdbt.process_0", "ocdbt.process_1"], written
 
-    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(loaded).items()}
-    _assert_trees_close(flat, _params(runs["two"], "loop/param/"), "params read back from the checkpoint",
-                        rtol=0, atol=0)
+    def load(name):
+        params = checkpoint.load_params(str(runs[name]["workdir"] / "checkpoints"))  # the newest: STEPS
+        return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+
+    loaded_two = load("two")
+    # The newest checkpoint is the resumed run's final one.
+    _assert_trees_close(loaded_two, _params(runs["two"], "loop/resumed_param/"),
+                        "params read back from the checkpoint", exact_only=True, rtol=0, atol=0)
+    _assert_trees_close(loaded_two, load("one"), "checkpoints of two processes vs one")
     assert (runs["two"]["workdir"] / "config.json").exists()
