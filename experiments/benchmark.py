@@ -16,7 +16,6 @@ import argparse
 import gc
 import os
 import shlex
-import statistics
 import sys
 import time
 from typing import Optional
@@ -27,12 +26,14 @@ import numpy as np
 from experiments import vit_classifier
 from experiments.configs import vit_classifier as vit_classifier_config
 from jaxemo import bench
-from jaxemo.train import optim, sharding, state as state_lib, step as step_lib, tasks
+from jaxemo.train import optim, sharding, tasks
+from jaxemo.train import state as state_lib
+from jaxemo.train import step as step_lib
 
 TINY = "tiny"
 NUM_CLASSES = 1000
 # Sized for a few minutes on a 2-core CPU; pass --batch_size on an accelerator.
-DEFAULT_BATCH = {"Ti": 32, "S": 16, "B": 8, "L": 4, "H": 2, TINY: 8}
+DEFAULT_BATCH = {"Ti": 64, "S": 32, "B": 16, "L": 8, "H": 4, TINY: 8}
 # Only the learning-rate schedule's shape depends on these; the step's cost does not.
 SCHEDULE_TOTAL_STEPS, SCHEDULE_STEPS_PER_EPOCH = 100_000, 1_000
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
     p.add_argument("--models", default="S/16,B/16", help="comma-separated ViT variants, e.g. S/16,B/16")
     p.add_argument("--batch_size", default=None,
-                   help="global batch: one integer, or one per model (default: S 16, B 8, ...)")
+                   help="global batch: one integer, or one per model (default: S 32, B 16, ...)")
     p.add_argument("--image_size", type=int, default=None, help="pixels (default 224; 32 with --tiny)")
     p.add_argument("--dtype", default="float32", choices=sorted(state_lib.DTYPES), help="JAX compute dtype")
     p.add_argument("--steps", type=int, default=None, help="train steps per timed run (default 2 on CPU, 10 else)")
@@ -132,7 +133,7 @@ class _StepRunner:
         jax.block_until_ready((self.state, self.metrics))
 
 
-def benchmark_jax(name: str, config, batch_size: int, args, peak_flops: float) -> bench.Measurement:
+def benchmark_jax(name: str, config, batch_size: int, args) -> bench.Measurement:
     model = vit_classifier.build_model(config)
     task = tasks.ClassificationTask(model, config.data.num_classes, trainable_patterns=args.trainable)
     tx, schedule = optim.make_optimizer(config.optimizer, SCHEDULE_TOTAL_STEPS, SCHEDULE_STEPS_PER_EPOCH)
@@ -150,14 +151,14 @@ def benchmark_jax(name: str, config, batch_size: int, args, peak_flops: float) -
     compile_s = time.perf_counter() - start
 
     runner = _StepRunner(compiled, state, batch, args.steps)
-    seconds = bench.time_runs(runner, args.repeats, args.warmup)
+    seconds, others = bench.with_others_cpu_share(lambda: bench.time_runs(runner, args.repeats, args.warmup))
     memory, source = _jax_memory(compiled, jax.devices()[0])
     print(f"  final loss {float(runner.metrics['loss']):.4f}", flush=True)
     return bench.Measurement(
         model=model_label(name, model), batch=batch_size, image_size=args.image_size, dtype=args.dtype,
         framework="JAX (jaxemo)", run_seconds=seconds, steps_per_run=args.steps,
-        flops_per_sample=bench.train_flops(bench.vit_forward_flops(model)), peak_flops=peak_flops,
-        compile_s=compile_s, memory_bytes=memory, memory_source=source, rss_bytes=bench.peak_rss_bytes())
+        flops_per_sample=bench.train_flops(bench.vit_forward_flops(model)), compile_s=compile_s,
+        memory_bytes=memory, memory_source=source, rss_bytes=bench.peak_rss_bytes(), others_cpu_share=others)
 
 
 def _jax_memory(compiled, device) -> tuple[Optional[int], str]:
@@ -169,8 +170,8 @@ def _jax_memory(compiled, device) -> tuple[Optional[int], str]:
 
 def jax_peak_flops(args) -> float:
     """Measured matmul peak of the JAX devices in --dtype (CPU devices share one pool of cores)."""
-    one_device = bench.matmul_peak_flops(bench.jax_matmul(args.peak_size, state_lib.dtype_from_name(args.dtype)),
-                                         args.peak_size, args.peak_repeats)
+    matmul = bench.jax_matmul(args.peak_size, state_lib.dtype_from_name(args.dtype))
+    one_device = bench.matmul_peak_flops(matmul, args.peak_size, args.peak_repeats)
     return one_device * (1 if jax.default_backend() == "cpu" else jax.device_count())
 
 
@@ -220,7 +221,7 @@ def torch_train_step(torch, hf_model, optimizer_config, batch: dict):
     return step
 
 
-def benchmark_torch(modules, name: str, config, batch_size: int, args, peak_flops: float) -> bench.Measurement:
+def benchmark_torch(modules, name: str, config, batch_size: int, args) -> bench.Measurement:
     torch, transformers = modules
     torch.manual_seed(0)
     model = vit_classifier.build_model(config)  # only its sizes are used
@@ -231,12 +232,12 @@ def benchmark_torch(modules, name: str, config, batch_size: int, args, peak_flop
         for _ in range(args.steps):
             step()
 
-    seconds = bench.time_runs(run, args.repeats, args.warmup)
+    seconds, others = bench.with_others_cpu_share(lambda: bench.time_runs(run, args.repeats, args.warmup))
     return bench.Measurement(
         model=model_label(name, model), batch=batch_size, image_size=args.image_size, dtype="float32",
         framework=f"PyTorch ({hf_model.config._attn_implementation})", run_seconds=seconds,
         steps_per_run=args.steps, flops_per_sample=bench.train_flops(bench.vit_forward_flops(model)),
-        peak_flops=peak_flops, rss_bytes=bench.peak_rss_bytes())
+        rss_bytes=bench.peak_rss_bytes(), others_cpu_share=others)
 
 
 def torch_peak_flops(torch, args) -> float:
@@ -252,64 +253,67 @@ def section_key(args) -> str:
     return f"{kind}:{jax.default_backend()}-{args.dtype}"
 
 
-def section_body(results, args, argv, peaks: dict, rss_reset: bool, loads: tuple[float, float]) -> str:
-    backend = jax.default_backend()
-    peak_text = ", ".join(f"{name} {value / 1e12:.3f} TFLOP/s" for name, value in peaks.items())
+def _share(value: Optional[float]) -> str:
+    return "unknown" if value is None else f"{100 * value:.0f}%"
+
+
+def section_body(results, args, argv, peak_notes: list[str], rss_reset: bool) -> str:
     memory_text = ("device peak = `device.memory_stats()['peak_bytes_in_use']` (process high-water mark)"
                    if bench.device_peak_bytes(jax.devices()[0]) is not None else
                    "XLA est. = the compiler's estimate from `compiled.memory_analysis()` (temp + arguments + "
                    "outputs - donated aliases), not a measurement")
     rss_text = ("peak RSS of the whole process while the row ran (reset before each row)" if rss_reset else
                 "peak RSS of the whole process so far (cannot be reset here: later rows include earlier ones)")
+    runs = [f"  - {m.model} {m.framework}: {', '.join(f'{s:.3g}' for s in m.run_seconds)} s; other processes "
+            f"used {_share(m.others_cpu_share)} of the CPU" for m in results]
     return "\n".join([
-        f"### ViT train step: {backend}, {args.dtype}{' (tiny)' if args.tiny else ''}",
+        f"### ViT train step: {jax.default_backend()}, {args.dtype}{' (tiny)' if args.tiny else ''}",
         "",
         bench.markdown_table(results),
         "",
         f"- Command: `python -m experiments.benchmark {shlex.join(argv)}`",
         f"- Machine: {bench.machine_description()}",
-        f"- Date: {bench.today()}; 1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end "
-        f"({bench.cpu_count()} cores; a load above that means other processes shared them)",
-        f"- Timing: median of {args.repeats} runs of {args.steps} train steps after {args.warmup} warm-up "
-        f"run(s); compilation (`lower().compile()`, the `compile s` column) is excluded. Random uint8 images "
-        f"and labels, one batch reused.",
-        f"- Peak: {args.peak_size}x{args.peak_size} matmul in the row's dtype, median of {args.peak_repeats} "
-        f"runs: {peak_text}. Rows on the same device and dtype share the larger measured peak.",
+        f"- Date: {bench.today()}",
+        (f"- Timing: median of {args.repeats} runs of {args.steps} train steps after {args.warmup} warm-up "
+         f"run(s); compilation (`lower().compile()`, the `compile s` column) is excluded. Random uint8 "
+         f"images and labels, one batch reused."),
+        (f"- Peak: {args.peak_size}x{args.peak_size} matmul in the row's dtype, median of {args.peak_repeats} "
+         f"runs, measured before and after the rows; the larger counts, and rows on the same device and "
+         f"dtype share the larger of the frameworks' peaks:"),
+        *[f"  - {note}" for note in peak_notes],
         f"- Memory: {memory_text}; RSS = {rss_text}.",
+        "- Timed runs, and the share of the CPU that other processes took meanwhile (a clean run is near 0%):",
+        *runs,
     ])
 
 
-def measure_peaks(args, torch_modules) -> dict:
-    """{label: FLOP/s}: the JAX matmul in --dtype and, with PyTorch, torch's fp32 matmul on the CPU."""
-    peaks = {f"JAX {args.dtype}": jax_peak_flops(args)}
+def measure_peaks(args, torch_modules) -> dict[str, tuple[float, Optional[float]]]:
+    """{label: (FLOP/s, others' CPU share)}: JAX's matmul in --dtype and, with PyTorch, torch's fp32 one."""
+    measure = {f"JAX {args.dtype}": lambda: jax_peak_flops(args)}
     if torch_modules is not None:
-        peaks["PyTorch float32"] = torch_peak_flops(torch_modules[0], args)
-    for label, value in peaks.items():
-        print(f"peak {label}: {value / 1e12:.3f} TFLOP/s", flush=True)
+        measure["PyTorch float32"] = lambda: torch_peak_flops(torch_modules[0], args)
+    peaks = {label: bench.with_others_cpu_share(fn) for label, fn in measure.items()}
+    for label, (flops, others) in peaks.items():
+        print(f"peak {label}: {flops / 1e12:.3f} TFLOP/s (other processes: {_share(others)} of the CPU)",
+              flush=True)
     return peaks
 
 
-def row_peaks(args, peaks: dict) -> tuple[float, Optional[float]]:
-    """(JAX rows' peak, PyTorch rows' peak): one shared machine peak where both are CPU float32."""
-    jax_peak, torch_peak = peaks[f"JAX {args.dtype}"], peaks.get("PyTorch float32")
-    if torch_peak is not None and args.dtype == "float32":
-        jax_peak = torch_peak = max(jax_peak, torch_peak)
-    return jax_peak, torch_peak
+def assign_peaks(results, args, before: dict, after: dict) -> list[str]:
+    """Sets each row's peak (the larger of the two measurements, shared across frameworks where the device
+    and dtype agree); returns one note per peak."""
+    best = {label: max(before[label][0], after[label][0]) for label in before}
+    if args.dtype == "float32" and "PyTorch float32" in best:  # both on the CPU in fp32: one machine peak
+        best = dict.fromkeys(best, max(best.values()))
+    for row in results:
+        row.peak_flops = best["PyTorch float32" if row.framework.startswith("PyTorch") else f"JAX {args.dtype}"]
+    return [f"{label}: {before[label][0] / 1e12:.3f} TFLOP/s before (others used {_share(before[label][1])} "
+            f"of the CPU), {after[label][0] / 1e12:.3f} after ({_share(after[label][1])})" for label in before]
 
 
-def main(argv=None) -> list[bench.Measurement]:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    load_at_start = os.getloadavg()[0]
-    torch_modules = import_torch() if args.torch else None
-    if torch_modules is not None and jax.default_backend() != "cpu":
-        print("note: PyTorch column skipped: it is a CPU float32 reference, JAX runs on "
-              f"{jax.default_backend()}", flush=True)
-        torch_modules = None
-    peaks = measure_peaks(args, torch_modules)
-    jax_peak, torch_peak = row_peaks(args, peaks)
-    rss_reset = True
-    results = []
+def run_rows(args, torch_modules) -> tuple[list[bench.Measurement], bool]:
+    """(one measurement per model and framework, whether the peak RSS could be reset before each row)."""
+    results, rss_reset = [], True
     for name, batch_size in zip(args.models, args.batch_sizes):
         config = model_config(name, args)
         for framework in ("jax", "torch") if torch_modules else ("jax",):
@@ -317,14 +321,28 @@ def main(argv=None) -> list[bench.Measurement]:
             gc.collect()
             rss_reset &= bench.reset_peak_rss()
             if framework == "jax":
-                row = benchmark_jax(name, config, batch_size, args, jax_peak)
+                row = benchmark_jax(name, config, batch_size, args)
             else:
-                row = benchmark_torch(torch_modules, name, config, batch_size, args, torch_peak)
-            print(f"  {row.samples_per_s:.2f} samples/s, MFU {100 * row.mfu:.1f}%, runs "
-                  f"{', '.join(f'{s:.2f}' for s in row.run_seconds)} s (median {statistics.median(row.run_seconds):.2f})",
-                  flush=True)
+                row = benchmark_torch(torch_modules, name, config, batch_size, args)
+            print(f"  {row.samples_per_s:.2f} samples/s, runs {', '.join(f'{s:.3g}' for s in row.run_seconds)} s, "
+                  f"other processes used {_share(row.others_cpu_share)} of the CPU", flush=True)
             results.append(row)
-    body = section_body(results, args, argv, peaks, rss_reset, (load_at_start, os.getloadavg()[0]))
+    return results, rss_reset
+
+
+def main(argv=None) -> list[bench.Measurement]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    torch_modules = None
+    if args.torch and jax.default_backend() != "cpu":
+        print("note: PyTorch column skipped: it is a CPU float32 reference, JAX runs on "
+              f"{jax.default_backend()}", flush=True)
+    elif args.torch:
+        torch_modules = import_torch()
+    peaks_before = measure_peaks(args, torch_modules)
+    results, rss_reset = run_rows(args, torch_modules)
+    peak_notes = assign_peaks(results, args, peaks_before, measure_peaks(args, torch_modules))
+    body = section_body(results, args, argv, peak_notes, rss_reset)
     print("\n" + body)
     if args.write:
         bench.write_section(args.benchmarks_file, section_key(args), body, HEADER)

@@ -77,6 +77,32 @@ def time_runs(run: Callable[[], Any], repeats: int, warmup: int = 1) -> list[flo
     return seconds
 
 
+def cpu_seconds_of_others() -> Optional[float]:
+    """CPU seconds used since boot by every other process and the kernel (Linux `/proc/stat` busy time
+    minus this process's own); None where `/proc/stat` does not exist."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return busy - own.ru_utime - own.ru_stime
+
+
+def with_others_cpu_share(fn: Callable[[], Any]) -> tuple[Any, Optional[float]]:
+    """(fn(), the fraction of all cores that other processes used meanwhile, or None if unknown).
+
+    On a shared machine this tells a clean timing (a few percent) from one that competed for the cores.
+    """
+    before, start = cpu_seconds_of_others(), time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - start
+    if before is None:
+        return result, None
+    return result, max(0.0, cpu_seconds_of_others() - before) / (wall * cpu_count())
+
+
 def matmul_peak_flops(matmul: Callable[[], Any], size: int, repeats: int = 5, min_run_s: float = 0.2) -> float:
     """Peak FLOP/s from `matmul`, a blocking callable doing one [size, size] x [size, size] product.
 
@@ -152,11 +178,12 @@ class Measurement:
     run_seconds: list[float]  # wall time of each timed run
     steps_per_run: int
     flops_per_sample: int  # analytic, training (3x forward)
-    peak_flops: float  # measured in the same process, row's dtype and device(s)
+    peak_flops: Optional[float] = None  # measured in the same process, row's dtype and device(s)
     compile_s: Optional[float] = None
     memory_bytes: Optional[int] = None
     memory_source: str = ""
     rss_bytes: Optional[int] = None
+    others_cpu_share: Optional[float] = None  # of all cores, used by other processes during the timed runs
 
     @property
     def samples_per_s(self) -> float:
@@ -168,7 +195,7 @@ class Measurement:
 
     @property
     def mfu(self) -> float:
-        return self.achieved_flops / self.peak_flops
+        return self.achieved_flops / self.peak_flops if self.peak_flops else float("nan")
 
 
 TABLE_COLUMNS = ("model", "batch", "image px", "dtype", "framework", "samples/s", "GFLOP/sample",

@@ -58,7 +58,8 @@ def test_measurement_derived_numbers():
 @pytest.mark.slow
 def test_tiny_benchmark_writes_its_section(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
-    path.write_text("# Benchmarks\n\n<!-- other:gpu-bfloat16 begin -->\nkeep me\n<!-- other:gpu-bfloat16 end -->\n")
+    other = "<!-- other:gpu-bfloat16 begin -->\nkeep me\n<!-- other:gpu-bfloat16 end -->"
+    path.write_text(f"# Benchmarks\n\n{other}\n")
     argv = ["--tiny", "--notorch", "--write", f"--benchmarks_file={path}"]
     results = benchmark.main(argv)
 
