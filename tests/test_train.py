@@ -54,6 +54,8 @@ def test_default_recipe_learns_the_synthetic_images(tiny_config, tmp_path):
     assert losses[-1] < 0.5 * losses[0]
     assert result.eval_metrics["accuracy"] > 0.6  # chance is 0.1
     assert result.eval_metrics["uar"] > 0.6
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
 
 
 def _jsonl(path):

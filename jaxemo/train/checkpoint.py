@@ -41,7 +41,8 @@ class Checkpointer:
     def __init__(self, directory: str, save_every: int, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=save_every,
+            # Exactly every `save_every` steps (Orbax's interval alone also saves the first step).
+            should_save_fn=lambda step, _last: step % save_every == 0,
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
             create=True,

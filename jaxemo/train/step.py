@@ -69,7 +69,7 @@ def make_train_step(task, tx, schedule: Callable, accum_steps: int = 1):
             nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
         )
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": schedule(state.step - state.nonfinite_steps), "update_skipped": (~finite).astype(jnp.float32)}
         return new_state, metrics
 
