@@ -106,6 +106,10 @@ def train_and_evaluate(config, workdir: str, task, train_source, eval_source=Non
     workdir = check_workdir(workdir)
     trainer = Trainer(config, task, train_source, eval_source, mesh)
     _write_config(config, workdir)
+    logger.info("training %s: %s trainable + %s frozen params; %d steps of batch %d (%d per epoch) on mesh %s; "
+                "writing to %s", type(task.model).__name__, f"{optim.count_params(trainer.abstract.trainable):,}",
+                f"{optim.count_params(trainer.abstract.frozen):,}", trainer.total_steps, config.batch_size,
+                trainer.steps_per_epoch, dict(trainer.mesh.shape), workdir)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps,
                                        config.checkpoint.keep, config.checkpoint.get("async_save", True))
     train_iter = trainer.train_iterator()
@@ -146,6 +150,7 @@ def _run(trainer: Trainer, config, state, train_iter, ckpt, writer) -> TrainResu
                     and step != total:
                 eval_metrics = trainer.evaluate(state)
                 writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                logger.info("eval at step %d: %s", step, _format(eval_metrics))
             ckpt.save(step, state, train_iter.get_state(), config_json)
             if watcher.reached(step):
                 ckpt.save(step, state, train_iter.get_state(), config_json, force=True)
@@ -165,8 +170,7 @@ def _run(trainer: Trainer, config, state, train_iter, ckpt, writer) -> TrainResu
     if trainer.eval_source is not None:
         eval_metrics = trainer.evaluate(state)
         writer.write(total, {f"eval/{k}": v for k, v in eval_metrics.items()})
-        if jax.process_index() == 0:
-            logger.info("eval at step %d: %s", total, _format(eval_metrics))
+        logger.info("eval at step %d: %s", total, _format(eval_metrics))
     return TrainResult(state, eval_metrics, total - start)
 
 
