@@ -64,6 +64,7 @@ def main(argv):
     workdir = _WORKDIR.value or cli.default_workdir("vit_classifier", config.get("variant", "custom"))
     result = train(config, workdir)
     if result.preempted:
+        print(f"stopped at step {int(result.state.step)}; rerun the same command to resume from {workdir}")
         return
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.eval_metrics.items()))
     logging.info("done: %d steps; eval %s; checkpoints in %s/checkpoints", result.steps_run, metrics, workdir)

@@ -138,14 +138,24 @@ def load_params(path: str, step: Optional[int] = None, sharding: Optional[jax.sh
 
 
 class PreemptionWatcher:
-    """True once the run should save and stop: SIGTERM on one process; JAX's preemption sync point across
-    several (every process then agrees on the step)."""
+    """True once the run should save and stop.
+
+    One process: after SIGTERM (preemption) or a first Ctrl-C; a second Ctrl-C aborts at once. Several
+    processes: JAX's preemption sync point, so that every process agrees on the step to save.
+    """
 
     def __init__(self):
         self._signalled = threading.Event()
-        self._previous = None
+        self._previous = {}
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._signalled.set())
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, _frame):
+        self._signalled.set()
+        if signum == signal.SIGINT:
+            logger.warning("Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again aborts)")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
@@ -153,5 +163,5 @@ class PreemptionWatcher:
         return self._signalled.is_set()
 
     def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -136,10 +136,12 @@ def _run(trainer: Trainer, config, state, train_iter, ckpt, writer) -> TrainResu
     watcher = checkpoint_lib.PreemptionWatcher()
     progress = _Progress(total, start, config.batch_size, enabled=jax.process_index() == 0)
     eval_metrics: dict = {}
+    data_state = train_iter.get_state()  # always the iterator state that matches `state`
     try:
         for step in range(start + 1, total + 1):
             batch = sharding.shard_batch(next(train_iter), trainer.mesh)
             state, metrics = trainer.train_step(state, batch)
+            data_state = train_iter.get_state()
             if step % config.log_every_steps == 0 or step == total:
                 scalars = metrics_lib.to_python(jax.device_get(metrics))
                 scalars.update(progress.rates(step))
@@ -151,22 +153,17 @@ def _run(trainer: Trainer, config, state, train_iter, ckpt, writer) -> TrainResu
                 eval_metrics = trainer.evaluate(state)
                 writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
                 logger.info("eval at step %d: %s", step, _format(eval_metrics))
-            ckpt.save(step, state, train_iter.get_state(), config_json)
+            ckpt.save(step, state, data_state, config_json)
             if watcher.reached(step):
-                ckpt.save(step, state, train_iter.get_state(), config_json, force=True)
+                ckpt.save(step, state, data_state, config_json, force=True)
                 ckpt.wait()
                 logger.warning("preemption signal: saved step %d to %s; rerun the same command to resume",
-                               step, ckpt.directory)
+                               step, ckpt.directory)  # SIGTERM, Ctrl-C, or JAX's multi-host preemption notice
                 return TrainResult(state, eval_metrics, step - start, preempted=True)
-    except KeyboardInterrupt:
-        ckpt.save(int(state.step), state, train_iter.get_state(), config_json, force=True)
-        ckpt.wait()
-        logger.warning("interrupted: saved step %d to %s", int(state.step), ckpt.directory)
-        raise
     finally:
         progress.close()
         watcher.close()
-    ckpt.save(total, state, train_iter.get_state(), config_json, force=True)
+    ckpt.save(total, state, data_state, config_json, force=True)
     if trainer.eval_source is not None:
         eval_metrics = trainer.evaluate(state)
         writer.write(total, {f"eval/{k}": v for k, v in eval_metrics.items()})
