@@ -31,7 +31,10 @@ def _launch(workdir):
     command = [sys.executable, "-m", "experiments.vit_classifier",
                "--config=experiments/configs/vit_classifier.py:tiny", *RUN_OVERRIDES, f"--workdir={workdir}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A child of a non-interactive shell may inherit SIGINT as ignored; Ctrl-C must reach the run.
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=restore_sigint)
 
 
 def _finish(process, timeout=240):
@@ -82,11 +85,12 @@ def test_killed_run_resumes_to_the_same_params(uninterrupted, tmp_path):
     _assert_same_params(checkpoint_lib.load_params(os.path.join(workdir, "checkpoints")), uninterrupted)
 
 
-def test_sigterm_saves_then_resume_matches(uninterrupted, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_signal_saves_then_resume_matches(uninterrupted, tmp_path, signum):
     workdir = str(tmp_path / "preempted")
     process = _launch(workdir)
     _wait_for_checkpoint(process, workdir)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = _finish(process)
     saved = re.search(r"preemption signal: saved step (\d+)", err)
     assert saved, err[-3000:]
