@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxemo import cli, vit
-from jaxemo.data import synthetic
+from jaxemo.data import sources
 from jaxemo.train import loop, state as state_lib, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", cli.config_path("vit_classifier") + ":tiny",
@@ -41,15 +41,8 @@ def build_model(config) -> vit.ViT:
 
 
 def build_data(config):
-    """(train source, eval source) for `config.data.name`."""
-    d = config.data
-    if d.name != "synthetic_images":
-        raise ValueError(f"data.name={d.name!r}: this experiment reads 'synthetic_images' (real image "
-                         "datasets arrive with the data builders)")
-    common = dict(num_classes=d.num_classes, image_size=config.model.image_size,
-                  channels=config.model.in_channels, noise=d.noise)
-    return (synthetic.SyntheticImages(d.train_size, seed=config.seed, **common),
-            synthetic.SyntheticImages(d.eval_size, seed=config.seed + 1_000_003, **common))
+    """(train source, eval source) for `config.data` (synthetic by default, or a dataset builder)."""
+    return sources.make_sources(config.data, config.seed)
 
 
 def train(config, workdir: str) -> loop.TrainResult:

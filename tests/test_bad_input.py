@@ -51,8 +51,8 @@ def test_image_of_the_wrong_shape(tiny_config, tmp_path, no_compiles):
 
 
 def test_unknown_dataset_name(tiny_config):
-    with pytest.raises(ValueError, match="data.name='dfew'"):
-        vit_classifier.build_data(tiny_config(**{"data.name": "dfew"}))
+    with pytest.raises(ValueError, match=r"data.name='dfwe' is unknown; expected .*'dfew'"):
+        vit_classifier.build_data(tiny_config(**{"data.name": "dfwe"}))
 
 
 def test_unknown_config_variant():

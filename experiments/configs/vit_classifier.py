@@ -17,15 +17,17 @@ def get_config(arg: str = "tiny"):
     variant = common.parse_variant(arg, ("tiny", "paper"))
     config = common.base_config()
     config.variant = variant
+    image_size = config_dict.FieldReference(224)  # shared by the model and the data
     config.model = config_dict.ConfigDict(dict(
-        variant="B/16", image_size=224, in_channels=3, pool="token", pos_embedding="learned",
+        variant="B/16", image_size=image_size, in_channels=3, pool="token", pos_embedding="learned",
         width=config_dict.placeholder(int), depth=config_dict.placeholder(int),
         num_heads=config_dict.placeholder(int), mlp_dim=config_dict.placeholder(int),
         drop_path_rate=0.1, dropout_rate=0.0, scan_layers=True, remat_policy="none",
         dtype="float32",
     ))
     config.data.update(dict(name="synthetic_images", num_classes=10, train_size=100_000, eval_size=10_000,
-                            noise=0.25))
+                            noise=0.25, channels=3, train_split="train", eval_split="test"))
+    config.data.image_size = image_size
     config.batch_size = 512
     config.eval_batch_size = 512
     config.num_epochs = 300
@@ -34,7 +36,8 @@ def get_config(arg: str = "tiny"):
         schedule="warmup_cosine", warmup_steps=5 * 100_000 // 512, grad_accum_steps=1,
     ))
     if variant == "tiny":
-        config.model.update(variant="Ti/8", image_size=32, width=64, depth=4, num_heads=4, mlp_dim=128,
+        image_size.set(32)
+        config.model.update(variant="Ti/8", width=64, depth=4, num_heads=4, mlp_dim=128,
                             drop_path_rate=0.0)
         config.data.update(train_size=8192, eval_size=1024)
         config.batch_size = 64

@@ -64,3 +64,18 @@ class SyntheticImages:
         angle = self._angles[label]
         wave = np.sin(2 * np.pi * self._freqs[label] * (x * np.cos(angle) + y * np.sin(angle)))
         return wave[..., None] * self._colors[label] + self.tint * self._tints[label]
+
+
+def split_size_and_seed(data_config, split: str, seed: int) -> tuple[int, int]:
+    """Synthetic splits: `train` uses `train_size` and the run's seed; any other split `eval_size` and a
+    different seed, so evaluation never sees a training sample (the class patterns stay the same)."""
+    if split == "train":
+        return data_config.train_size, seed
+    return data_config.eval_size, seed + 1_000_003
+
+
+def make_images(data_config, split: str, seed: int) -> SyntheticImages:
+    size, split_seed = split_size_and_seed(data_config, split, seed)
+    return SyntheticImages(size, num_classes=data_config.num_classes, image_size=data_config.image_size,
+                           channels=data_config.get("channels", 3), noise=data_config.get("noise", 0.25),
+                           num_frames=data_config.get("num_frames"), seed=split_seed)

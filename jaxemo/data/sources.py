@@ -1,0 +1,41 @@
+"""One entry point for experiments: `make_sources(config.data, seed)` -> (train source, eval source).
+
+`config.data.name` is either a synthetic generator (no files needed; every experiment's default) or a TFDS
+builder from `jaxemo.data.builders.REGISTRY`, read from `config.data.manual_dir`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from jaxemo.data import builders
+
+# name -> "module:function"; each function is `make(data_config, split, seed) -> random-access source`.
+SYNTHETIC = {
+    "synthetic_images": "jaxemo.data.synthetic:make_images",
+    "synthetic_av_clips": "jaxemo.data.synthetic_av:make",
+    "synthetic_sentiment": "jaxemo.data.synthetic_sentiment:make_sentiment",
+    "synthetic_mer": "jaxemo.data.synthetic_sentiment:make_mer",
+    "synthetic_speech": "jaxemo.data.synthetic_speech:make",
+    "synthetic_scenes": "jaxemo.data.synthetic_scenes:make",
+}
+
+
+def make_source(data_config, split: str, seed: int):
+    """One split's source: synthetic splits are generated; builder splits are read (and built once)."""
+    name = data_config.name
+    if name in SYNTHETIC:
+        module, function = SYNTHETIC[name].split(":")
+        return getattr(importlib.import_module(module), function)(data_config, split, seed)
+    if name in builders.REGISTRY:
+        return builders.data_source(name, split, manual_dir=data_config.get("manual_dir") or None,
+                                    config=data_config.get("builder_config") or None,
+                                    data_dir=data_config.get("data_dir") or None)
+    raise ValueError(f"data.name={name!r} is unknown; expected a synthetic generator {sorted(SYNTHETIC)} or a "
+                     f"dataset builder {sorted(builders.REGISTRY)}")
+
+
+def make_sources(data_config, seed: int):
+    train = make_source(data_config, data_config.get("train_split", "train"), seed)
+    eval_split = data_config.get("eval_split", "test")
+    return train, (make_source(data_config, eval_split, seed) if eval_split else None)
