@@ -15,7 +15,7 @@ from typing import Optional
 
 import tensorflow_datasets as tfds
 
-from jaxemo.data.builders.base import DataError
+from jaxemo.data.builders.base import DataError, Subset
 
 # name -> "module:Class". Every name here is a TFDS builder reading the corpus's native layout.
 REGISTRY = {
@@ -79,6 +79,11 @@ def data_source(name: str, split: str, manual_dir: Optional[str] = None, config:
                 data_dir: Optional[str] = None):
     """Random-access source (`len`, `[i]` -> dict of numpy arrays) of one split, building it first if needed."""
     builder = prepare(name, manual_dir, config, data_dir)
+    virtual = builder.virtual_splits() if hasattr(builder, "virtual_splits") else {}
+    if split in virtual:
+        stored, indices = virtual[split]
+        return Subset(builder.as_data_source(split=stored), indices, f"{name}/{split}")
     if split not in builder.info.splits:
-        raise DataError(builder.data_dir, "split", f"{split!r} not in {name}; it has {sorted(builder.info.splits)}")
+        available = sorted(set(builder.info.splits) | set(virtual))
+        raise DataError(builder.data_dir, "split", f"{split!r} not in {name}; it has {available}")
     return builder.as_data_source(split=split)

@@ -4,6 +4,11 @@ Builders are TFDS `GeneratorBasedBuilder`s that read a licensed corpus from the 
 (`manual_dir`), in the layout the reference code reads, and write `array_record` files. They must build and
 read without TensorFlow: use `tfds.features.Tensor`, `ClassLabel`, `Text` and `Scalar`-like tensors, never
 `tfds.features.Image` / `Audio` (TF is needed to encode those).
+
+Virtual splits: a builder whose examples belong to several splits (cross-validation folds) stores each
+example once and defines `virtual_splits(self) -> {name: (stored_split, indices)}`, usually from
+`self.info.metadata` written at build time with `disable_shuffling = True` so that indices are stable.
+`builders.data_source(name, "fold1_train")` then returns a `Subset` of the stored split.
 """
 
 from __future__ import annotations
@@ -56,3 +61,19 @@ class FallbackCounter:
             logger.warning("%s/%s: %d examples used the fallback '%s' (e.g. %s)", self.dataset, split, count,
                            kind, ", ".join(self.examples[kind]))
         return dict(self.counts)
+
+
+class Subset:
+    """Random-access view of some rows of a source (e.g. one fold of clips stored once)."""
+
+    def __init__(self, source, indices, name: str = ""):
+        self.source, self.indices, self.name = source, [int(i) for i in indices], name
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.source[self.indices[index]]
+
+    def __repr__(self) -> str:
+        return f"Subset({self.name or 'rows'}: {len(self)} of {len(self.source)})"
