@@ -90,6 +90,16 @@ def _attend_fusion_tokens_only_if(fused, num_tokens: int, num_fusion: int) -> ja
     return jnp.broadcast_to(visible, (1, 1, num_tokens + num_fusion, num_tokens + num_fusion))
 
 
+def add_prompt_updates(tokens, table, index, stride: int):
+    """After layer `index` = g * stride (g < groups), adds `table[g]` (`[groups, prompts, D]`, group g's
+    update vectors in its own prompt slots) to the prompt tokens, which are the last ones of `tokens`."""
+    groups, num_prompts, _ = table.shape
+    group = jnp.minimum(index // stride, groups - 1)
+    active = jnp.logical_and(index % stride == 0, index // stride < groups)
+    delta = jnp.where(active, table[group], 0.0).astype(tokens.dtype)
+    return tokens.at[:, -num_prompts:].add(delta)
+
+
 class _AVLayer(nn.Module):
     """One layer of both encoders in lockstep, their fusion, then the progressive prompt update."""
 
@@ -112,8 +122,8 @@ class _AVLayer(nn.Module):
             audio = self.block(name="audio_block")(audio, rate, None, self.deterministic)
             video, audio = BottleneckAdapter(self.latent_dim, self.dtype, name="adapter")(video, audio)
         video_table, audio_table = prompt_tables
-        video = self._update_prompts(video, video_table, index)
-        audio = self._update_prompts(audio, audio_table, index)
+        video = add_prompt_updates(video, video_table, index, self.prompt_stride)
+        audio = add_prompt_updates(audio, audio_table, index, self.prompt_stride)
         return (video, audio, fusion_tokens), None
 
     def _token_fusion(self, video, audio, tokens, index, rate):
@@ -130,14 +140,6 @@ class _AVLayer(nn.Module):
         updated = 0.5 * (video_tokens + audio_out[:, -num_fusion:])
         tokens = jnp.where(fused, updated.astype(tokens.dtype), tokens)
         return video_out[:, :-num_fusion], audio_out[:, :-num_fusion], tokens
-
-    def _update_prompts(self, tokens, table, index):
-        """Adds group `index // stride` of the prompt updates after layers 0, stride, 2 * stride, ..."""
-        groups, num_prompts, _ = table.shape
-        group = jnp.minimum(index // self.prompt_stride, groups - 1)
-        active = jnp.logical_and(index % self.prompt_stride == 0, index // self.prompt_stride < groups)
-        delta = jnp.where(active, table[group], 0.0).astype(tokens.dtype)
-        return tokens.at[:, -num_prompts:].add(delta)
 
 
 class TemporalTransformer(nn.Module):
