@@ -305,6 +305,27 @@ def test_mer2024_top1_and_frame_features(tmp_path):
     assert builder.info.metadata["truncated"] == {"clip-vit-large-patch14": 4}  # 4..7 frames > 3
 
 
+def test_mer2024_without_a_pool_writes_train_only(tmp_path):
+    mer_dir(tmp_path / "mer")
+    for folder in (tmp_path / "mer" / "features").iterdir():
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if path.stem not in LABELLED:
+                path.unlink()
+    builder = builders.prepare("mer2024", str(tmp_path / "mer"), "utt", str(tmp_path / "tfds"))
+    assert list(builder.info.splits) == ["train"] and builder.info.metadata["num_examples"]["unlabeled"] == 0
+    assert len(builder.as_data_source("train")) == len(LABELLED)
+    with pytest.raises(DataError, match="'unlabeled' not in mer2024"):
+        builders.data_source("mer2024", "unlabeled", config="utt", data_dir=str(tmp_path / "tfds"))
+
+
+def test_mer2024_npz_without_labelled_samples(tmp_path):
+    mer_dir(tmp_path / "mer", "npz")
+    np.savez_compressed(tmp_path / "mer" / "label-6way.npz", train_corpus={})
+    with pytest.raises(DataError) as error:
+        builders.prepare("mer2024", str(tmp_path / "mer"), "utt", str(tmp_path / "tfds"))
+    assert error.value.field == "train_corpus" and "no labelled samples" in error.value.problem
+
+
 def _csv_rows(root, rows):
     with open(root / "label-disdim.csv", "w", newline="") as f:
         f.write("\n".join(rows) + "\n")

@@ -304,11 +304,6 @@ def test_natural_frame_order():
     assert sorted(["a_10.jpg", "a_9.jpg", "b_1.jpg"], key=ve.natural_key) == ["a_9.jpg", "a_10.jpg", "b_1.jpg"]
 
 
-def test_shards_group_consecutive_clips_up_to_a_byte_budget():
-    assert ve.shard_clips([4, 4, 4, 9, 1, 1], 8) == [range(2), range(2, 3), range(3, 4), range(4, 6)]
-    assert ve.shard_clips([3], 1) == [range(1)] and ve.shard_clips([], 8) == []
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Synthetic audio-visual clips
 

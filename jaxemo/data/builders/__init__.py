@@ -1,8 +1,12 @@
 """TFDS builders for every dataset the papers use, looked up by name.
 
-    builders.prepare("dfew", manual_dir="/data/DFEW", config="fold1")        # once: writes array_record
-    source = builders.data_source("dfew", "train", manual_dir="/data/DFEW", config="fold1")
+    builders.prepare("dfew", manual_dir="/data/DFEW", config="frames224")    # once: writes array_record
+    source = builders.data_source("dfew", "fold1_train", manual_dir="/data/DFEW", config="frames224")
     len(source), source[0]                                                   # random access, no TensorFlow
+
+Configs choose how a corpus is stored (DFEW: `frames224`, `frames112`, `frames32`); splits choose rows.
+DFEW's folds are virtual splits (`fold1_train`, ..., `fold5_test`): index lists into the stored split
+`clips`, so `data_source` returns a `Subset` of it. Every builder is a `base.ManualShardBuilder`.
 
 `data_dir` defaults to TFDS's (`~/tensorflow_datasets`, or $TFDS_DATA_DIR).
 """

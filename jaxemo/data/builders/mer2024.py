@@ -17,7 +17,8 @@ Splits:
     unlabeled   the pool: every other sample that has all the selected features (MER-SEMI's test samples
                 are inside it, as in MERTools, which predicts the whole `video-unlabeled-with-test2noise`
                 set). With `label-6way.npz`, a `test1_corpus` name missing a feature is a DataError; other
-                unlabelled names missing some feature are dropped and counted in `info.metadata`.
+                unlabelled names missing some feature are dropped and counted in `info.metadata`. An empty
+                pool is not written (TFDS cannot read a split with no shard): the split is absent, logged.
 
 Elements:
     features/<feature>   float32 [D] (UTT) or [max_frames, D] (FRA, zero-padded), one per selected feature;
@@ -45,8 +46,14 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxemo.data.builders.base import DataError, FallbackCounter, require_dir
-from jaxemo.data.builders.sentiment import FileBuilder, replace_features, restored_features
+from jaxemo.data.builders.base import (
+    DataError,
+    FallbackCounter,
+    ManualShardBuilder,
+    replace_features,
+    require_dir,
+    restored_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +150,8 @@ def read_labels_npz(path: str) -> tuple[dict, list]:
         if not isinstance(entry, dict) or "emo" not in entry:
             raise DataError(path, f"train_corpus/{name}", f"expected {{'emo': label}}, got {entry!r}")
         labels[str(name)] = _parse_label(entry["emo"], path, f"train_corpus/{name}/emo", str(name))
+    if not labels:
+        raise DataError(path, "train_corpus", "no labelled samples")
     test_names = [str(n) for n in corpus("test1_corpus")] if "test1_corpus" in contents else []
     return labels, test_names
 
@@ -253,8 +262,11 @@ def mer_features(features: list, dims: dict, frames: dict | None, level: str) ->
     return tfds.features.FeaturesDict(spec)
 
 
-class Mer2024(FileBuilder):
-    """MER2024 MER-SEMI: labelled `train` and the unlabelled pool from MERTools feature folders."""
+class Mer2024(ManualShardBuilder):
+    """MER2024 MER-SEMI: labelled `train` and the unlabelled pool from MERTools feature folders.
+
+    Written in sample-name order in shards of at most `SHARD_BYTES` of float32 features
+    (`base.ManualShardBuilder`); feature shapes come from the folders (`base.replace_features`)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "MERTools feature folders; label-disdim.csv or label-6way.npz."}
@@ -285,10 +297,16 @@ manual_dir, with the extracted features under `features/<model>-UTT/<name>.npy` 
         replace_features(self, mer_features(self._scan.features, self._scan.dims, self._scan.frames, config.level))
         return super()._download_and_prepare(dl_manager, download_config, **kwargs)
 
-    def _split_generators(self, dl_manager):
-        self.info.metadata.update(self._scan.metadata)
-        return {"train": self._generate_examples(self._scan.train),
-                "unlabeled": self._generate_examples([(s, UNLABELED) for s in self._scan.pool])}
+    def _shard_iterators_per_split(self, dl_manager):
+        scan = self._scan
+        self.info.metadata.update(scan.metadata)
+        if scan.metadata["level"] == "FRA":
+            row_bytes = 4 * sum(scan.frames[name] * scan.dims[name] for name in scan.features)
+        else:
+            row_bytes = 4 * sum(scan.dims[name] for name in scan.features)
+        splits = {"train": scan.train, "unlabeled": [(s, UNLABELED) for s in scan.pool]}
+        return self.non_empty({split: self.shard_generators(samples, row_bytes, self._generate_examples)
+                               for split, samples in splits.items()})
 
     def _generate_examples(self, samples):
         scan, fra = self._scan, self.builder_config.level == "FRA"

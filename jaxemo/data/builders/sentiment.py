@@ -14,8 +14,9 @@ MMSA pickle (thuiar/MMSA `data_loader.py`): `data[split]` for split in train/val
 CASP pickle (zrguo/CASP `utils/dataloader.py`): the same `data[split]` with only `text`, `audio`, `vision`
 and `regression_labels` (lengths, `id`, `raw_text` and unimodal labels are used when present).
 
-Elements (one per pickle row, in pickle order: `disable_shuffling`, so row i of a split is source[i], as
-CASP's unshuffled loaders and its pseudo-label indices assume):
+Elements (one per pickle row, in pickle order: row i of a split is source[i], as CASP's unshuffled loaders
+and its pseudo-label indices assume; the builders are `base.ManualShardBuilder`s, which write size-capped
+shards in row order, so a multi-GB pickle such as CMU-MOSEI `unaligned_50` builds without TensorFlow):
 
     text [T_t, D_t], audio [T_a, D_a], vision [T_v, D_v]   float32, T and D fixed per config (static shapes)
     audio_length, vision_length   int32: the pickle's lengths (unaligned MMSA files; clipped to T), else T
@@ -45,7 +46,7 @@ per-dataset input projection and say so, since that changes the method.
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import functools
 import logging
 import os
 import pickle
@@ -53,9 +54,15 @@ from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
-from jaxemo.data.builders.base import DataError, FallbackCounter, require_file
+from jaxemo.data.builders.base import (
+    DataError,
+    FallbackCounter,
+    ManualShardBuilder,
+    replace_features,
+    require_file,
+    restored_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,42 +100,6 @@ def _mmsa_configs(dims, native_range=3.0):
         MsaConfig(name="casp", file="casp.pkl", layout="casp", aligned=False, native_range=native_range,
                   description="CASP-style pickle; shapes read from the file"),
     ]
-
-
-# ------------------------------------------------------------------------------------------------------
-# Features whose shapes are only known from the files: declared from the config until the build has read
-# the files, then replaced before any example is written; a built dataset restores them from features.json.
-
-
-def restored_features(builder) -> tfds.features.FeaturesDict | None:
-    """The features a previous build wrote next to the data (static shapes, names), or None."""
-    path = os.path.join(os.fspath(builder.data_path), "features.json")
-    if os.path.isfile(path):
-        return tfds.features.FeatureConnector.from_config(os.fspath(builder.data_path))
-    return None
-
-
-class FileBuilder(tfds.core.GeneratorBasedBuilder):
-    """A GeneratorBasedBuilder whose `code_path` is its source file.
-
-    TFDS 4.9.10 resolves the code path of a builder defined in a package through `etils.epath.resource_path`
-    and then tests `isinstance(path, importlib_resources.abc.Traversable)`, which imports the optional
-    `importlib_resources` package (not installed here) and fails in `download_and_prepare`. This is TFDS's
-    own fallback (`inspect.getfile`), used directly."""
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        return epath.Path(inspect.getfile(cls))
-
-
-def replace_features(builder, features: tfds.features.FeaturesDict) -> None:
-    """Sets the features that the split writer and `features.json` use (TFDS 4.9 keeps them in `_features`;
-    `_download_and_prepare` runs before the writer is made, so this is the last moment to set them)."""
-    builder.info._features = features  # no public setter; covered by the build-and-read tests
-
-
-# ------------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -309,8 +280,12 @@ def msa_features(shapes: dict, raw_text: bool, unimodal: bool) -> tfds.features.
     return tfds.features.FeaturesDict(features)
 
 
-class _MsaBuilder(FileBuilder):
-    """Shared by the three datasets: read one pickle named by the config, write train/valid/test."""
+class _MsaBuilder(ManualShardBuilder, skip_registration=True):
+    """Shared by the three datasets: read one pickle named by the config, write train/valid/test.
+
+    Features' static shapes come from the pickle (`base.replace_features` before the shards are written;
+    `base.restored_features` once built). Each split is written in pickle row order in shards of at most
+    `SHARD_BYTES` of float32 features."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "MMSA / CASP feature pickles; shapes read from the file."}
@@ -339,15 +314,19 @@ class _MsaBuilder(FileBuilder):
         finally:
             self._data = None  # the arrays can be GBs (MOSEI); keep them only while writing
 
-    def _split_generators(self, dl_manager):
+    def _shard_iterators_per_split(self, dl_manager):
         self.info.metadata.update(self._data.metadata)
-        return {split: self._generate_examples(self._data.splits[split]) for split in SPLITS}
+        row_bytes = 4 * sum(t * d for t, d in self._data.shapes.values())  # float32 text + audio + vision
+        return {split: self.shard_generators(range(len(part["id"])), row_bytes,
+                                             functools.partial(self._generate_examples, part))
+                for split, part in ((s, self._data.splits[s]) for s in SPLITS)}
 
-    def _generate_examples(self, part):
+    def _generate_examples(self, part, rows: range):
+        """(row, example) for the pickle rows of one shard, in row order."""
         keys = [k for k in part if k not in MODALITIES and k != "id"]
-        for row, example_id in enumerate(part["id"]):
+        for row in rows:
             example = {m: part[m][row] for m in MODALITIES}
-            example["id"] = example_id
+            example["id"] = part["id"][row]
             for key in keys:
                 example[key] = part[key][row]
             yield row, example

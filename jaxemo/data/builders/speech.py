@@ -49,11 +49,8 @@ row, an unknown emotion folder (`emotion`), a corpus with no utterances.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import csv
 import dataclasses
-import functools
-import inspect
 import logging
 import math
 import os
@@ -63,10 +60,16 @@ from typing import Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from jaxemo.data import audio
-from jaxemo.data.builders.base import DataError, FallbackCounter, require_dir, require_file
+from jaxemo.data.builders.base import (
+    DataError,
+    FallbackCounter,
+    ManualShardBuilder,
+    ordered_map,
+    require_dir,
+    require_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,33 +180,13 @@ def load_waveform(path: str, listed_in: str = "") -> np.ndarray:
 
 def _load_in_order(utterances: list[Utterance], workers: int, window: int = 64):
     """(utterance, waveform) in order, reading and resampling up to `window` files ahead on threads."""
-    if workers <= 1:
-        for utt in utterances:
-            yield utt, load_waveform(utt.path, utt.listed_in)
-        return
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        pending = collections.deque()
-        for utt in utterances:
-            pending.append((utt, pool.submit(load_waveform, utt.path, utt.listed_in)))
-            if len(pending) >= window:
-                done, future = pending.popleft()
-                yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+    return zip(utterances, ordered_map(lambda utt: load_waveform(utt.path, utt.listed_in), utterances,
+                                       workers, window))
 
 
-def _shards(utterances: list[Utterance], max_bytes: int) -> list[list[Utterance]]:
-    """Consecutive runs of utterances whose wav files add up to at most `max_bytes` (at least one each)."""
-    shards, current, size = [], [], 0
-    for utt in utterances:
-        nbytes = os.path.getsize(utt.path) if os.path.isfile(utt.path) else 0
-        if current and size + nbytes > max_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(utt)
-        size += nbytes
-    return shards + [current] if current else shards
+def _wav_bytes(utt: Utterance) -> int:
+    """A shard-size estimate: the wav file's size (0 if missing: reading it raises the DataError)."""
+    return os.path.getsize(utt.path) if os.path.isfile(utt.path) else 0
 
 
 def random_split(utterances: list[Utterance], seed: int = SPLIT_SEED, where: str = "") -> dict[str, list]:
@@ -222,13 +205,12 @@ def random_split(utterances: list[Utterance], seed: int = SPLIT_SEED, where: str
 # ------------------------------------------------------------------------------------------- the base class
 
 
-class _SpeechBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
+class _SpeechBuilder(ManualShardBuilder, skip_registration=True):
     """Shared by every speech corpus: features, metadata, ordered writing, per-split index, split aliases.
 
-    A `ShardBasedBuilder`: a GeneratorBasedBuilder passes every split through TFDS's Shuffler, which spills
-    to disk through TensorFlow past 1 GB (ESD's train split is ~3 GB at int16). Shards are written in the
-    order given, so row i of a split is the i-th utterance listed (sorted by id); a shard holds
-    the utterances of at most `SHARD_BYTES` of wav files, since TFDS keeps a shard in memory until written.
+    Shards are written in row order (`base.ManualShardBuilder`; ESD's train split is ~3 GB at int16), so row
+    i of a split is the i-th utterance listed (sorted by id); a shard holds the utterances of at most
+    `SHARD_BYTES` of wav files.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -237,13 +219,6 @@ class _SpeechBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
     HOMEPAGE = ""
     READ_WORKERS = min(8, os.cpu_count() or 1)  # wav reading and resampling threads
     SHARD_BYTES = 256 << 20
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        """TFDS 4.9.10 resolves a packaged builder's code path through `importlib_resources` (not installed,
-        so `download_and_prepare` fails); its own fallback, `inspect.getfile`, used directly."""
-        return epath.Path(inspect.getfile(cls))
 
     # Per corpus ---------------------------------------------------------------------------------------
     def _extra_features(self) -> dict:
@@ -308,8 +283,8 @@ class _SpeechBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
                           "speaker": [speaker_ids[u.speaker] for u in utts]} for s, utts in splits.items()},
             **self._extra_metadata(splits),
         })
-        return {split: [functools.partial(self._generate_examples, shard)
-                        for shard in _shards(utts, self.SHARD_BYTES)] for split, utts in splits.items()}
+        return {split: self.shard_generators(utts, [_wav_bytes(u) for u in utts], self._generate_examples)
+                for split, utts in splits.items()}
 
     def _generate_examples(self, utterances: list[Utterance]):
         for utt, waveform in _load_in_order(utterances, self.READ_WORKERS):

@@ -47,23 +47,18 @@ step samples). DFEW is about 11.7k clips x ~77 frames (135 GB raw at 224 px), MA
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import functools
-import inspect
 import itertools
 import logging
 import os
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from jaxemo.data import audio
-from jaxemo.data.builders.base import DataError, FallbackCounter, require_dir
+from jaxemo.data.builders.base import DataError, FallbackCounter, ManualShardBuilder, ordered_map, require_dir
 
 logger = logging.getLogger(__name__)
 
@@ -206,34 +201,6 @@ def load_fbank(wav_path: str, where: str) -> np.ndarray:
         raise DataError(wav_path, "audio", f"{error} (clip listed at {where})") from error
 
 
-def shard_clips(clip_bytes: list[int], shard_bytes: int) -> list[range]:
-    """Consecutive row ranges holding at most `shard_bytes` of decoded frames each (at least one clip)."""
-    shards, start, total = [], 0, 0
-    for row, size in enumerate(clip_bytes):
-        if row > start and total + size > shard_bytes:
-            shards.append(range(start, row))
-            start, total = row, 0
-        total += size
-    if start < len(clip_bytes):
-        shards.append(range(start, len(clip_bytes)))
-    return shards
-
-
-def _ordered_map(fn, items, threads: int) -> Iterator:
-    """`map(fn, items)` on a thread pool, results in order, at most 2 x threads in flight."""
-    if threads <= 1:
-        yield from map(fn, items)
-        return
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        pending = collections.deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Builders
 
@@ -247,15 +214,12 @@ class _Clip:
     wav_path: str | None  # None: no audio (MAFW fallback)
 
 
-class _VideoEmotionBuilder(tfds.core.ShardBasedBuilder):
+class _VideoEmotionBuilder(ManualShardBuilder, skip_registration=True):
     """Shared by Dfew and Mafw: reads `manual_dir/annotation/*`, `manual_dir/<FRAMES_DIR>/<id>/`, wavs.
 
-    A `ShardBasedBuilder`, not a `GeneratorBasedBuilder`: the latter passes every split through TFDS's
-    Shuffler, which keeps up to 1 GB in memory and then spills to bucket files through `tf.io.gfile`, i.e.
-    TensorFlow, so without TF it cannot write a split over 1 GB (DFEW and MAFW are ~135 GB at 224 px). A
-    ShardBasedBuilder streams each shard, in the order given, straight to its array_record file: the stored
-    order is the generation order, by construction. Shards hold at most `SHARD_BYTES` of decoded frames
-    (TFDS's shard writer keeps a shard's examples in memory until it is written).
+    Clips are written in row order (sorted by clip id) in shards of at most `SHARD_BYTES` of decoded frames
+    (see `base.ManualShardBuilder`): the stored order is the generation order, so the fold index lists in
+    the metadata point at the right rows.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -269,13 +233,6 @@ class _VideoEmotionBuilder(tfds.core.ShardBasedBuilder):
     DESCRIPTION = ""
     BUILD_THREADS = min(8, os.cpu_count() or 1)  # frames decode in threads (PIL releases the GIL)
     SHARD_BYTES = 512 << 20
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        """TFDS 4.9.10 resolves a packaged builder's code path through `importlib_resources` (not installed:
-        `download_and_prepare` fails); its own fallback, `inspect.getfile`, used directly."""
-        return epath.Path(inspect.getfile(cls))
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.frame_size
@@ -375,8 +332,8 @@ class _VideoEmotionBuilder(tfds.core.ShardBasedBuilder):
         metadata["annotation_files"] = {split: os.path.basename(p)
                                         for split, p in self.annotation_files(manual_dir).items()}
         clip_bytes = [len(clip.frame_paths) * config.frame_size ** 2 * 3 for clip in clips]
-        shards = shard_clips(clip_bytes, self.SHARD_BYTES)
-        return {STORED_SPLIT: [functools.partial(self._generate_examples, clips, rows) for rows in shards]}
+        generate = functools.partial(self._generate_examples, clips)
+        return {STORED_SPLIT: self.shard_generators(range(len(clips)), clip_bytes, generate)}
 
     def _generate_examples(self, clips: list[_Clip], rows: range):
         """(row, example) for the clips of one shard, decoded in threads, in row order."""
@@ -391,7 +348,7 @@ class _VideoEmotionBuilder(tfds.core.ShardBasedBuilder):
             return {"frames": frames, "num_frames": np.int32(len(frames)), "fbank": fbank.astype(np.float32),
                     "has_audio": has_audio, "label": clip.label, "id": clip.clip_id}
 
-        yield from zip(rows, _ordered_map(encode, [clips[row] for row in rows], self.BUILD_THREADS))
+        yield from zip(rows, ordered_map(encode, [clips[row] for row in rows], self.BUILD_THREADS))
 
     # -- read -----------------------------------------------------------------------------------------------
 

@@ -63,10 +63,8 @@ when none is left, and `person_box` is the whole image); non-image files in clas
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import functools
-import inspect
 import json
 import logging
 import math
@@ -77,10 +75,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image
 
-from jaxemo.data.builders.base import DataError, FallbackCounter, require_dir, require_file
+from jaxemo.data.builders.base import (
+    DataError,
+    FallbackCounter,
+    ManualShardBuilder,
+    ordered_map,
+    require_dir,
+    require_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +93,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 SPLIT_SEED = 42  # Emotion6's random_state in the reference; also used for its unseeded FI/UBE/HECO/CAER-S splits
 SPLITS = ("train", "val", "test")
 BUILD_THREADS = min(8, os.cpu_count() or 1)  # PIL decodes and resizes with the GIL released
-SHARD_BYTES = 512 << 20  # TFDS's shard writer holds a shard's examples in memory until it writes them
 OBJECT_SEPARATOR = "|"
 WHOLE_IMAGE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
 
@@ -176,17 +179,7 @@ def load_image(path: str, size: int, resize: str = "crop") -> tuple[np.ndarray, 
 def parallel_map(fn: Callable, items: Sequence, threads: int | None = None) -> Iterator:
     """`map(fn, items)` in order, on a thread pool with at most 4 x threads results in flight."""
     threads = threads or BUILD_THREADS
-    if threads <= 1:
-        yield from map(fn, items)
-        return
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        pending: collections.deque = collections.deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 4 * threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    return ordered_map(fn, items, threads, window=4 * threads)
 
 
 # --------------------------------------------------------------------------------------- folder listing
@@ -243,40 +236,24 @@ def shuffle_split(files: list, rng: random.Random, train_ratio: float, val_ratio
 # ----------------------------------------------------------------------------------------------- builders
 
 
-class _ImageBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
-    """What the image builders share. A `ShardBasedBuilder`, not a `GeneratorBasedBuilder`: the latter sends
-    every split through TFDS's shuffler, which spills past 1 GB through `tf.io.gfile` (TensorFlow); FI, CAER-S
-    and EmoSet are 5-23 GB at 256 px. Shards are written in the order given (the listing order: class by
-    class), each holding at most `SHARD_BYTES` of images; grain shuffles at read time. Images are stored as raw
-    bytes (`Encoding.BYTES`), about 20x faster to write and read than TFDS's default int64 lists."""
+class _ImageBuilder(ManualShardBuilder, skip_registration=True):
+    """What the image builders share. Shards are written in row order (`base.ManualShardBuilder`; FI, CAER-S
+    and EmoSet are 5-23 GB at 256 px): the listing order, class by class, each shard holding at most
+    `SHARD_BYTES` of images; grain shuffles at read time. Images are stored as raw bytes (`Encoding.BYTES`),
+    about 20x faster to write and read than TFDS's default int64 lists."""
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = IMAGE_CONFIGS
     DEFAULT_CONFIG_NAME = "256"
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        """TFDS 4.9.10 resolves a packaged builder's code path through `importlib_resources` (not installed:
-        `download_and_prepare` fails); its own fallback, `inspect.getfile`, used directly."""
-        return epath.Path(inspect.getfile(cls))
+    SHARD_BYTES = 512 << 20
 
     def _image_feature(self) -> tfds.features.Tensor:
         size = self.builder_config.image_size
         return tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES)
 
-    def _shards(self, split: str, items: list, generate: Callable) -> list[Callable]:
+    def _shards(self, items: list, generate: Callable) -> list[Callable]:
         """`generate(items[a:b])` for consecutive row ranges of at most SHARD_BYTES of images each."""
-        per_shard = max(1, SHARD_BYTES // (3 * self.builder_config.image_size ** 2))
-        if not items:
-            logger.warning("%s: split %s is empty and is not written", self.name, split)
-        return [functools.partial(generate, items[start:start + per_shard])
-                for start in range(0, len(items), per_shard)]
-
-    @staticmethod
-    def _non_empty(shards: dict[str, list]) -> dict[str, list]:
-        """TFDS cannot read a split written with no shard: an empty split is left out (and logged)."""
-        return {split: generators for split, generators in shards.items() if generators}
+        return self.shard_generators(items, 3 * self.builder_config.image_size ** 2, generate)
 
 
 class _ClassFolderDataset(_ImageBuilder, skip_registration=True):
@@ -373,7 +350,7 @@ class _ClassFolderDataset(_ImageBuilder, skip_registration=True):
                                     for split, items in splits.items()}
         metadata["fallbacks"] = self._fallbacks.report("listing")
         generate = functools.partial(self._generate_examples, manual_dir=manual_dir)
-        return self._non_empty({split: self._shards(split, items, generate) for split, items in splits.items()})
+        return self.non_empty({split: self._shards(items, generate) for split, items in splits.items()})
 
     def _generate_examples(self, items, manual_dir):
         """(key, example) of one shard's (path, class) items, decoded on threads, in order."""
@@ -706,9 +683,8 @@ class EmoSet(_ImageBuilder):
                                     for s, entries in splits.items()}
         self._fallbacks = {split: FallbackCounter(f"{self.name}/{split}") for split in splits}
         self._last_entry = {split: entries[-1] for split, entries in splits.items() if entries}
-        return self._non_empty({
-            split: self._shards(split, entries, functools.partial(self._generate_examples, split))
-            for split, entries in splits.items()})
+        return self.non_empty({split: self._shards(entries, functools.partial(self._generate_examples, split))
+                               for split, entries in splits.items()})
 
     def _attributes(self, entry: _EmoSetEntry, notes: list) -> tuple[dict, np.ndarray | None]:
         """The six attributes as text ("" when missing, noted in `notes`) and the annotation's pixel boxes."""
