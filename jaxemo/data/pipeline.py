@@ -1,18 +1,38 @@
-"""grain pipelines: deterministic shuffling, per-process rows, batching, exact iterator state.
+"""grain pipelines: deterministic shuffling, per-process rows, per-example transforms, padding, batching,
+exact iterator state.
 
 Every process reads only its own rows of each global batch, chosen so that the rows of global batch k are
 the same, in the same order, whatever the number of processes: a run on 2 hosts sees exactly the batches
 of a run on 1.
+
+Per-example transforms (`transform(example, rng) -> example`, e.g. `jaxemo.data.video.sample_clip`) run in
+the map stage with a numpy Generator that depends only on (seed, position of the example in the endless
+shuffled stream) - grain's `random_map`, a Philox generator keyed by the seed with the position in its
+counter. So random crops and frame choices are the same for any process count and worker count, and a run
+resumed from a saved iterator state sees exactly the batches it would have seen.
+
+Variable-length fields are padded or cropped to a fixed length on axis 0 (`pad_spec={"waveform": 48000}`)
+in the map stage, which adds `waveform_mask` (bool [L], True on real entries) and `waveform_length`
+(int32, the number of real entries); batching then stacks static shapes.
+
+Sources are anything with `len` and `[i]` returning a dict of numpy arrays: TFDS array_record data sources
+(`jaxemo.data.builders.data_source`), `Subset`s of them, synthetic generators.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grain
 import jax
 import numpy as np
+from absl import flags
+
+Transform = Callable[[dict, np.random.Generator], dict]
+
+# grain's default (16 threads, 500 elements ahead) would hold 500 *batches* of video in memory per process
+# and per worker; these bound the look-ahead and still overlap reading with the train step.
+DEFAULT_READ_OPTIONS = grain.ReadOptions(num_threads=16, prefetch_buffer_size=32)
 
 
 class _ProcessRows(grain.MapDataset):
@@ -41,30 +61,173 @@ class _ProcessRows(grain.MapDataset):
         return f"ProcessRows(offset={self._offset}, local={self._local}, global={self._global})"
 
 
-def train_dataset(source, global_batch_size: int, seed: int, process_index: int | None = None,
-                  process_count: int | None = None, worker_count: int = 0) -> grain.IterDataset:
-    """Endless, reshuffled-every-epoch batches of this process's rows (dicts of numpy arrays)."""
+# ------------------------------------------------------------------------------------------------ padding
+
+
+def pad_field(value: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(value padded with zeros or cropped to `length` on axis 0, bool mask [length], number of real rows).
+
+    Cropping keeps the first `length` rows (as AudioMAE's fbank crop does).
+    """
+    value = np.asarray(value)
+    if value.ndim == 0:
+        raise ValueError("a padded field needs at least one axis")
+    real = min(value.shape[0], length)
+    out = np.zeros((length,) + value.shape[1:], value.dtype)
+    out[:real] = value[:real]
+    mask = np.zeros((length,), bool)
+    mask[:real] = True
+    return out, mask, real
+
+
+class PadFields:
+    """Pads/crops each field named in `pad_spec` to its length and adds `<field>_mask`, `<field>_length`."""
+
+    def __init__(self, pad_spec: Mapping[str, int]):
+        self.pad_spec = {str(k): int(v) for k, v in pad_spec.items()}
+        for key, length in self.pad_spec.items():
+            if length <= 0:
+                raise ValueError(f"pad_spec[{key!r}]={length}: lengths must be positive")
+
+    def __call__(self, example: dict) -> dict:
+        out = dict(example)
+        for key, length in self.pad_spec.items():
+            if key not in example:
+                raise KeyError(f"pad_spec names {key!r}, which the example does not have (fields: "
+                               f"{sorted(example)})")
+            out[key], out[f"{key}_mask"], real = pad_field(example[key], length)
+            out[f"{key}_length"] = np.int32(real)
+        return out
+
+    def __repr__(self) -> str:
+        return f"PadFields({self.pad_spec})"
+
+
+# ------------------------------------------------------------------------------------------------ batching
+
+
+def stack_examples(rows: Sequence[dict]) -> dict:
+    """Stacks a list of examples (dicts of arrays) into a batch; names the field whose shapes differ."""
+    keys = list(rows[0])
+    out = {}
+    for key in keys:
+        values = [np.asarray(r[key]) for r in rows]
+        shapes = {v.shape for v in values}
+        if len(shapes) > 1:
+            raise ValueError(f"field {key!r} has shapes {sorted(shapes)} within one batch; give it a fixed "
+                             f"length with pad_spec={{{key!r}: <length>}} or a transform")
+        out[key] = np.stack(values)
+    return out
+
+
+class _ApplyTransform:
+    """Picklable wrapper (workers receive the pipeline by cloudpickle) that checks the transform's output."""
+
+    def __init__(self, transform: Transform):
+        self.transform = transform
+
+    def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+        out = self.transform(example, rng)
+        if not isinstance(out, Mapping):
+            raise TypeError(f"transform {self.transform!r} returned {type(out).__name__}, not a dict")
+        return out
+
+    def __repr__(self) -> str:
+        return f"Transform({getattr(self.transform, '__name__', self.transform)!r})"
+
+
+def _per_example(examples: grain.MapDataset, transform: Transform | None, pad_spec, seed: int):
+    if transform is not None:
+        examples = examples.random_map(_ApplyTransform(transform), seed=seed)
+    if pad_spec:
+        examples = examples.map(PadFields(pad_spec))
+    return examples
+
+
+def _processes(process_index, process_count, global_batch_size: int) -> tuple[int, int, int]:
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    examples = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-    rows = _ProcessRows(examples, global_batch_size, process_index, process_count)
-    batches = rows.batch(global_batch_size // process_count, drop_remainder=True).to_iter_dataset()
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
+    return process_index, process_count, global_batch_size // process_count
+
+
+def _iterable(batches: grain.MapDataset, worker_count: int, worker_buffer_size: int,
+              read_options: grain.ReadOptions | None) -> grain.IterDataset:
+    batches = batches.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
     if worker_count:
-        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; scripts without absl.app have none
+            flags.FLAGS.mark_as_parsed()
+        batches = batches.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
     return batches
 
 
+# ------------------------------------------------------------------------------------------------ pipelines
+
+
+def train_dataset(source, global_batch_size: int, seed: int, process_index: int | None = None,
+                  process_count: int | None = None, worker_count: int = 0, transform: Transform | None = None,
+                  pad_spec: Mapping[str, int] | None = None, worker_buffer_size: int = 1,
+                  read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+    """Endless, reshuffled-every-epoch batches of this process's rows (dicts of numpy arrays).
+
+    `transform(example, rng)` runs per example with a generator seeded from (seed, position in the shuffled
+    stream); `pad_spec` pads/crops variable-length fields and adds their masks and lengths (see module
+    docstring). `worker_count` > 0 reads, transforms and batches in that many grain worker processes
+    (the transform and the source must pickle); iterator `get_state`/`set_state` resume exactly either
+    way. `read_options` sets the threads and look-ahead (in batches) of each reading process.
+    """
+    process_index, process_count, local = _processes(process_index, process_count, global_batch_size)
+    examples = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    examples = _per_example(examples, transform, pad_spec, seed)
+    rows = _ProcessRows(examples, global_batch_size, process_index, process_count)
+    batches = rows.batch(local, drop_remainder=True, batch_fn=stack_examples)
+    return _iterable(batches, worker_count, worker_buffer_size, read_options)
+
+
+class _PaddedRows:
+    """`source` extended to `length` rows by repeating its last row; every row gets `mask` (real or not)."""
+
+    def __init__(self, source, length: int):
+        self.source, self.length = source, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        real = len(self.source)
+        row = dict(self.source[min(int(index), real - 1)])
+        row["mask"] = np.bool_(index < real)
+        return row
+
+
+def eval_dataset(source, global_batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None, transform: Transform | None = None,
+                 pad_spec: Mapping[str, int] | None = None, seed: int = 0, worker_count: int = 0,
+                 worker_buffer_size: int = 1, read_options: grain.ReadOptions | None = None
+                 ) -> grain.IterDataset:
+    """One pass over `source` in order, as batches of this process's rows; the last global batch is padded
+    (with copies of the last row) and every batch carries a bool `mask` of real rows.
+
+    Eval transforms should be deterministic (e.g. `sample_clip(..., train=False)`); the generator they get
+    depends only on (seed, row), so even a random one gives the same batches on every call.
+    """
+    if len(source) == 0:
+        raise ValueError("eval source is empty")
+    process_index, process_count, local = _processes(process_index, process_count, global_batch_size)
+    num_batches = -(-len(source) // global_batch_size)
+    examples = grain.MapDataset.source(_PaddedRows(source, num_batches * global_batch_size))
+    examples = _per_example(examples, transform, pad_spec, seed)
+    rows = _ProcessRows(examples, global_batch_size, process_index, process_count)
+    batches = rows.batch(local, drop_remainder=True, batch_fn=stack_examples)
+    return _iterable(batches, worker_count, worker_buffer_size, read_options)
+
+
 def eval_batches(source, global_batch_size: int, process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict]:
-    """One pass over `source` in order; the last batch is padded and every batch carries a `mask`."""
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    local = global_batch_size // process_count
-    num_batches = math.ceil(len(source) / global_batch_size)
-    for batch in range(num_batches):
-        start = batch * global_batch_size + process_index * local
-        indices = np.arange(start, start + local)
-        rows = [source[int(min(i, len(source) - 1))] for i in indices]
-        stacked = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
-        stacked["mask"] = indices < len(source)
-        yield stacked
+                 process_count: int | None = None, transform: Transform | None = None,
+                 pad_spec: Mapping[str, int] | None = None, seed: int = 0, worker_count: int = 0,
+                 read_options: grain.ReadOptions | None = None) -> Iterator[dict]:
+    """Iterator over `eval_dataset(...)`: one pass, last batch padded, a `mask` of real rows per batch."""
+    return iter(eval_dataset(source, global_batch_size, process_index, process_count, transform, pad_spec,
+                             seed, worker_count, read_options=read_options))

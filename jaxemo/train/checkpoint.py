@@ -9,6 +9,7 @@ Layout of `<directory>/<step>/`:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -105,6 +106,34 @@ class Checkpointer:
         self.manager.close()
 
 
+class BestCheckpoint:
+    """Keeps, beside the regular checkpoints, the one with the highest `metric` seen at an evaluation:
+    `<directory>/<step>/` plus `<directory>.json` holding {"step", "metric", "value"}."""
+
+    def __init__(self, directory: str, metric: str):
+        self.metric = metric
+        self.checkpointer = Checkpointer(directory, save_every=1, keep=1, async_save=False)
+        self.record_path = self.checkpointer.directory + ".json"
+        self.best = json.load(open(self.record_path)) if os.path.exists(self.record_path) else None
+
+    def update(self, step: int, state: TrainState, metrics: dict, data_state: dict, config: dict) -> bool:
+        if self.metric not in metrics:
+            raise KeyError(f"checkpoint.best_metric={self.metric!r} is not among the eval metrics {sorted(metrics)}")
+        value = float(metrics[self.metric])
+        if self.best is not None and value <= self.best["value"]:
+            return False
+        self.checkpointer.save(step, state, data_state, config, force=True)
+        self.checkpointer.wait()
+        self.best = {"step": int(step), "metric": self.metric, "value": value}
+        if jax.process_index() == 0:
+            with open(self.record_path, "w") as f:
+                json.dump(self.best, f)
+        return True
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
 def _split_like(params: dict, abstract: TrainState) -> tuple[dict, dict]:
     trainable_paths = {path for path, _ in _flat(abstract.trainable)}
     return optim.split_params(params, lambda path: path in trainable_paths)
@@ -116,25 +145,33 @@ def _flat(tree):
     return traverse_util.flatten_dict(tree).items()
 
 
+def step_directory(path: str, step: Optional[int] = None) -> str:
+    """`path` itself if it is one step's directory, else `<path>/<step>` (the newest step by default)."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if os.path.isdir(os.path.join(path, "params")):
+        return path
+    steps = sorted(int(name) for name in os.listdir(path) if name.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"{path} holds no checkpoint steps (expected <step>/params)")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"{path} has no step {step}; it has {steps}")
+    return os.path.join(path, str(step if step is not None else steps[-1]))
+
+
 def load_params(path: str, step: Optional[int] = None, sharding: Optional[jax.sharding.Sharding] = None) -> dict:
     """The params of a jaxemo checkpoint as a plain nested dict of arrays.
 
     `path` is a run's checkpoint directory (the newest step is used unless `step` is given) or one step's
     directory. Arrays are placed with `sharding` (default: replicated on this process's first device).
     """
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if not os.path.isdir(os.path.join(path, "params")):
-        steps = sorted(int(name) for name in os.listdir(path) if name.isdigit())
-        if not steps:
-            raise FileNotFoundError(f"{path} holds no checkpoint steps (expected <step>/params)")
-        path = os.path.join(path, str(step if step is not None else steps[-1]))
+    params_dir = os.path.join(step_directory(path, step), "params")
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(os.path.join(path, "params")).item_metadata
+    metadata = checkpointer.metadata(params_dir).item_metadata
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
-    return checkpointer.restore(os.path.join(path, "params"), target)
+    return checkpointer.restore(params_dir, target)
 
 
 class PreemptionWatcher:

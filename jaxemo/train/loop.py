@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,8 @@ class TrainResult:
     eval_metrics: dict
     steps_run: int
     preempted: bool = False
+    eval_stats: Optional[dict] = None  # the final evaluation's summed statistics (e.g. a confusion matrix)
+    best: Optional[dict] = None  # {"step", "metric", "value"} of the best evaluation, if one is tracked
 
 
 def check_workdir(workdir: str) -> str:
@@ -68,7 +71,7 @@ class Trainer:
         self.train_source, self.eval_source = train_source, eval_source
         self.total_steps, self.steps_per_epoch = total_steps(config, len(train_source))
         self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.total_steps, self.steps_per_epoch)
-        self.example_batch = state_lib.example_batch_like(_stack([train_source[0]]))
+        self.example_batch = _example_batch(task, train_source)
         self.frozen_dtype = state_lib.dtype_from_name(config.get("frozen_dtype", "float32"))
         self.abstract, self.shardings = state_lib.abstract_state(
             task, self.tx, self.example_batch, self.mesh, frozen_dtype=self.frozen_dtype)
@@ -78,30 +81,77 @@ class Trainer:
                              f"microbatches that each divide over {sharding.batch_divisor(self.mesh)} devices")
         train_step = step_lib.make_train_step(task, self.tx, self.schedule, accum)
         self.train_step = step_lib.jit_train_step(train_step, self.shardings, self.mesh)
-        self.eval_step = step_lib.jit_eval_step(task, self.shardings, self.mesh)
+        self.evaluator = Evaluator(config, task, eval_source, self.mesh, self.shardings.params) \
+            if eval_source is not None else None
 
-    def init_state(self) -> state_lib.TrainState:
+    def init_state(self, init_params=None) -> state_lib.TrainState:
+        """A fresh state; `init_params(params) -> params` (host numpy trees) may replace the initial params,
+        e.g. with pretrained encoders. Optimizer moments start at zero either way."""
         rng = jax.random.key(self.config.seed)
         state, _ = state_lib.create_train_state(self.task, self.tx, self.example_batch, rng, self.mesh,
                                                 frozen_dtype=self.frozen_dtype)
-        return state
+        if init_params is None:
+            return state
+        params = jax.device_put(init_params(jax.device_get(state.params)), self.shardings.params)
+        trainable, frozen = optim.split_params(params, self.task.is_trainable)
+        return state.replace(trainable=trainable,
+                             frozen=jax.tree.map(lambda x: x.astype(self.frozen_dtype), frozen))
+
+    @property
+    def eval_every_steps(self) -> int:
+        epochs = self.config.get("eval_every_epochs")
+        return int(epochs * self.steps_per_epoch) if epochs else int(self.config.get("eval_every_steps") or 0)
 
     def train_iterator(self):
-        return iter(pipeline.train_dataset(self.train_source, self.config.batch_size, self.config.seed,
-                                           worker_count=self.config.get("data_workers", 0)))
+        return iter(pipeline.train_dataset(
+            self.train_source, self.config.batch_size, self.config.seed,
+            worker_count=self.config.get("data_workers", 0), transform=getattr(self.task, "train_transform", None),
+            pad_spec=getattr(self.task, "pad_spec", None)))
+
+    def evaluate_stats(self, state) -> dict:
+        return self.evaluator.stats(state.params)
 
     def evaluate(self, state) -> dict:
+        return self.task.summarize(self.evaluate_stats(state))
+
+
+class Evaluator:
+    """Runs the task's eval statistics over a whole source for given params (a trainer's, or a checkpoint's)."""
+
+    def __init__(self, config, task, source, mesh, param_shardings):
+        sharding.check_batch_size(config.eval_batch_size, mesh)
+        self.config, self.task, self.source, self.mesh = config, task, source, mesh
+        self.param_shardings = param_shardings
+        self.eval_step = step_lib.jit_eval_step(task, param_shardings, mesh)
+
+    def stats(self, params) -> dict:
+        """The task's evaluation statistics summed over the whole source (host numpy)."""
         totals = None
-        for batch in pipeline.eval_batches(self.eval_source, self.config.eval_batch_size):
-            stats = self.eval_step(state, sharding.shard_batch(batch, self.mesh))
+        batches = pipeline.eval_batches(self.source, self.config.eval_batch_size,
+                                        transform=getattr(self.task, "eval_transform", None),
+                                        pad_spec=getattr(self.task, "pad_spec", None))
+        for batch in batches:
+            stats = self.eval_step(params, sharding.shard_batch(batch, self.mesh))
             totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
-        return self.task.summarize(jax.device_get(totals))
+        return jax.device_get(totals)
 
 
-def train_and_evaluate(config, workdir: str, task, train_source, eval_source=None, mesh=None) -> TrainResult:
+def evaluate_params(config, task, params, eval_source, mesh=None) -> tuple[dict, dict]:
+    """(metrics, summed statistics) of `params` (e.g. from `checkpoint.load_params`) on `eval_source`."""
+    mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
+    boxed = jax.eval_shape(task.init, jax.random.key(0), _example_batch(task, eval_source))["params"]
+    shardings = sharding.tree_shardings(boxed, mesh)
+    evaluator = Evaluator(config, task, eval_source, mesh, shardings)
+    stats = evaluator.stats(jax.device_put(params, shardings))
+    return task.summarize(stats), stats
+
+
+def train_and_evaluate(config, workdir: str, task, train_source, eval_source=None, mesh=None,
+                       init_params=None) -> TrainResult:
     """Trains `task` on `train_source` (random access: len and [i]), evaluating on `eval_source`.
 
-    `mesh` defaults to one built from `config.mesh` over all devices.
+    `mesh` defaults to one built from `config.mesh` over all devices. `init_params(params) -> params` adjusts
+    the initial parameters of a fresh run (not of a resumed one).
     """
     workdir = check_workdir(workdir)
     trainer = Trainer(config, task, train_source, eval_source, mesh)
@@ -119,17 +169,31 @@ def train_and_evaluate(config, workdir: str, task, train_source, eval_source=Non
         train_iter.set_state(data_state)
         logger.info("resumed from %s at step %d", ckpt.directory, int(state.step))
     else:
-        state = trainer.init_state()
+        state = trainer.init_state(init_params)
     writer = metrics_lib.MetricWriter(workdir)
+    best_metric = config.checkpoint.get("best_metric")
+    best = checkpoint_lib.BestCheckpoint(os.path.join(workdir, "checkpoints_best"), best_metric) if best_metric else None
     try:
-        return _run(trainer, config, state, train_iter, ckpt, writer)
+        return _run(trainer, config, state, train_iter, ckpt, writer, best)
     finally:
         ckpt.wait()
         ckpt.close()
         writer.close()
+        if best is not None:
+            best.close()
 
 
-def _run(trainer: Trainer, config, state, train_iter, ckpt, writer) -> TrainResult:
+def _evaluate(trainer: Trainer, state, step: int, writer, best, data_state, config_json) -> tuple[dict, dict]:
+    stats = trainer.evaluate_stats(state)
+    metrics = trainer.task.summarize(stats)
+    writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+    logger.info("eval at step %d: %s", step, _format(metrics))
+    if best is not None and best.update(step, state, metrics, data_state, config_json):
+        logger.info("new best %s=%.4f at step %d", best.metric, best.best["value"], step)
+    return metrics, stats
+
+
+def _run(trainer: Trainer, config, state, train_iter, ckpt, writer, best) -> TrainResult:
     start = int(state.step)
     total = trainer.total_steps
     config_json = json.loads(config.to_json_best_effort())
@@ -148,11 +212,9 @@ def _run(trainer: Trainer, config, state, train_iter, ckpt, writer) -> TrainResu
                 writer.write(step, {f"train/{k}": v for k, v in scalars.items()})
                 progress.show(step, scalars)
                 _check_nonfinite(state, step, config)
-            if trainer.eval_source is not None and config.eval_every_steps and step % config.eval_every_steps == 0 \
-                    and step != total:
-                eval_metrics = trainer.evaluate(state)
-                writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                logger.info("eval at step %d: %s", step, _format(eval_metrics))
+            every = trainer.eval_every_steps
+            if trainer.eval_source is not None and every and step % every == 0 and step != total:
+                eval_metrics, _ = _evaluate(trainer, state, step, writer, best, data_state, config_json)
             ckpt.save(step, state, data_state, config_json)
             if watcher.reached(step):
                 ckpt.save(step, state, data_state, config_json, force=True)
@@ -164,11 +226,11 @@ def _run(trainer: Trainer, config, state, train_iter, ckpt, writer) -> TrainResu
         progress.close()
         watcher.close()
     ckpt.save(total, state, data_state, config_json, force=True)
+    eval_stats = None
     if trainer.eval_source is not None:
-        eval_metrics = trainer.evaluate(state)
-        writer.write(total, {f"eval/{k}": v for k, v in eval_metrics.items()})
-        logger.info("eval at step %d: %s", total, _format(eval_metrics))
-    return TrainResult(state, eval_metrics, total - start)
+        eval_metrics, eval_stats = _evaluate(trainer, state, total, writer, best, data_state, config_json)
+    return TrainResult(state, eval_metrics, total - start, eval_stats=eval_stats,
+                       best=best.best if best is not None else None)
 
 
 def _check_nonfinite(state, step: int, config) -> None:
@@ -185,6 +247,13 @@ def _write_config(config, workdir: str) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+
+
+def _example_batch(task, source) -> dict:
+    """One example as the model sees it (after the task's eval transform), for shapes at init."""
+    transform = getattr(task, "eval_transform", None)
+    example = source[0] if transform is None else transform(source[0], np.random.default_rng(0))
+    return state_lib.example_batch_like(_stack([example]))
 
 
 def _stack(rows) -> dict:

@@ -85,14 +85,14 @@ def jit_train_step(train_step, state_shardings, mesh):
     )
 
 
-def jit_eval_step(task, state_shardings, mesh):
-    """`eval(state, batch) -> summable statistics` (see `tasks`)."""
+def jit_eval_step(task, param_shardings, mesh):
+    """`eval(params, batch) -> summable statistics` (see `tasks`); params is the merged model tree."""
 
-    def eval_step(state: TrainState, batch):
-        return task.eval_stats(state.params, batch)
+    def eval_step(params, batch):
+        return task.eval_stats(params, batch)
 
     return jax.jit(
         eval_step,
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
     )

@@ -7,12 +7,14 @@ A task provides:
   eval_stats(params, batch) -> {name: array} statistics summed over batches (padded rows masked out)
   summarize(stats) -> {name: float}           final metrics from the summed statistics
   is_trainable(path) -> bool                  which parameters train; the rest are frozen
+and optionally `train_transform` / `eval_transform`: per-example host transforms `(example, rng) -> example`
+that the grain pipeline applies (e.g. TSN frame sampling).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -26,30 +28,45 @@ from jaxemo.train import optim
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationTask:
-    """Softmax cross-entropy classification of `batch[input_key]` into `num_classes` labels."""
+    """Softmax cross-entropy classification of `model(*batch[k] for k in input_keys)` into `num_classes`.
+
+    By default uint8 inputs become floats in [0, 1] on the device. `preprocess(rng, inputs, train) -> inputs`,
+    if given, replaces that: it gets the stored arrays (a dict keyed like `input_keys`) and does the
+    conversion and, when `train`, the on-device augmentation (`rng` is None in evaluation).
+    """
 
     model: nn.Module
     num_classes: int
-    input_key: str = "image"
+    input_keys: Sequence[str] = ("image",)
     label_key: str = "label"
     label_smoothing: float = 0.0
     trainable_patterns: Optional[Sequence[str]] = None
+    preprocess: Optional[Callable] = None
+    train_transform: Optional[Callable] = None
+    eval_transform: Optional[Callable] = None
 
     def is_trainable(self, path) -> bool:
         return optim.path_matcher(self.trainable_patterns)(path)
 
-    def inputs(self, batch) -> jax.Array:
-        """Images stored as uint8 become floats in [0, 1] on the device."""
-        x = batch[self.input_key]
-        return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
+    def inputs(self, batch, rng=None, train: bool = False) -> list:
+        inputs = {k: batch[k] for k in self.input_keys}
+        if self.preprocess is not None:
+            inputs = self.preprocess(rng, inputs, train)
+        else:
+            inputs = {k: _to_float(v) for k, v in inputs.items()}
+        return [inputs[k] for k in self.input_keys]
 
     def init(self, rng, batch):
         params_rng, dropout_rng = jax.random.split(rng)
-        return self.model.init({"params": params_rng, "dropout": dropout_rng}, self.inputs(batch))
+        return self.model.init({"params": params_rng, "dropout": dropout_rng}, *self.inputs(batch))
 
     def logits(self, params, batch, rng=None, train=False):
-        rngs = {"dropout": rng} if train else None
-        logits, _ = self.model.apply({"params": params}, self.inputs(batch), deterministic=not train, rngs=rngs)
+        if train:
+            preprocess_rng, dropout_rng = jax.random.split(rng)
+            inputs, rngs = self.inputs(batch, preprocess_rng, train=True), {"dropout": dropout_rng}
+        else:
+            inputs, rngs = self.inputs(batch), None
+        logits, _ = self.model.apply({"params": params}, *inputs, deterministic=not train, rngs=rngs)
         return logits.astype(jnp.float32)
 
     def loss(self, params, batch, rng, train=True):
@@ -68,9 +85,14 @@ class ClassificationTask:
         return {"loss_sum": (nll * mask).sum(), "confusion": confusion}
 
     def summarize(self, stats) -> dict:
+        """Scalar metrics; the summed statistics themselves (e.g. `confusion`) stay in `stats`."""
         confusion = np.asarray(stats["confusion"])
-        count = max(confusion.sum(), 1.0)
+        count = max(float(confusion.sum()), 1.0)
         return {
             "loss": float(stats["loss_sum"]) / count,
             **metrics_lib.classification_metrics(confusion),
         }
+
+
+def _to_float(x):
+    return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x

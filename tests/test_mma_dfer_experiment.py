@@ -1,0 +1,173 @@
+"""The MMA-DFER recipe end to end: the CLI trains on synthetic clips and the eval CLI reads its checkpoint;
+both fusion designs train; data-parallel + FSDP equals one device; pretrained encoders load; bad clips fail
+with their id."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import mma_dfer as experiment
+from experiments.configs import mma_dfer as mma_dfer_config
+from jaxemo.data import sources
+from jaxemo.train import checkpoint, loop, sharding
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = {"model.width": 32, "model.depth": 2, "model.num_heads": 2, "model.mlp_dim": 64, "model.latent_dim": 8,
+         "model.temporal_width": 32, "model.temporal_heads": 2, "model.temporal_mlp_dim": 64,
+         "data.train_size": 256, "data.eval_size": 64}
+
+
+def small_config(**overrides):
+    config = mma_dfer_config.get_config("tiny")
+    for key, value in {**SMALL, **overrides}.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            target = target[name]
+        target[leaf] = value
+    return config
+
+
+def _cli_overrides(values: dict) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def _run(module: str, *args, timeout=600):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("mma_dfer"))
+    out = _run("experiments.mma_dfer", f"--workdir={workdir}", *_cli_overrides(SMALL),
+               "--config.data.folds=(1,)", "--config.num_epochs=8")
+    return workdir, out
+
+
+def test_default_run_learns_the_synthetic_clips(trained):
+    workdir, out = trained
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    fold = results["folds"][0]
+    assert fold["uar"] > 0.5 and fold["war"] > 0.5, results  # 7 classes: chance is 0.14
+    assert "mean over 1 folds" in out
+    assert os.path.getsize(os.path.join(workdir, "fold1", "confusion.png")) > 1000
+    best = json.load(open(os.path.join(workdir, "fold1", "checkpoints_best.json")))
+    assert best["metric"] == "uar" and best["value"] >= fold["uar"] - 1e-9
+
+
+def test_eval_module_reads_the_checkpoint_and_reproduces_the_scores(trained, tmp_path):
+    workdir, _ = trained
+    out = _run("experiments.mma_dfer_eval", f"--checkpoint={workdir}/fold1/checkpoints", "--fold=1",
+               f"--output={tmp_path}")
+    scores = json.load(open(tmp_path / "eval_fold1.json"))
+    fold = json.load(open(os.path.join(workdir, "results.json")))["folds"][0]
+    np.testing.assert_allclose([scores["uar"], scores["war"]], [fold["uar"], fold["war"]], atol=1e-6)
+    assert "fold 1: UAR" in out and (tmp_path / "confusion_fold1.png").exists()
+
+
+def test_token_fusion_trains(tmp_path):
+    config = small_config(**{"model.fusion": "tokens", "model.fusion_layer": 1, "total_steps": 24,
+                             "eval_every_epochs": 0, "log_every_steps": 4})
+    train, test = experiment.fold_sources(config, 1)
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"), experiment.build_task(config), train, test)
+    losses = [json.loads(line)["train/loss"] for line in open(tmp_path / "run" / "metrics.jsonl")
+              if "train/loss" in line]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    assert result.eval_metrics["war"] > 0.2
+
+
+def _losses_and_params(config, mesh, steps=2):
+    train, _ = experiment.fold_sources(config, 1)
+    trainer = loop.Trainer(config, experiment.build_task(config), train, mesh=mesh)
+    state, batches, losses = trainer.init_state(), trainer.train_iterator(), []
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, sharding.shard_batch(next(batches), trainer.mesh))
+        losses.append(float(metrics["loss"]))
+    assert trainer.train_step._cache_size() == 1  # compiled once
+    return losses, jax.tree.map(np.array, jax.device_get(state.trainable))
+
+
+def test_data_parallel_and_fsdp_match_one_device():
+    config = small_config()
+    one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    eight = sharding.make_mesh({"data": 4, "fsdp": 2})
+    losses_1, params_1 = _losses_and_params(config, one)
+    losses_8, params_8 = _losses_and_params(config, eight)
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params_8, params_1)
+
+
+def _timm_state_dict(config, image_size, channels):
+    """A timm-named ViT state dict (as MAE-Face / AudioMAE ship) with random weights, as torch tensors."""
+    import torch
+
+    from jaxemo import vit
+    from jaxemo.convert import vit as vit_convert
+
+    m = config.model
+    model = vit.ViT(image_size=image_size, in_channels=channels, patch_size=(m.patch_size, m.patch_size),
+                    width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim)
+    params = jax.jit(model.init)(jax.random.key(channels), np.zeros((1, *image_size, channels), np.float32))
+    state = vit_convert.to_timm_vit(params["params"])
+    state["decoder_embed.weight"] = np.zeros((4, m.width), np.float32)  # MAE decoders are ignored
+    return {"model": {k: torch.from_numpy(np.array(v)) for k, v in state.items()}}
+
+
+def test_pretrained_encoders_load_and_stay_frozen(tmp_path):
+    import torch
+
+    config = small_config(total_steps=2, eval_every_epochs=0)
+    mae_face = _timm_state_dict(config, (32, 32), 3)
+    audiomae = _timm_state_dict(config, (128, 128), 1)  # pretrained on twice as many time frames: 16 x 16 grid
+    torch.save(mae_face, tmp_path / "mae_face.pth")
+    torch.save(audiomae, tmp_path / "audiomae.pth")
+    config.pretrained.update(image=str(tmp_path / "mae_face.pth"), audio=str(tmp_path / "audiomae.pth"),
+                             audio_grid=(16, 16))
+    experiment.run_fold(config, str(tmp_path), 1)
+    params = checkpoint.load_params(str(tmp_path / "fold1" / "checkpoints"))
+    fc1 = mae_face["model"]["blocks.1.mlp.fc1.weight"].numpy().T
+    np.testing.assert_array_equal(np.asarray(params["fusion_layers"]["video_block"]["mlp"]["fc1"]["kernel"][1]), fc1)
+    audio_patch = audiomae["model"]["patch_embed.proj.weight"].numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(np.asarray(params["audio_encoder"]["patch_embed"]["kernel"]), audio_patch)
+
+
+def _clip(**changes):
+    example = {"frames": np.zeros((5, 40, 40, 3), np.uint8), "num_frames": 5, "fbank": np.zeros((64, 128), np.float32),
+               "has_audio": True, "label": 3, "id": b"clip_042"}
+    return {**example, **changes}
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"frames": np.zeros((0, 40, 40, 3), np.uint8), "num_frames": 0}, "clip_042"),
+    ({"fbank": np.zeros((60, 128), np.float32)}, r"clip 'clip_042': fbank of shape \(60, 128\), expected \(64, 128\)"),
+    ({"label": 7}, "clip 'clip_042': label 7 is outside the 7 classes"),
+])
+def test_bad_clips_fail_with_their_id(changes, message):
+    task = experiment.build_task(small_config())
+    with pytest.raises(ValueError, match=message):
+        task.train_transform(_clip(**changes), np.random.default_rng(0))
+
+
+def test_short_clips_are_edge_padded_to_16_frames():
+    task = experiment.build_task(small_config())
+    frames = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 40, 40, 3), np.uint8)
+    out = task.eval_transform(_clip(frames=frames), None)
+    assert out["video"].shape == (16, 40, 40, 3)
+    assert list(out["video"][:, 0, 0, 0]) == sorted(out["video"][:, 0, 0, 0]) and out["video"][-1, 0, 0, 0] == 4
+
+
+def test_synthetic_folds_differ():
+    config = small_config()
+    a, _ = experiment.fold_sources(config, 1)
+    b, _ = experiment.fold_sources(config, 2)
+    assert sources.SYNTHETIC[config.data.name]
+    assert not np.array_equal(a[0]["frames"], b[0]["frames"])
