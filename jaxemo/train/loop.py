@@ -105,7 +105,7 @@ class Trainer:
     def train_iterator(self):
         return iter(pipeline.train_dataset(
             self.train_source, self.config.batch_size, self.config.seed,
-            worker_count=self.config.get("data_workers", 0), transform=getattr(self.task, "train_transform", None),
+            worker_count=self.config.get("data_workers", 0), transform=host_transform(self.task, train=True),
             pad_spec=getattr(self.task, "pad_spec", None)))
 
     def evaluate_stats(self, state) -> dict:
@@ -128,7 +128,7 @@ class Evaluator:
         """The task's evaluation statistics summed over the whole source (host numpy)."""
         totals = None
         batches = pipeline.eval_batches(self.source, self.config.eval_batch_size,
-                                        transform=getattr(self.task, "eval_transform", None),
+                                        transform=host_transform(self.task, train=False),
                                         pad_spec=getattr(self.task, "pad_spec", None))
         for batch in batches:
             stats = self.eval_step(params, sharding.shard_batch(batch, self.mesh))
@@ -249,9 +249,14 @@ def _write_config(config, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
+def host_transform(task, train: bool):
+    """The task's per-example host transform (see `tasks`), if it has one."""
+    return task.host_transform(train) if hasattr(task, "host_transform") else None
+
+
 def _example_batch(task, source) -> dict:
     """One example as the model sees it (after the task's eval transform), for shapes at init."""
-    transform = getattr(task, "eval_transform", None)
+    transform = host_transform(task, train=False)
     example = source[0] if transform is None else transform(source[0], np.random.default_rng(0))
     return state_lib.example_batch_like(_stack([example]))
 

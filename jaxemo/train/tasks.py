@@ -7,8 +7,9 @@ A task provides:
   eval_stats(params, batch) -> {name: array} statistics summed over batches (padded rows masked out)
   summarize(stats) -> {name: float}           final metrics from the summed statistics
   is_trainable(path) -> bool                  which parameters train; the rest are frozen
-and optionally `train_transform` / `eval_transform`: per-example host transforms `(example, rng) -> example`
-that the grain pipeline applies (e.g. TSN frame sampling).
+and `host_transform(train) -> (example, rng) -> example`, the per-example work the grain pipeline does on
+the host (e.g. TSN frame sampling) ending with only the fields the model reads: datasets carry more (ids as
+bytes, text attributes, ragged boxes) than a batch can hold.
 """
 
 from __future__ import annotations
@@ -24,6 +25,22 @@ import optax
 
 from jaxemo.train import metrics as metrics_lib
 from jaxemo.train import optim
+
+
+@dataclasses.dataclass(frozen=True)
+class HostTransform:
+    """Runs an optional per-example transform, then keeps `keys` (picklable for grain's worker processes)."""
+
+    transform: Optional[Callable]
+    keys: tuple
+
+    def __call__(self, example: dict, rng) -> dict:
+        if self.transform is not None:
+            example = self.transform(example, rng)
+        missing = [k for k in self.keys if k not in example]
+        if missing:
+            raise KeyError(f"examples lack the fields {missing} the task reads (they have {sorted(example)})")
+        return {k: example[k] for k in self.keys}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +64,10 @@ class ClassificationTask:
 
     def is_trainable(self, path) -> bool:
         return optim.path_matcher(self.trainable_patterns)(path)
+
+    def host_transform(self, train: bool) -> HostTransform:
+        transform = self.train_transform if train else self.eval_transform
+        return HostTransform(transform, (*self.input_keys, self.label_key))
 
     def inputs(self, batch, rng=None, train: bool = False) -> list:
         inputs = {k: batch[k] for k in self.input_keys}
