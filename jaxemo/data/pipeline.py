@@ -11,6 +11,10 @@ shuffled stream) - grain's `random_map`, a Philox generator keyed by the seed wi
 counter. So random crops and frame choices are the same for any process count and worker count, and a run
 resumed from a saved iterator state sees exactly the batches it would have seen.
 
+Iterators (`BatchIterator`) save `{"next_index": k}`, the index of the next batch; everything up to batching
+is random access, so `set_state` restarts grain at batch k and a run may resume with another worker count
+or process count and still see the same batches.
+
 Variable-length fields are padded or cropped to a fixed length on axis 0 (`pad_spec={"waveform": 48000}`)
 in the map stage, which adds `waveform_mask` (bool [L], True on real entries) and `waveform_length`
 (int32, the number of real entries); batching then stacks static shapes.
@@ -163,27 +167,87 @@ def _iterable(batches: grain.MapDataset, worker_count: int, worker_buffer_size: 
     return batches
 
 
+class BatchIterator:
+    """Iterator over a batched MapDataset, read by grain (threads, optional worker processes).
+
+    Its state is the index of the next batch, `{"next_index": k}` (the format of grain's in-process iterator),
+    and `set_state` restarts grain at batch k: so a state saved with any `worker_count` resumes exactly
+    with any other (grain's multiprocess state is tied to its worker count), and, since global batch k is
+    the same for any process count, with any number of processes.
+    """
+
+    def __init__(self, batches: grain.MapDataset, worker_count: int = 0, worker_buffer_size: int = 1,
+                 read_options: grain.ReadOptions | None = None):
+        self._batches, self._next, self._iterator = batches, 0, None
+        self._options = (worker_count, worker_buffer_size, read_options)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._iterator is None:
+            self._iterator = iter(_iterable(self._batches[self._next:], *self._options))
+        batch = next(self._iterator)
+        self._next += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"next_index": self._next}
+
+    def set_state(self, state: Mapping) -> None:
+        if "next_index" in state:
+            index = int(state["next_index"])
+        elif "iterators_in_use_states" in state:  # grain's own multiprocess state (older checkpoints)
+            index = sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
+        else:
+            raise ValueError(f"not a data iterator state: {dict(state)}")
+        self.close()
+        self._next = index
+
+    def close(self) -> None:
+        """Stops grain's threads and worker processes (a later `next` restarts them at the same batch)."""
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()
+        self._iterator = None
+
+
+class Batches:
+    """Iterable of batches; every `iter()` starts a `BatchIterator` at batch 0."""
+
+    def __init__(self, batches: grain.MapDataset, worker_count: int = 0, worker_buffer_size: int = 1,
+                 read_options: grain.ReadOptions | None = None):
+        self.batches = batches
+        self._options = (worker_count, worker_buffer_size, read_options)
+
+    def __iter__(self) -> BatchIterator:
+        return BatchIterator(self.batches, *self._options)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 # ------------------------------------------------------------------------------------------------ pipelines
 
 
 def train_dataset(source, global_batch_size: int, seed: int, process_index: int | None = None,
                   process_count: int | None = None, worker_count: int = 0, transform: Transform | None = None,
                   pad_spec: Mapping[str, int] | None = None, worker_buffer_size: int = 1,
-                  read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+                  read_options: grain.ReadOptions | None = None) -> Batches:
     """Endless, reshuffled-every-epoch batches of this process's rows (dicts of numpy arrays).
 
     `transform(example, rng)` runs per example with a generator seeded from (seed, position in the shuffled
     stream); `pad_spec` pads/crops variable-length fields and adds their masks and lengths (see module
     docstring). `worker_count` > 0 reads, transforms and batches in that many grain worker processes
-    (the transform and the source must pickle); iterator `get_state`/`set_state` resume exactly either
-    way. `read_options` sets the threads and look-ahead (in batches) of each reading process.
+    (the transform and the source must pickle). Iterators' `get_state`/`set_state` resume exactly, also
+    with another worker or process count (`BatchIterator`). `read_options` sets the threads and look-ahead
+    (in batches) of each reading process.
     """
     process_index, process_count, local = _processes(process_index, process_count, global_batch_size)
     examples = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
     examples = _per_example(examples, transform, pad_spec, seed)
     rows = _ProcessRows(examples, global_batch_size, process_index, process_count)
     batches = rows.batch(local, drop_remainder=True, batch_fn=stack_examples)
-    return _iterable(batches, worker_count, worker_buffer_size, read_options)
+    return Batches(batches, worker_count, worker_buffer_size, read_options)
 
 
 class _PaddedRows:
@@ -206,7 +270,7 @@ def eval_dataset(source, global_batch_size: int, process_index: int | None = Non
                  process_count: int | None = None, transform: Transform | None = None,
                  pad_spec: Mapping[str, int] | None = None, seed: int = 0, worker_count: int = 0,
                  worker_buffer_size: int = 1, read_options: grain.ReadOptions | None = None
-                 ) -> grain.IterDataset:
+                 ) -> Batches:
     """One pass over `source` in order, as batches of this process's rows; the last global batch is padded
     (with copies of the last row) and every batch carries a bool `mask` of real rows.
 
@@ -221,7 +285,7 @@ def eval_dataset(source, global_batch_size: int, process_index: int | None = Non
     examples = _per_example(examples, transform, pad_spec, seed)
     rows = _ProcessRows(examples, global_batch_size, process_index, process_count)
     batches = rows.batch(local, drop_remainder=True, batch_fn=stack_examples)
-    return _iterable(batches, worker_count, worker_buffer_size, read_options)
+    return Batches(batches, worker_count, worker_buffer_size, read_options)
 
 
 def eval_batches(source, global_batch_size: int, process_index: int | None = None,
