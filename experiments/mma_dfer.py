@@ -18,8 +18,6 @@ import logging
 import os
 
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from jaxemo import cli
 from jaxemo.convert import load_torch_state_dict
@@ -27,10 +25,6 @@ from jaxemo.convert import mma_dfer as mma_dfer_convert
 from jaxemo.data import augment, sources, video
 from jaxemo.models import mma_dfer
 from jaxemo.train import loop, metrics, state as state_lib, tasks
-
-_CONFIG = config_flags.DEFINE_config_file("config", cli.config_path("mma_dfer") + ":tiny",
-                                          "config file and variant (tiny, dfew, mafw)")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/mma_dfer-<variant>)")
 
 
 def build_model(config) -> mma_dfer.MMADFER:
@@ -133,8 +127,8 @@ def summarize(per_fold: list[dict]) -> dict:
 
 def main(argv):
     del argv
-    config = _CONFIG.value
-    workdir = loop.check_workdir(_WORKDIR.value or cli.default_workdir("mma_dfer", config.get("variant", "custom")))
+    config, workdir = cli.experiment_config_and_workdir("mma_dfer")
+    workdir = loop.check_workdir(workdir)
     per_fold = []
     for fold in config.data.folds:
         result = run_fold(config, workdir, int(fold))
@@ -151,4 +145,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.define_experiment_flags("mma_dfer", "tiny, dfew, mafw")
     cli.run(main)

@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from absl import flags
-from ml_collections import config_flags
-
 from jaxemo import cli, vit
 from jaxemo.data import sources
 from jaxemo.train import loop, state as state_lib, tasks
-
-_CONFIG = config_flags.DEFINE_config_file("config", cli.config_path("vit_classifier") + ":tiny",
-                                          "config file and variant, e.g. experiments/configs/vit_classifier.py:tiny")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/vit_classifier-<variant>)")
 
 
 def build_model(config) -> vit.ViT:
@@ -53,8 +46,7 @@ def train(config, workdir: str) -> loop.TrainResult:
 
 def main(argv):
     del argv
-    config = _CONFIG.value
-    workdir = _WORKDIR.value or cli.default_workdir("vit_classifier", config.get("variant", "custom"))
+    config, workdir = cli.experiment_config_and_workdir("vit_classifier")
     result = train(config, workdir)
     if result.preempted:
         print(f"stopped at step {int(result.state.step)}; rerun the same command to resume from {workdir}")
@@ -65,4 +57,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.define_experiment_flags("vit_classifier", "tiny, paper")
     cli.run(main)
