@@ -7,6 +7,10 @@ Conventions (shared by every benchmark that reports MFU):
   * a training step costs 3x the forward pass (the backward pass does two matmuls per forward matmul:
     one for the input gradient, one for the weight gradient), even where a gradient is not needed (the
     patch embedding never needs the gradient of the images), as in the PaLM / MaxText MFU convention;
+    except for models with frozen parts (MMA-DFER, `mma_dfer_flops`): there the backward counts what has
+    to be computed, i.e. activation gradients through every layer but weight gradients only for the
+    trainable weights, since 3x forward would credit a frozen encoder with work nobody does;
+  * recomputation (remat) is not counted: MFU is model FLOPs, not hardware FLOPs;
   * MFU = achieved model FLOP/s / peak FLOP/s, the peak being a large matmul timed in the same process in
     the same dtype on the same device, not a datasheet number.
 """
@@ -57,6 +61,104 @@ def vit_forward_flops(model) -> int:
 def train_flops(forward_flops: int) -> int:
     """Forward + backward (2x forward) FLOPs of one training step, per sample."""
     return 3 * forward_flops
+
+
+def _transformer_layer_flops(tokens: int, width: int, mlp_dim: int) -> tuple[int, int]:
+    """(weight matmuls, attention matmuls) of one pre-LN transformer layer on `tokens` tokens; see
+    `vit_forward_flops`: 8*T*D^2 + 4*T*D*M with weights, 4*T^2*D without (q k^T and the weighted sum of v)."""
+    return 8 * tokens * width * width + 4 * tokens * width * mlp_dim, 4 * tokens * tokens * width
+
+
+@dataclasses.dataclass(frozen=True)
+class MMADFERFlops:
+    """Matmul FLOPs of one MMA-DFER clip (T frames + its fbank), split the way the backward pass needs.
+
+    `weights[part]` are matmuls with a weight matrix, `attention[part]` the weightless attention matmuls
+    (q k^T and the weighted sum of v), `patch_embed[part]` the patch embeddings (a convolution on the pixels
+    or the fbank); `trainable` names the parts whose weights train (the reference's split).
+    """
+
+    patch_embed: dict[str, int]
+    weights: dict[str, int]
+    attention: dict[str, int]
+    trainable: frozenset[str]
+
+    @property
+    def parts(self) -> dict[str, int]:
+        """Forward FLOPs per part: video_encoder, audio_encoder, adapters, joint_proj, temporal, head."""
+        names = [*self.weights] + [p for p in self.attention if p not in self.weights]
+        return {p: self.patch_embed.get(p, 0) + self.weights.get(p, 0) + self.attention.get(p, 0) for p in names}
+
+    @property
+    def forward(self) -> int:
+        return sum(self.parts.values())
+
+    def backward(self, recompute_attention_scores: bool = False) -> tuple[int, int]:
+        """(activation-gradient FLOPs, weight-gradient FLOPs) of the backward pass.
+
+        Activation gradients flow through every layer, frozen ones included (the prompts, positions and
+        adapters that train sit at the input and after every layer): 1x the forward FLOPs of each weight
+        matmul, 2x those of each attention matmul (both of its operands need a gradient), and nothing for
+        the patch embeddings (no gradient is needed for the pixels or the fbank). Weight gradients (1x
+        forward) exist only for trainable weights: frozen encoders get none.
+
+        `recompute_attention_scores` adds one q k^T per encoder attention to the backward, as
+        `torch.utils.flop_counter` counts `scaled_dot_product_attention`'s backward (flash-style kernels
+        recompute the scores); the temporal transformer's attention is plain matmuls in the reference.
+        """
+        encoder_attention = sum(v for p, v in self.attention.items() if p.endswith("_encoder"))
+        activations = sum(self.weights.values()) + 2 * sum(self.attention.values())
+        if recompute_attention_scores:
+            activations += encoder_attention // 2
+        return activations, sum(v for p, v in self.weights.items() if p in self.trainable)
+
+    def train(self, recompute_attention_scores: bool = False) -> int:
+        """Forward + backward FLOPs of one training sample (the optimizer's elementwise update is ignored)."""
+        return self.forward + sum(self.backward(recompute_attention_scores))
+
+
+def mma_dfer_flops(model) -> MMADFERFlops:
+    """Analytic matmul FLOPs of one clip through `jaxemo.models.mma_dfer.MMADFER` (read from its fields).
+
+    With T frames of N patches (P x P x 3 pixels), an fbank of Na patches (P x P x 1), width D, MLP width M,
+    depth L, prompts p and latent width K; each frame has Tv = 1 + N + p tokens, the audio Ta = 1 + Na + p
+    (plus the fusion tokens with `fusion="tokens"`, which every layer computes):
+
+        video encoder   T * (2*N*P*P*3*D + L * (8*Tv*D^2 + 4*Tv*D*M + 4*Tv^2*D))    frozen
+        audio encoder        2*Na*P*P*D  + L * (8*Ta*D^2 + 4*Ta*D*M + 4*Ta^2*D)     frozen
+        adapters        L * 2 * (2*T*Tv + 2*Ta) * D*K   down and up projections, both modalities (bottleneck)
+        joint_proj      2*T*D*Dt                         trainable, as everything below
+        temporal        per layer 8*S*Dt^2 + 4*S*Dt*Mt + 4*S^2*Dt, S = T + 1 tokens of width Dt
+        head            2*Dt*C
+
+    At paper size (16 x 224 px, 512 x 128 fbank, ViT-B/16 encoders) that is 643.7 GFLOPs forward and, by
+    `MMADFERFlops.train`, 1,327.1 per training sample (1,340.6 counted as torch.utils.flop_counter counts
+    SDPA's backward: `train(recompute_attention_scores=True)`), the dossier's measured figures.
+    """
+    p, d, m, depth = model.patch_size, model.width, model.mlp_dim, model.depth
+    extra = model.num_fusion_tokens if model.fusion == "tokens" else 0
+    frames = model.num_frames
+    video_patches = (model.image_size // p) ** 2
+    audio_patches = (model.audio_shape[0] // p) * (model.audio_shape[1] // p)
+    video_tokens = 1 + video_patches + model.num_prompts + extra
+    audio_tokens = 1 + audio_patches + model.num_prompts + extra
+    video_dense, video_attention = _transformer_layer_flops(video_tokens, d, m)
+    audio_dense, audio_attention = _transformer_layer_flops(audio_tokens, d, m)
+    dt, steps = model.temporal_width, frames + 1
+    temporal_dense, temporal_attention = _transformer_layer_flops(steps, dt, model.temporal_mlp_dim)
+    adapters = 0
+    if model.fusion == "bottleneck":
+        adapters = depth * 2 * (2 * frames * video_tokens + 2 * audio_tokens) * d * model.latent_dim
+    return MMADFERFlops(
+        patch_embed={"video_encoder": frames * 2 * video_patches * p * p * 3 * d,
+                     "audio_encoder": 2 * audio_patches * p * p * d},
+        weights={"video_encoder": frames * depth * video_dense, "audio_encoder": depth * audio_dense,
+                 "adapters": adapters, "joint_proj": 2 * frames * d * dt,
+                 "temporal": model.temporal_depth * temporal_dense, "head": 2 * dt * model.num_classes},
+        attention={"video_encoder": frames * depth * video_attention, "audio_encoder": depth * audio_attention,
+                   "temporal": model.temporal_depth * temporal_attention},
+        trainable=frozenset({"adapters", "joint_proj", "temporal", "head"}),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -177,13 +279,14 @@ class Measurement:
     framework: str
     run_seconds: list[float]  # wall time of each timed run
     steps_per_run: int
-    flops_per_sample: int  # analytic, training (3x forward)
+    flops_per_sample: int  # analytic: of a training sample (3x forward for the ViT), or of a forward pass
     peak_flops: Optional[float] = None  # measured in the same process, row's dtype and device(s)
     compile_s: Optional[float] = None
     memory_bytes: Optional[int] = None
     memory_source: str = ""
     rss_bytes: Optional[int] = None
     others_cpu_share: Optional[float] = None  # of all cores, used by other processes during the timed runs
+    step: str = "train"  # or "inference" (forward only)
 
     @property
     def samples_per_s(self) -> float:
@@ -217,9 +320,21 @@ def table_row(m: Measurement) -> list[str]:
             f"{100 * m.mfu:.1f}", "n/a" if m.compile_s is None else f"{m.compile_s:.1f}", _memory_cell(m)]
 
 
-def markdown_table(rows: Sequence[Measurement]) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(table_row(m)) + " |" for m in rows]
+MMA_DFER_COLUMNS = ("model", "step", "batch", "dtype", "framework", "clips/s", "GFLOP/clip", "achieved TFLOP/s",
+                    "measured peak TFLOP/s", "MFU %", "compile s", "memory")
+
+
+def mma_dfer_table_row(m: Measurement) -> list[str]:
+    """A row of `MMA_DFER_COLUMNS`: the ViT row without the image size (the model label has the input sizes)
+    and with the step (train / inference)."""
+    row = table_row(m)
+    return [row[0], m.step, *row[1:2], *row[3:]]
+
+
+def markdown_table(rows: Sequence[Measurement], columns: Sequence[str] = TABLE_COLUMNS,
+                   row: Callable[[Measurement], list[str]] = table_row) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row(m)) + " |" for m in rows]
     return "\n".join(lines)
 
 

@@ -1,14 +1,21 @@
-"""The benchmark harness: analytic FLOPs vs XLA, BENCHMARKS.md sections, and a --tiny end-to-end run.
+"""The benchmark harness: analytic FLOPs vs XLA (and vs torch's flop counter for MMA-DFER), BENCHMARKS.md
+sections, and --tiny end-to-end runs.
 
 Nothing here asserts a speed: timings on a shared CI machine mean nothing.
 """
 
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import benchmark
 from jaxemo import bench, vit
+from jaxemo.models import mma_dfer
+from jaxemo.train import optim
+
 
 
 def xla_forward_flops(model, batch: int = 2) -> float:
@@ -86,3 +93,170 @@ def test_torch_model_matches_jaxemo_sizes_and_trains():
 
     step = benchmark.torch_train_step(torch, hf_model, config.optimizer, benchmark.random_batch(2, model))
     assert torch.isfinite(step())
+
+
+# ------------------------------------------------------------------------------------------------ MMA-DFER
+
+
+def small_mma_dfer(**overrides):
+    """Depth 1: the layers run under `nn.scan`, whose body XLA's cost analysis counts once, not per layer.
+    Width 192 keeps the elementwise work (counted by XLA, not by the formula) under about 10%."""
+    config = {"num_frames": 2, "image_size": 32, "audio_shape": (64, 32), "patch_size": 8, "width": 192,
+              "depth": 1, "num_heads": 3, "mlp_dim": 768, "prompt_groups": 1, "latent_dim": 32,
+              "temporal_width": 64, "temporal_heads": 2, "temporal_mlp_dim": 128}
+    return mma_dfer.MMADFER(**{**config, **overrides})
+
+
+def mma_dfer_inputs(model, batch=2):
+    video = jnp.zeros((batch, model.num_frames, model.image_size, model.image_size, 3))
+    return video, jnp.zeros((batch, *model.audio_shape))
+
+
+def test_mma_dfer_flops_reproduce_the_dossier_at_paper_size():
+    flops = bench.mma_dfer_flops(mma_dfer.MMADFER())  # 16 x 224 px, 512 x 128 fbank, ViT-B/16 encoders
+    # /work/shared/research/mma_dfer.md §1.8, torch.utils.flop_counter on the reference: 643.7 GFLOPs
+    # forward (image ViT 289.9 GMAC, audio 23.7, adapters 8.3, temporal + projection 0.04) and 1,340.6
+    # GFLOPs per training sample.
+    assert flops.forward / 1e9 == pytest.approx(643.7, abs=0.05)
+    parts = {k: v / 2e9 for k, v in flops.parts.items()}
+    assert parts["video_encoder"] == pytest.approx(289.9, abs=0.05)
+    assert parts["audio_encoder"] == pytest.approx(23.7, abs=0.05)
+    assert parts["adapters"] == pytest.approx(8.3, abs=0.05)
+    assert parts["joint_proj"] + parts["temporal"] + parts["head"] == pytest.approx(0.04, abs=0.005)
+    # The counter's SDPA backward recomputes the attention scores; without that, 1% less.
+    assert flops.train(recompute_attention_scores=True) / 1e9 == pytest.approx(1340.6, abs=0.05)
+    assert flops.train() / 1e9 == pytest.approx(1340.6, rel=0.02)
+    assert flops.train() < 2.1 * flops.forward < bench.train_flops(flops.forward)  # frozen: no weight grads
+
+
+def test_mma_dfer_flops_formula():
+    model = small_mma_dfer(depth=3, prompt_groups=1, temporal_depth=2, num_classes=5)
+    t, d, m, k, dt, mt = 2, 192, 768, 32, 64, 128
+    tv, ta = 1 + 16 + 6, 1 + 32 + 6
+    layer = lambda n, d, m: 8 * n * d * d + 4 * n * d * m + 4 * n * n * d
+    flops = bench.mma_dfer_flops(model)
+    assert flops.parts == {
+        "video_encoder": t * (2 * 16 * 64 * 3 * d + 3 * layer(tv, d, m)),
+        "audio_encoder": 2 * 32 * 64 * d + 3 * layer(ta, d, m),
+        "adapters": 3 * 2 * (2 * t * tv + 2 * ta) * d * k,
+        "joint_proj": 2 * t * d * dt, "temporal": 2 * layer(t + 1, dt, mt), "head": 2 * dt * 5}
+    attention = 3 * 4 * d * (t * tv**2 + ta**2) + 2 * 4 * dt * (t + 1) ** 2
+    patch_embed = flops.patch_embed["video_encoder"] + flops.patch_embed["audio_encoder"]
+    trainable = flops.parts["adapters"] + flops.parts["joint_proj"] + flops.parts["head"] + \
+        2 * layer(t + 1, dt, mt) - 2 * 4 * dt * (t + 1) ** 2
+    assert flops.backward() == (flops.forward - patch_embed + attention, trainable)
+    assert flops.train() == flops.forward + sum(flops.backward())
+    tokens = bench.mma_dfer_flops(small_mma_dfer(depth=3, fusion="tokens", num_fusion_tokens=4, num_classes=5))
+    assert tokens.parts["adapters"] == 0  # MBT fusion tokens: every layer sees 4 more tokens
+    assert tokens.parts["audio_encoder"] == 2 * 32 * 64 * d + 3 * layer(ta + 4, d, m)
+
+
+def test_mma_dfer_forward_flops_match_xla_cost_analysis():
+    model = small_mma_dfer()
+    video, audio = mma_dfer_inputs(model)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), video, audio)["params"])
+    forward = jax.jit(lambda p, v, a: model.apply({"params": p}, v, a)[0])
+    xla = forward.lower(params, video, audio).compile().cost_analysis()["flops"] / len(video)
+    assert bench.mma_dfer_flops(model).forward == pytest.approx(xla, rel=0.1)
+
+
+def test_mma_dfer_train_flops_match_xla_gradient_of_the_trainable_params():
+    """XLA's count of the gradient the train step takes (trainable params only) agrees with the analytic
+    split, and is far from the 3x-forward convention, which would give the frozen encoders weight grads."""
+    model = small_mma_dfer()
+    video, audio = mma_dfer_inputs(model)
+    params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), video, audio)["params"]))
+    trainable, frozen = optim.split_params(params, optim.path_matcher(mma_dfer.TRAINABLE_PATTERNS))
+
+    def loss(trainable, frozen, video, audio):
+        return model.apply({"params": optim.merge_params(trainable, frozen)}, video, audio)[0].sum()
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    xla = grad.lower(trainable, frozen, video, audio).compile().cost_analysis()["flops"] / len(video)
+    flops = bench.mma_dfer_flops(model)
+    assert flops.train() == pytest.approx(xla, rel=0.1)
+    assert bench.train_flops(flops.forward) > 1.3 * xla
+
+
+def test_mma_dfer_flops_match_torch_flop_counter_on_the_reference():
+    """The PyTorch reference (eager attention: plain matmuls) with the reference's frozen split: torch's own
+    count of its forward and backward equals the analytic one exactly."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from jaxemo.reference import mma_dfer_torch
+
+    model = small_mma_dfer(width=32, num_heads=2, mlp_dim=64, depth=2, prompt_groups=2, latent_dim=8,
+                           temporal_width=16, temporal_mlp_dim=32)
+    torch.manual_seed(0)
+    net = mma_dfer_torch.build(mma_dfer_torch.Sizes.of(model), attn_implementation="eager")
+    mma_dfer_torch.freeze_like_reference(net)
+    batch = 3
+    video = torch.rand(batch, model.num_frames, 3, model.image_size, model.image_size)
+    audio = torch.randn(batch, 1, *model.audio_shape)
+    with FlopCounterMode(display=False) as forward:
+        logits = net(video, audio)[0]
+    with FlopCounterMode(display=False) as backward:
+        logits.sum().backward()
+    flops = bench.mma_dfer_flops(model)
+    assert forward.get_total_flops() == batch * flops.forward
+    assert backward.get_total_flops() == batch * sum(flops.backward())
+
+
+def test_torch_reference_trains_what_the_reference_trains():
+    """At paper size (on the meta device: no memory): the reference's 7,632,415 trainable and 171,679,732
+    frozen parameters (dossier §1.5), every parameter under a reference state-dict name."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from jaxemo.reference import mma_dfer_torch
+
+    with torch.device("meta"):
+        net = mma_dfer_torch.build(mma_dfer_torch.Sizes())
+    trainable = mma_dfer_torch.freeze_like_reference(net)
+    named = {id(p) for params in mma_dfer_torch.reference_parameters(net).values() for p in params}
+    assert named == {id(p) for p in net.parameters()}
+    assert sum(p.numel() for p in trainable) == 7_632_415
+    assert sum(p.numel() for p in net.parameters() if not p.requires_grad) == 171_679_732
+
+
+def test_torch_mma_dfer_steps_train_only_the_trainable_params():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from jaxemo.reference import mma_dfer_torch
+
+    model = small_mma_dfer(width=32, num_heads=2, mlp_dim=64, num_frames=16)
+    torch.manual_seed(0)
+    net = mma_dfer_torch.build(mma_dfer_torch.Sizes.of(model), attn_implementation="sdpa")
+    before = {k: v.copy() for k, v in mma_dfer_torch.to_state_dict(net).items()}
+    config = benchmark.mma_dfer_model_config("tiny", benchmark.parse_args(["--model=mma_dfer", "--tiny"]), "none")
+    train_step, inference_step = benchmark.torch_mma_dfer_steps(torch, net, config.optimizer,
+                                                                benchmark.mma_dfer_batch(2, model))
+    assert torch.isfinite(train_step())
+    assert inference_step().shape == (2, model.num_classes)
+    after = mma_dfer_torch.to_state_dict(net)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed <= {k for k in before if mma_dfer_torch.reference_trainable(k)}  # frozen: untouched
+    assert {"our_classifier.weight", "audio_model.all_gate.0", "image_encoder.pos_embed",
+            "audio_model.learnable_prompts_init", "image_encoder.audio_proj_pre.0.0.weight"} <= changed
+
+
+@pytest.mark.slow
+def test_tiny_mma_dfer_benchmark_writes_its_section(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    other = "<!-- vit-train-step:cpu-float32 begin -->\nkeep me\n<!-- vit-train-step:cpu-float32 end -->"
+    path.write_text(f"# Benchmarks\n\n{other}\n")
+    argv = ["--model=mma_dfer", "--tiny", "--notorch", "--write", f"--benchmarks_file={path}"]
+    results = benchmark.main(argv)
+
+    assert [(r.step, r.framework) for r in results] == [("train", "JAX (jaxemo)"), ("inference", "JAX (jaxemo)")]
+    assert all(r.samples_per_s > 0 and r.compile_s > 0 for r in results)
+    assert results[0].flops_per_sample > 2 * results[1].flops_per_sample  # train counts the backward too
+    text = path.read_text()
+    assert "keep me" in text
+    key = f"mma-dfer-steps-tiny:{jax.default_backend()}-float32"
+    section = text.split(f"<!-- {key} begin -->")[1].split(f"<!-- {key} end -->")[0]
+    label = "MMA-DFER tiny (w64 d4 p8; 16 x 32px, fbank 64x128)"
+    assert f"| {label} | train | 8 | float32 | JAX (jaxemo) |" in section
+    assert f"| {label} | inference | 8 | float32 | JAX (jaxemo) |" in section
+    assert "python -m experiments.benchmark --model=mma_dfer --tiny --notorch --write" in section

@@ -1,10 +1,11 @@
 """MMA-DFER checkpoint conversion: parity with a PyTorch re-expression of the reference forward pass,
 round trips, initialisation from MAE-Face / AudioMAE, and errors naming the offending key.
 
-The PyTorch model below follows katerynaCh/MMA-DFER (`models/Generate_Model.py::GenerateModel.forward`,
-`models/models_vit.py`, `AudioMAE/audio_models_vit.py`, `models/Temporal_Model.py`) at a tiny size. Its
-encoder blocks are transformers' `ViTLayer` (the same pre-LN block as timm's, eps 1e-6, exact GELU); the
-fusion, prompts, joint projection and temporal transformer are written out here.
+The PyTorch model (`jaxemo.reference.mma_dfer_torch`) follows katerynaCh/MMA-DFER
+(`models/Generate_Model.py::GenerateModel.forward`, `models/models_vit.py`, `AudioMAE/audio_models_vit.py`,
+`models/Temporal_Model.py`); here it runs at a tiny size. Its encoder blocks are transformers' `ViTLayer`
+(the same pre-LN block as timm's, eps 1e-6, exact GELU); the fusion, prompts, joint projection and temporal
+transformer are written out there.
 """
 
 import subprocess
@@ -20,8 +21,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 F = torch.nn.functional
 
-from transformers.models.vit.modeling_vit import ViTLayer
-
 from jaxemo.convert.mma_dfer import (
     from_pretrained_encoders,
     from_reference_checkpoint,
@@ -29,15 +28,19 @@ from jaxemo.convert.mma_dfer import (
 )
 from jaxemo.convert.vit import to_timm_vit
 from jaxemo.models import mma_dfer
+from jaxemo.reference import mma_dfer_torch
 
 WIDTH, DEPTH, HEADS, MLP, PATCH, LATENT = 32, 12, 2, 64, 8, 8
 FRAMES, IMAGE, AUDIO = 4, 32, (64, 32)
 PROMPTS, GROUPS = 6, 2
 STRIDE = 6  # the reference's hard-coded `ii % 6` schedule (== DEPTH // GROUPS here)
 T_WIDTH, T_DEPTH, T_HEADS, T_MLP, CLASSES = 16, 2, 2, 32, 7
-VIDEO_PATCHES = (IMAGE // PATCH) ** 2
-AUDIO_PATCHES = (AUDIO[0] // PATCH) * (AUDIO[1] // PATCH)
 TOL = {"atol": 1e-5, "rtol": 1e-5}
+SIZES = mma_dfer_torch.Sizes(
+    num_frames=FRAMES, image_size=IMAGE, audio_shape=AUDIO, patch_size=PATCH, width=WIDTH, depth=DEPTH,
+    num_heads=HEADS, mlp_dim=MLP, num_prompts=PROMPTS, prompt_groups=GROUPS, prompt_stride=STRIDE,
+    latent_dim=LATENT, temporal_width=T_WIDTH, temporal_depth=T_DEPTH, temporal_heads=T_HEADS,
+    temporal_mlp_dim=T_MLP, num_classes=CLASSES)
 
 
 def jax_model(**overrides):
@@ -46,190 +49,6 @@ def jax_model(**overrides):
               "num_prompts": PROMPTS, "prompt_groups": GROUPS, "latent_dim": LATENT, "temporal_width": T_WIDTH,
               "temporal_depth": T_DEPTH, "temporal_heads": T_HEADS, "temporal_mlp_dim": T_MLP}
     return mma_dfer.MMADFER(**{**config, **overrides})
-
-
-# ------------------------------------------------------------------- PyTorch re-expression of the reference
-
-
-def vit_layer():
-    config = transformers.ViTConfig(hidden_size=WIDTH, num_attention_heads=HEADS, intermediate_size=MLP,
-                                    layer_norm_eps=1e-6, hidden_act="gelu", hidden_dropout_prob=0.0,
-                                    attention_probs_dropout_prob=0.0)
-    config._attn_implementation = "eager"
-    return ViTLayer(config)
-
-
-def linears(n, d_in, d_out, bias=True):
-    return torch.nn.ModuleList(torch.nn.Linear(d_in, d_out, bias=bias) for _ in range(n))
-
-
-class Encoder(torch.nn.Module):
-    """A frozen ViT with prompt tokens after the patches, and its own side of the fusion: the 128 -> 768
-    up-projection (`temporal_att_post`), the tanh gate (`all_gate`) and the progressive prompt updates."""
-
-    def __init__(self, channels, patches):
-        super().__init__()
-        self.patches = patches
-        self.patch_embed = torch.nn.Conv2d(channels, WIDTH, PATCH, stride=PATCH)
-        self.cls_token = torch.nn.Parameter(torch.randn(1, 1, WIDTH))
-        self.pos_embed = torch.nn.Parameter(torch.randn(1, 1 + patches + PROMPTS, WIDTH))
-        self.prompts = torch.nn.Parameter(torch.randn(PROMPTS, WIDTH) * WIDTH**-0.5)
-        self.prompt_updates = torch.nn.ParameterList(
-            torch.nn.Parameter(torch.randn(PROMPTS // GROUPS, WIDTH) * WIDTH**-0.5) for _ in range(GROUPS))
-        self.blocks = torch.nn.ModuleList(vit_layer() for _ in range(DEPTH))
-        self.norm = torch.nn.LayerNorm(WIDTH, eps=1e-6)
-        self.head = torch.nn.Linear(WIDTH, 5)  # exists in the reference's encoders, never called
-        self.up = linears(DEPTH, LATENT, WIDTH)
-        self.gates = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(1)) for _ in range(DEPTH))
-
-    def embed(self, images):
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)
-        batch = x.shape[0]
-        x = torch.cat([self.cls_token.expand(batch, -1, -1), x, self.prompts.expand(batch, -1, -1)], dim=1)
-        return x + self.pos_embed
-
-    def fuse(self, i, x, latent):
-        """Gated residual up-projection, then after layers 0, 6, ... group g's update of its prompt slots."""
-        x = x + torch.tanh(self.gates[i]) * F.gelu(self.up[i](latent))
-        if i % STRIDE == 0:
-            group, per_group = i // STRIDE, PROMPTS // GROUPS
-            start = 1 + self.patches + group * per_group
-            update = torch.zeros_like(x)
-            update[:, start:start + per_group] = self.prompt_updates[group]
-            x = x + update
-        return x
-
-
-class TemporalLayer(torch.nn.Module):
-    """Pre-norm attention (q and fused kv without bias, heads as (h d)) and tanh-GELU MLP, both residual.
-    `attn_norm2` / `mlp_norm2` mirror the reference PreNorm's second LayerNorm, which is never called."""
-
-    def __init__(self):
-        super().__init__()
-        self.attn_norm, self.attn_norm2 = torch.nn.LayerNorm(T_WIDTH), torch.nn.LayerNorm(T_WIDTH)
-        self.to_q = torch.nn.Linear(T_WIDTH, T_WIDTH, bias=False)
-        self.to_kv = torch.nn.Linear(T_WIDTH, 2 * T_WIDTH, bias=False)
-        self.to_out = torch.nn.Linear(T_WIDTH, T_WIDTH)
-        self.mlp_norm, self.mlp_norm2 = torch.nn.LayerNorm(T_WIDTH), torch.nn.LayerNorm(T_WIDTH)
-        self.fc1, self.fc2 = torch.nn.Linear(T_WIDTH, T_MLP), torch.nn.Linear(T_MLP, T_WIDTH)
-
-    def forward(self, x):
-        batch, steps, _ = x.shape
-        split = lambda t: t.reshape(batch, steps, T_HEADS, -1).transpose(1, 2)
-        y = self.attn_norm(x)
-        key, value = self.to_kv(y).chunk(2, dim=-1)
-        query, key, value = split(self.to_q(y)), split(key), split(value)
-        weights = (query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5).softmax(dim=-1)
-        x = x + self.to_out((weights @ value).transpose(1, 2).reshape(batch, steps, -1))
-        hidden = self.fc1(self.mlp_norm(x))
-        hidden = 0.5 * hidden * (1 + torch.tanh((2 / np.pi) ** 0.5 * (hidden + 0.044715 * hidden**3)))
-        return x + self.fc2(hidden)
-
-
-class Temporal(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.cls_token = torch.nn.Parameter(torch.randn(1, 1, T_WIDTH))
-        self.pos_embedding = torch.nn.Parameter(torch.randn(1, FRAMES + 1, T_WIDTH))
-        self.layers = torch.nn.ModuleList(TemporalLayer() for _ in range(T_DEPTH))
-
-    def forward(self, x):
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
-        for layer in self.layers:
-            x = layer(x)
-        return x[:, 0]  # no final norm
-
-
-class TorchMMADFER(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.video, self.audio = Encoder(3, VIDEO_PATCHES), Encoder(1, AUDIO_PATCHES)
-        self.video_down, self.audio_down = linears(DEPTH, WIDTH, LATENT), linears(DEPTH, WIDTH, LATENT)
-        self.video_down_norm = torch.nn.ModuleList(torch.nn.LayerNorm(LATENT) for _ in range(DEPTH))
-        self.audio_down_norm = torch.nn.ModuleList(torch.nn.LayerNorm(LATENT) for _ in range(DEPTH))
-        self.temporal = Temporal()
-        self.joint_proj, self.classifier = torch.nn.Linear(WIDTH, T_WIDTH), torch.nn.Linear(T_WIDTH, CLASSES)
-
-    def forward(self, video, audio):
-        """video [B, T, 3, H, W], audio [B, 1, time, mel] -> (logits, video CLS [B, T, D], audio CLS [B, D])."""
-        clips, frames = video.shape[:2]
-        x, a = self.video.embed(video.flatten(0, 1)), self.audio.embed(audio)
-        for i in range(DEPTH):
-            a, x = self.audio.blocks[i](a), self.video.blocks[i](x)
-            z_video = self.video_down_norm[i](self.video_down[i](x))
-            z_audio = self.audio_down_norm[i](self.audio_down[i](a))
-            audio_summary = z_audio.mean(1).unsqueeze(1).repeat_interleave(frames, 0)
-            video_summary = z_video.view(clips, frames, -1, LATENT).mean(1).mean(1).unsqueeze(1)
-            x = self.video.fuse(i, x, z_video + audio_summary)
-            a = self.audio.fuse(i, a, z_audio + video_summary)
-        video_cls = self.video.norm(x)[:, 0].reshape(clips, frames, WIDTH)
-        audio_cls = self.audio.norm(a)[:, 0]
-        feature = self.temporal(self.joint_proj(video_cls + audio_cls.unsqueeze(1)))
-        return self.classifier(feature), video_cls, audio_cls
-
-
-# --------------------------------------------------------------- the reference's state-dict names
-
-
-def add_module(out, name, module):
-    out[name + ".weight"] = module.weight
-    if getattr(module, "bias", None) is not None:
-        out[name + ".bias"] = module.bias
-
-
-def timm_block(layer, at):
-    """One HF `ViTLayer` under timm's names, q/k/v fused into `attn.qkv`."""
-    attention = layer.attention
-    projections = [attention.q_proj, attention.k_proj, attention.v_proj]
-    out = {at + "attn.qkv.weight": torch.cat([p.weight for p in projections]),
-           at + "attn.qkv.bias": torch.cat([p.bias for p in projections])}
-    for name, module in (("attn.proj", attention.o_proj), ("norm1", layer.layernorm_before),
-                         ("norm2", layer.layernorm_after), ("mlp.fc1", layer.mlp.fc1), ("mlp.fc2", layer.mlp.fc2)):
-        add_module(out, at + name, module)
-    return out
-
-
-def encoder_state(encoder, name):
-    out = {name + "cls_token": encoder.cls_token, name + "pos_embed": encoder.pos_embed,
-           name + "learnable_prompts_init": encoder.prompts}
-    add_module(out, name + "patch_embed.proj", encoder.patch_embed)
-    for g, update in enumerate(encoder.prompt_updates):
-        out[f"{name}learnable_prompts_progr.{g}"] = update
-    for i, layer in enumerate(encoder.blocks):
-        out.update(timm_block(layer, f"{name}blocks.{i}."))
-        add_module(out, f"{name}temporal_att_post.{i}.0", encoder.up[i])
-        out[f"{name}all_gate.{i}"] = encoder.gates[i]
-    add_module(out, name + "norm", encoder.norm)
-    add_module(out, name + "head", encoder.head)
-    return out
-
-
-def temporal_state(temporal):
-    out = {"temporal_net.cls_token": temporal.cls_token, "temporal_net.pos_embedding": temporal.pos_embedding}
-    for i, layer in enumerate(temporal.layers):
-        at = f"temporal_net.temporal_transformer.layers.{i}."
-        attn, ff = at + "0.fn.", at + "1.fn."
-        for name, module in (("norm", layer.attn_norm), ("norm2", layer.attn_norm2), ("fn.to_q", layer.to_q),
-                             ("fn.to_kv", layer.to_kv), ("fn.to_out.0", layer.to_out)):
-            add_module(out, attn + name, module)
-        for name, module in (("norm", layer.mlp_norm), ("norm2", layer.mlp_norm2), ("fn.net.0", layer.fc1),
-                             ("fn.net.3", layer.fc2)):
-            add_module(out, ff + name, module)
-    return out
-
-
-def reference_state_dict(model, prefix=""):
-    """The state dict under the names `GenerateModel.state_dict()` uses (`module.` from DataParallel)."""
-    out = {**encoder_state(model.video, "image_encoder."), **encoder_state(model.audio, "audio_model.")}
-    for i in range(DEPTH):
-        add_module(out, f"image_encoder.temporal_pre.{i}", model.video_down[i])
-        add_module(out, f"image_encoder.temporal_pre_norm.{i}", model.video_down_norm[i])
-        add_module(out, f"image_encoder.audio_proj_pre.{i}.0", model.audio_down[i])
-        add_module(out, f"image_encoder.audio_proj_pre.{i}.1", model.audio_down_norm[i])
-    out.update(temporal_state(model.temporal))
-    add_module(out, "vision_proj", model.joint_proj)
-    add_module(out, "our_classifier", model.classifier)
-    return {prefix + k: v.detach().numpy().copy() for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------------------- fixtures
@@ -245,7 +64,7 @@ def set_gates(model, value):
 @pytest.fixture(scope="module")
 def torch_model():
     torch.manual_seed(0)
-    model = TorchMMADFER()
+    model = mma_dfer_torch.build(SIZES)
     with torch.no_grad():  # every parameter off its init (LayerNorms off 1 / 0), gates non-zero
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -269,7 +88,7 @@ def run_torch(model, video, audio):
 
 @pytest.fixture(scope="module")
 def state(torch_model):
-    return reference_state_dict(torch_model)
+    return mma_dfer_torch.to_state_dict(torch_model)
 
 
 def assert_trees_equal(a, b):
