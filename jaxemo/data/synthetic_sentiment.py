@@ -34,7 +34,8 @@ given, else `(1 - prior_shift) prior + prior_shift reversed(prior)`, renormalise
 of the labelled set and the pool differ, as MER2024's train and test sets do (what AGT's prior-knowledge
 voting corrects).
 
-Config fields (`data_config.get`, defaults in brackets): sentiment: train_size, eval_size, text_len [8],
+Config fields (`data_config.get`, defaults in brackets): sentiment: train_size, eval_size, test_size
+[eval_size], text_len [8],
 audio_len [16], vision_len [12], text_dim [16], audio_dim [8], vision_dim [12], num_factors [4],
 text_noise [0.6], audio_noise [1.0], vision_noise [1.0], aligned [False], domain ["source"], shift [1.0],
 shift_seed [4321], world_seed [1234]. MER: train_size, eval_size, pool_size [2 * train_size], feature_dims
@@ -151,6 +152,8 @@ def make_sentiment(data_config, split: str, seed: int) -> SyntheticSentiment:
     two splits (or domains) share a clip."""
     domain, name = _parse_sentiment_split(data_config, split)
     size = data_config.train_size if name == "train" else data_config.eval_size
+    if name == "test":
+        size = int(_get(data_config, "test_size", size))
     split_seed = seed + _SPLIT_OFFSETS[name] + (_TARGET_OFFSET if domain == "target" else 0)
     return SyntheticSentiment(
         size,

@@ -30,6 +30,64 @@ def classification_metrics(confusion: np.ndarray) -> dict:
     return {"accuracy": float(war), "war": float(war), "uar": float(recall.mean()) if present.any() else 0.0}
 
 
+def _weighted_f1(confusion: np.ndarray) -> float:
+    """sklearn's `f1_score(average="weighted")` from a `[true, predicted]` confusion matrix."""
+    tp = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    denominator = 2 * tp + (confusion.sum(axis=0) - tp) + (support - tp)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return float((f1 * support).sum() / max(support.sum(), 1.0))
+
+
+def sentiment_stats(predictions, labels, weights=None) -> dict:
+    """Sums over a batch from which `sentiment_metrics_from_stats` gives the metrics of everything summed
+    (the trainer adds them over evaluation batches; `weights` is 0 for padded rows)."""
+    p = predictions.astype(jnp.float32)
+    y = labels.astype(jnp.float32)
+    w = jnp.ones(y.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    hits = lambda a, b: (w * (a == b)).sum()
+    rounded = lambda x, r: jnp.round(jnp.clip(x, -r, r))
+    non0 = w * (y != 0)
+    return {
+        "count": w.sum(), "abs_error": (w * jnp.abs(p - y)).sum(),
+        "sum_p": (w * p).sum(), "sum_y": (w * y).sum(), "sum_pp": (w * p * p).sum(),
+        "sum_yy": (w * y * y).sum(), "sum_py": (w * p * y).sum(),
+        "acc7_hits": hits(rounded(p, 3.0), rounded(y, 3.0)), "acc5_hits": hits(rounded(p, 2.0), rounded(y, 2.0)),
+        "confusion_has0": confusion_matrix((y >= 0).astype(jnp.int32), (p >= 0).astype(jnp.int32), 2, w),
+        "confusion_non0": confusion_matrix((y > 0).astype(jnp.int32), (p > 0).astype(jnp.int32), 2, non0),
+        "confusion_reference": confusion_matrix((y > 0).astype(jnp.int32), (p > 0).astype(jnp.int32), 2, w),
+    }
+
+
+def sentiment_metrics_from_stats(stats) -> dict:
+    """MAE, Pearson correlation, Acc-7, Acc-5, and Acc-2 / weighted F1 in three binary variants:
+
+    has0       negative vs non-negative (label >= 0), all samples (MMSA's `Has0_acc_2`)
+    non0       negative vs positive, samples with label 0 left out (MMSA's `Non0_acc_2`)
+    reference  label > 0 vs <= 0 on all samples: CASP's (MulT's) `eval_senti` with exclude_zero=False,
+               which CASP uses to select checkpoints
+    """
+    s = {k: np.asarray(v, np.float64) for k, v in stats.items()}
+    n = max(float(s["count"]), 1.0)
+    cov = s["sum_py"] / n - (s["sum_p"] / n) * (s["sum_y"] / n)
+    var_p = s["sum_pp"] / n - (s["sum_p"] / n) ** 2
+    var_y = s["sum_yy"] / n - (s["sum_y"] / n) ** 2
+    corr = cov / np.sqrt(var_p * var_y) if var_p > 0 and var_y > 0 else 0.0
+    out = {"mae": float(s["abs_error"] / n), "corr": float(corr), "acc7": float(s["acc7_hits"] / n),
+           "acc5": float(s["acc5_hits"] / n)}
+    for variant in ("has0", "non0", "reference"):
+        confusion = s[f"confusion_{variant}"]
+        out[f"acc2_{variant}"] = float(np.trace(confusion) / max(confusion.sum(), 1.0))
+        out[f"f1_{variant}"] = _weighted_f1(confusion)
+    return out
+
+
+def sentiment_metrics(predictions, labels) -> dict:
+    """`sentiment_metrics_from_stats` of whole arrays of predictions and labels (host side)."""
+    return sentiment_metrics_from_stats(jax.device_get(sentiment_stats(jnp.asarray(predictions),
+                                                                        jnp.asarray(labels))))
+
+
 def to_python(tree) -> dict:
     return {k: float(np.asarray(v)) for k, v in tree.items() if np.ndim(v) == 0}
 

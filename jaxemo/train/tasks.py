@@ -117,3 +117,51 @@ class ClassificationTask:
 
 def _to_float(x):
     return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
+
+
+@dataclasses.dataclass(frozen=True)
+class SentimentRegressionTask:
+    """L1 regression of a sentiment score, `model(*batch[k] for k in input_keys) -> (score, representation)`.
+
+    Evaluation sums `metrics.sentiment_stats` over batches; `summarize` gives MAE, correlation, Acc-7/5 and
+    Acc-2 / F1 in the has-0, non-0 and CASP-reference variants (`checkpoint.best_metric` can name any).
+    """
+
+    model: nn.Module
+    input_keys: Sequence[str] = ("text", "audio", "vision", "audio_length", "vision_length")
+    label_key: str = "label"
+    trainable_patterns: Optional[Sequence[str]] = None
+    train_transform: Optional[Callable] = None
+    eval_transform: Optional[Callable] = None
+
+    def is_trainable(self, path) -> bool:
+        return optim.path_matcher(self.trainable_patterns)(path)
+
+    def host_transform(self, train: bool) -> HostTransform:
+        transform = self.train_transform if train else self.eval_transform
+        return HostTransform(transform, (*self.input_keys, self.label_key))
+
+    def inputs(self, batch) -> list:
+        return [batch[k] for k in self.input_keys]
+
+    def init(self, rng, batch):
+        params_rng, dropout_rng = jax.random.split(rng)
+        return self.model.init({"params": params_rng, "dropout": dropout_rng}, *self.inputs(batch))
+
+    def predict(self, params, batch, rng=None, train: bool = False):
+        rngs = {"dropout": rng} if train else None
+        score, _ = self.model.apply({"params": params}, *self.inputs(batch), deterministic=not train, rngs=rngs)
+        return score
+
+    def loss(self, params, batch, rng, train=True):
+        error = jnp.abs(self.predict(params, batch, rng, train) - batch[self.label_key])
+        return error.mean(), {"mae": error.mean()}
+
+    def eval_stats(self, params, batch):
+        labels = batch[self.label_key]
+        mask = batch.get("mask", jnp.ones(labels.shape, bool))
+        return metrics_lib.sentiment_stats(self.predict(params, batch), labels, mask)
+
+    def summarize(self, stats) -> dict:
+        metrics = metrics_lib.sentiment_metrics_from_stats(stats)
+        return {"loss": metrics["mae"], **metrics}
