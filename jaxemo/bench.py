@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GIB = 1024**3
 
@@ -159,6 +160,46 @@ def mma_dfer_flops(model) -> MMADFERFlops:
                    "temporal": model.temporal_depth * temporal_attention},
         trainable=frozenset({"adapters", "joint_proj", "temporal", "head"}),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class MSAFlops:
+    """Matmul FLOPs of one sample through `jaxemo.models.msa.SentimentRegressor`.
+
+    `forward` is the whole forward pass. `backward` is what a test-time adaptation step adds when only
+    LayerNorm parameters train: activation gradients through every layer above the input projections
+    (1x each weight matmul, 2x each attention matmul; the projections need none, their inputs are data),
+    and no weight gradients beyond the LayerNorms' elementwise ones.
+    """
+
+    projections: int
+    weights: int  # every other matmul with a weight matrix (encoders and head)
+    attention: int
+
+    @property
+    def forward(self) -> int:
+        return self.projections + self.weights + self.attention
+
+    @property
+    def backward(self) -> int:
+        return self.weights + 2 * self.attention
+
+
+def msa_flops(model, seq_lens: Sequence[int], dims: Sequence[int]) -> MSAFlops:
+    """(text, audio, vision) lengths and feature dims -> `MSAFlops`, read from the model's fields:
+
+        projections   sum_m 2 T_m D_m P
+        encoder       depth * (8 T P^2 + 4 T P (4P))  weights,  depth * 4 T^2 P  attention   (T tokens)
+        late fusion   one encoder per modality on T_m; head 2 (3P) P + 2 (2 P^2) + 2 P on the first tokens
+        early fusion  one encoder on T_t + T_a + T_v; head 2 (2 P^2) + 2 P
+    """
+    p, depth = model.proj_dim, model.depth
+    projections = sum(2 * t * d * p for t, d in zip(seq_lens, dims))
+    encoders = list(seq_lens) if model.fusion == "late" else [sum(seq_lens)]
+    dense = sum(depth * (8 * t * p * p + 4 * t * p * 4 * p) for t in encoders)
+    attention = sum(depth * 4 * t * t * p for t in encoders)
+    head = 2 * 2 * p * p + 2 * p + (2 * len(seq_lens) * p * p if model.fusion == "late" else 0)
+    return MSAFlops(projections, dense + head, attention)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -411,3 +452,52 @@ def write_section(path: str, key: str, body: str, header: str = "# Benchmarks\n"
             text = f.read()
     with open(path, "w") as f:
         f.write(replace_section(text, key, body))
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+
+_PLOT_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")
+
+
+def save_line_plot(path: str, series: dict, xlabel: str, ylabel: str, title: str, size=(900, 560)) -> None:
+    """A log-log line chart as a PNG (PIL only): `series` maps a label to [(x, y), ...] with x, y > 0."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    points = [(x, y) for values in series.values() for x, y in values if x > 0 and y > 0]
+    if not points:
+        raise ValueError("save_line_plot: no positive points to draw")
+    width, height = size
+    left, right, top, bottom = 80, 260, 40, 60
+    lx = [np.log10(x) for x, _ in points]
+    ly = [np.log10(y) for _, y in points]
+    x0, x1 = np.floor(min(lx)), np.ceil(max(lx)) if max(lx) > min(lx) else np.floor(min(lx)) + 1
+    y0, y1 = np.floor(min(ly)), np.ceil(max(ly)) if max(ly) > min(ly) else np.floor(min(ly)) + 1
+    to_px = lambda x, y: (left + (np.log10(x) - x0) / (x1 - x0) * (width - left - right),
+                          height - bottom - (np.log10(y) - y0) / (y1 - y0) * (height - top - bottom))
+    image = Image.new("RGB", size, "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    draw.text((left, 10), title, fill="black", font=font)
+    for decade in range(int(x0), int(x1) + 1):
+        px, _ = to_px(10.0 ** decade, 10.0 ** y0)
+        draw.line([(px, top), (px, height - bottom)], fill="#dddddd")
+        draw.text((px - 10, height - bottom + 6), f"1e{decade}", fill="black", font=font)
+    for decade in range(int(y0), int(y1) + 1):
+        _, py = to_px(10.0 ** x0, 10.0 ** decade)
+        draw.line([(left, py), (width - right, py)], fill="#dddddd")
+        draw.text((left - 40, py - 6), f"1e{decade}", fill="black", font=font)
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    draw.text(((width - right + left) // 2 - 60, height - 25), xlabel, fill="black", font=font)
+    draw.text((5, top - 20), ylabel, fill="black", font=font)
+    for i, (label, values) in enumerate(series.items()):
+        colour = _PLOT_COLOURS[i % len(_PLOT_COLOURS)]
+        xy = [to_px(x, y) for x, y in sorted(values) if x > 0 and y > 0]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for px, py in xy:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        draw.line([(width - right + 15, top + 10 + 18 * i), (width - right + 35, top + 10 + 18 * i)], fill=colour,
+                  width=3)
+        draw.text((width - right + 40, top + 4 + 18 * i), label, fill="black", font=font)
+    image.save(path)
