@@ -14,11 +14,12 @@ float32, `audio_length`, `vision_length` int32, `label` float32 in [-3, 3], `id`
 
 `A_m`, `w` and `f_m` come from `world_seed` and are shared by every split, domain and run seed. The target
 domain (`domain="target"` or a split named `target_<split>`) changes the feature distribution with strength
-`shift` (0: none), using `shift_seed`, for every valid frame:
+`shift` (0: none; `<modality>_shift` sets one modality's strength, as when one sensor changes), using
+`shift_seed`, for every valid frame:
 
     x_m -> offset_m + scale_m * (R_m x_m)     offset_m ~ shift N(0, 1), log scale_m ~ 0.5 shift N(0, 1) per dim,
                                               R_m = expm(0.5 shift (G - G^T) / sqrt(2 D_m)) a rotation
-    sigma_m -> sigma_m (1 + 0.5 shift)        noisier target sensors
+    sigma_m -> sigma_m (1 + 0.5 shift)        noisier target sensors (`<modality>_target_noise` sets the factor)
 
 so a regressor trained on the source degrades on the target; re-estimating per-feature statistics on target
 data (what test-time adaptation of normalisation layers does) undoes the offset and scale but not the
@@ -35,10 +36,9 @@ of the labelled set and the pool differ, as MER2024's train and test sets do (wh
 voting corrects).
 
 Config fields (`data_config.get`, defaults in brackets): sentiment: train_size, eval_size, test_size
-[eval_size], text_len [8],
-audio_len [16], vision_len [12], text_dim [16], audio_dim [8], vision_dim [12], num_factors [4],
-text_noise [0.6], audio_noise [1.0], vision_noise [1.0], aligned [False], domain ["source"], shift [1.0],
-shift_seed [4321], world_seed [1234]. MER: train_size, eval_size, pool_size [2 * train_size], feature_dims
+[eval_size], text_len [8], audio_len [16], vision_len [12], text_dim [16], audio_dim [8], vision_dim [12],
+num_factors [4], text_noise [0.6], audio_noise [1.0], vision_noise [1.0], aligned [False], domain
+["source"], shift [1.0], text_shift / audio_shift / vision_shift [shift], shift_seed [4321], world_seed [1234]. MER: train_size, eval_size, pool_size [2 * train_size], feature_dims
 [{"audio": 32, "text": 48, "vision": 24}] (used in sorted name order, as the builder does), num_factors
 [8], spread [2.0], noise [0.8], prior, pool_prior, prior_shift [0.7], world_seed [1234].
 """
@@ -78,6 +78,8 @@ class SyntheticSentiment:
     aligned: bool = False
     domain: str = "source"
     shift: float = 1.0
+    modality_shift: tuple | None = None  # per-modality strengths (text, audio, vision); None: `shift` for all
+    target_noise: tuple | None = None  # per-modality noise multipliers on the target; None: 1 + shift / 2
     seed: int = 0
     world_seed: int = 1234  # mixing, label function: shared by all splits, domains and run seeds
     shift_seed: int = 4321  # the target transform
@@ -94,13 +96,17 @@ class SyntheticSentiment:
         transforms = []
         if self.domain == "target":
             shift_rng = np.random.default_rng(self.shift_seed)
-            for d in self.dims:
+            for d, s in zip(self.dims, self.shifts):
                 g = shift_rng.standard_normal((d, d))
-                rotation = scipy.linalg.expm(0.5 * self.shift * (g - g.T) / np.sqrt(2 * d))
-                scale = np.exp(0.5 * self.shift * shift_rng.standard_normal(d))
-                offset = self.shift * shift_rng.standard_normal(d)
+                rotation = scipy.linalg.expm(0.5 * s * (g - g.T) / np.sqrt(2 * d))
+                scale = np.exp(0.5 * s * shift_rng.standard_normal(d))
+                offset = s * shift_rng.standard_normal(d)
                 transforms.append((rotation, scale, offset))
         object.__setattr__(self, "_transforms", transforms)
+
+    @property
+    def shifts(self) -> tuple:
+        return tuple(self.modality_shift) if self.modality_shift is not None else (self.shift,) * len(MODALITIES)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -115,13 +121,15 @@ class SyntheticSentiment:
         rng = np.random.default_rng((self.seed, index))
         z = rng.standard_normal(self.num_factors)
         example = {"label": np.float32(self.label_of(z, rng))}
-        noise_factor = 1.0 + 0.5 * self.shift if self.domain == "target" else 1.0
         for m, name in enumerate(MODALITIES):
             t, d = self.seq_lens[m], self.dims[m]
             length = t if (self.aligned or name == "text") else int(rng.integers(max(1, t // 2), t + 1))
             steps = np.arange(t) / t
             envelope = 1.0 + 0.5 * np.sin(2 * np.pi * self._freqs[m] * steps + rng.uniform(0, 2 * np.pi))
             x = envelope[:, None] * (self._mixing[m] @ z)[None, :]
+            noise_factor = 1.0
+            if self.domain == "target":
+                noise_factor = 1.0 + 0.5 * self.shifts[m] if self.target_noise is None else self.target_noise[m]
             x = x + self.noise[m] * noise_factor * rng.standard_normal((t, d))
             if self._transforms:
                 rotation, scale, offset = self._transforms[m]
@@ -145,6 +153,24 @@ def _parse_sentiment_split(data_config, split: str) -> tuple[str, str]:
     return domain, name
 
 
+def _modality_shift(data_config) -> tuple | None:
+    """(text, audio, vision) shift strengths from `<modality>_shift` fields; None when none is set."""
+    values = [_get(data_config, f"{m}_shift", None) for m in MODALITIES]
+    if all(v is None for v in values):
+        return None
+    shift = float(_get(data_config, "shift", 1.0))
+    return tuple(shift if v is None else float(v) for v in values)
+
+
+def _target_noise(data_config) -> tuple | None:
+    """(text, audio, vision) target noise multipliers from `<modality>_target_noise`; None when none is set."""
+    values = [_get(data_config, f"{m}_target_noise", None) for m in MODALITIES]
+    if all(v is None for v in values):
+        return None
+    shifts = _modality_shift(data_config) or (float(_get(data_config, "shift", 1.0)),) * len(MODALITIES)
+    return tuple(1.0 + 0.5 * s if v is None else float(v) for v, s in zip(values, shifts))
+
+
 def make_sentiment(data_config, split: str, seed: int) -> SyntheticSentiment:
     """`split` in train/valid/test (domain from `data_config.domain`) or source_*/target_* (e.g. target_test).
 
@@ -163,6 +189,7 @@ def make_sentiment(data_config, split: str, seed: int) -> SyntheticSentiment:
         noise=tuple(float(_get(data_config, f"{m}_noise", d)) for m, d in zip(MODALITIES, (0.6, 1.0, 1.0))),
         aligned=bool(_get(data_config, "aligned", False)),
         domain=domain, shift=float(_get(data_config, "shift", 1.0)), seed=split_seed,
+        modality_shift=_modality_shift(data_config), target_noise=_target_noise(data_config),
         world_seed=int(_get(data_config, "world_seed", 1234)), shift_seed=int(_get(data_config, "shift_seed", 4321)))
 
 

@@ -36,6 +36,7 @@ def nt_xent(a: jax.Array, b: jax.Array, temperature: float = 0.5, weights=None) 
     logits = z @ z.T / temperature
     excluded = jnp.eye(2 * n, dtype=bool) | (w2[None, :] == 0)
     logits = jnp.where(excluded, -jnp.inf, logits)
+    logits = jnp.where(w2[:, None] > 0, logits, 0.0)  # padded anchors: finite, weighted out below (no NaN grads)
     positives = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     per_row = -jnp.take_along_axis(log_probs, positives[:, None], axis=-1)[:, 0]

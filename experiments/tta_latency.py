@@ -1,0 +1,244 @@
+"""Test-time adaptation latency and throughput: episodic vmapped vs a per-sample loop vs plain inference.
+
+    python -m experiments.tta_latency --write                 # CPU: MOSI-sized late-fusion model, all rows
+    python -m experiments.tta_latency --tiny                  # seconds: tests
+
+Rows, for K = 1, 5, 10 adaptation steps per sample (CASP's contrastive loss on `views` copies of the
+sample, LayerNorms adapted, Adam + clipping) and for batches of 1, 64, 256 and 1024 test samples:
+  episodic (vmap)   `jaxemo.tta.modes.episodic_batch`: one compiled call adapts and predicts the whole batch
+  per-sample loop   `modes.episodic_single`, the same adapt-then-predict jitted for one sample, called
+                    sample by sample from Python (how a per-sample loop over a test set runs)
+  inference         the source model's jitted forward on the batch (no adaptation; K does not apply)
+and the wall time of CASP's whole offline pipeline on MOSI-sized data (1,284 clips, 15 contrastive epochs
+with 6 snapshots, pseudo-label selection, 5 pseudo-label epochs, batch 24). Inputs are synthetic with
+MOSI's aligned_50 shapes (50 steps; text 768, audio 5, vision 20); the weights are a random initialisation
+(the cost does not depend on them). `--write` replaces this backend's section of BENCHMARKS.md and saves the
+plot as benchmarks/tta_latency_<backend>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from experiments import casp
+from experiments.configs import casp as casp_config
+from jaxemo import bench
+from jaxemo.data import synthetic_sentiment
+from jaxemo.tta import core, methods, modes
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTION = "tta-latency"
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.tta_latency", description=__doc__.split("\n")[0])
+    p.add_argument("--batches", default="1,64,256,1024", help="comma-separated numbers of test samples")
+    p.add_argument("--steps", default="1,5,10", help="comma-separated K (adaptation steps per sample)")
+    p.add_argument("--views", type=int, default=4, help="augmented copies of a sample per step")
+    p.add_argument("--loop_max", type=int, default=256,
+                   help="the per-sample loop is timed over at most this many samples of a batch")
+    p.add_argument("--min_seconds", type=float, default=2.0, help="repeat a timed call until this much time")
+    p.add_argument("--offline", dest="offline", action="store_true", default=True, help="time the offline pipeline")
+    p.add_argument("--nooffline", dest="offline", action="store_false")
+    p.add_argument("--tiny", action="store_true", help="a 1-layer model on short sequences: seconds")
+    p.add_argument("--write", action="store_true", help="write BENCHMARKS.md's section and the plot")
+    p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
+    p.add_argument("--plot_dir", default=os.path.join(REPO_ROOT, "benchmarks"))
+    args = p.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.steps = [int(k) for k in args.steps.split(",")]
+    return args
+
+
+def setup(args):
+    """(config, model, frozen, adapted, samples {key: [max batch, ...]}) at MOSI's sizes (or tiny)."""
+    config = casp_config.get_config("synthetic")
+    if args.tiny:
+        config.model.depth = 1
+        config.data.update(text_len=8, audio_len=8, vision_len=8, text_dim=16, audio_dim=5, vision_dim=20)
+        config.target.update(text_len=8, audio_len=8, vision_len=8, text_dim=16, audio_dim=5, vision_dim=20)
+    model = casp.build_model(config)
+    target = synthetic_sentiment.make_sentiment(config.target, "target_test", config.seed)
+    target = dataclasses.replace(target, num_examples=max(args.batches))
+    samples = {k: v for k, v in modes.stack_source(target).items() if k in core.INPUT_KEYS}
+    example = {k: v[:1] for k, v in samples.items()}
+    params = jax.device_get(model.init(jax.random.key(0), *(example[k] for k in core.INPUT_KEYS))["params"])
+    params = jax.tree.map(np.asarray, nn.unbox(params))
+    frozen, adapted = core.split(params, tuple(config.tta.adapted))
+    return config, model, frozen, adapted, samples
+
+
+def timed(fn, min_seconds: float) -> tuple[float, float]:
+    """(seconds of the first call, which compiles, median seconds of later calls, at least 1, until
+    `min_seconds` have passed or 3 calls)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    runs, total = [], 0.0
+    while len(runs) < 3 and (not runs or total < min_seconds):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        runs.append(time.perf_counter() - start)
+        total += runs[-1]
+    return first, statistics.median(runs)
+
+
+def measure(args, config, model, frozen, adapted, samples) -> list[dict]:
+    method = modes.episodic_method(methods.Contrastive(config.tta.temperature))
+    optimizer = core.OptimizerConfig(config.tta.learning_rate, config.tta.clip_norm)
+    rng = jax.random.key(config.seed)
+    keys = modes.sample_keys(rng, np.arange(max(args.batches)))
+    rows = []
+    for batch in args.batches:
+        part = {k: v[:batch] for k, v in samples.items()}
+        inference = jax.jit(lambda f, a, x: core.predict(model, f, a, x))
+        first, seconds = timed(lambda: inference(frozen, adapted, part), args.min_seconds)
+        rows.append(_row("inference", None, batch, batch, seconds, first))
+        print(_describe(rows[-1]), flush=True)
+        for k in args.steps:
+            episodic = modes.EpisodicConfig(k, args.views, optimizer)
+            first, seconds = timed(lambda: modes.episodic_batch(method, model, episodic, frozen, adapted, part,
+                                                                keys[:batch]), args.min_seconds)
+            rows.append(_row("episodic (vmap)", k, batch, batch, seconds, first))
+            print(_describe(rows[-1]), flush=True)
+            n = min(batch, args.loop_max)
+            one = {k_: v[:1][0] for k_, v in part.items()}
+
+            def loop():
+                out = None
+                for i in range(n):
+                    sample = {k_: v[i] for k_, v in part.items()}
+                    out = modes.episodic_single(method, model, episodic, frozen, adapted, sample, keys[i])
+                    out.block_until_ready()
+                return out
+
+            compile_start = time.perf_counter()
+            modes.episodic_single(method, model, episodic, frozen, adapted, one, keys[0]).block_until_ready()
+            compile_s = time.perf_counter() - compile_start
+            _, seconds = timed(loop, args.min_seconds)
+            rows.append(_row("per-sample loop", k, batch, n, seconds, compile_s))
+            print(_describe(rows[-1]), flush=True)
+    return rows
+
+
+def _row(kind: str, k, batch: int, timed_samples: int, seconds: float, first_call_s: float) -> dict:
+    return {"kind": kind, "K": k, "batch": batch, "timed_samples": timed_samples, "seconds": seconds,
+            "per_sample_ms": 1e3 * seconds / timed_samples, "samples_per_s": timed_samples / seconds,
+            "first_call_s": first_call_s}
+
+
+def _describe(row: dict) -> str:
+    k = "-" if row["K"] is None else row["K"]
+    return (f"{row['kind']:>16} K={k:<3} batch {row['batch']:>5}: {row['per_sample_ms']:9.3f} ms/sample, "
+            f"{row['samples_per_s']:9.1f} samples/s (first call {row['first_call_s']:.1f} s)")
+
+
+def offline_wall_time(config, model, frozen, adapted) -> tuple[float, int]:
+    """Seconds of CASP's full offline pipeline on MOSI-sized synthetic target data, and the sample count."""
+    data = {k: v for k, v in modes.stack_source(synthetic_sentiment.make_sentiment(
+        config.target, "target_train", config.seed)).items() if k in core.INPUT_KEYS}
+    offline = casp.offline_config(config)
+    start = time.perf_counter()
+    result = modes.casp_offline(model, frozen, adapted, data, offline, jax.random.key(config.seed))
+    jax.block_until_ready(result.adapted)
+    return time.perf_counter() - start, len(data["text"])
+
+
+def flops_per_sample(config, model, k, views: int) -> tuple[int, int]:
+    """(episodic FLOPs per sample for K steps, inference FLOPs per sample): each step runs the full and the
+    modality-dropped view of every copy forward and backward; then one forward predicts."""
+    d = config.data
+    f = bench.msa_flops(model, (d.text_len, d.audio_len, d.vision_len), (d.text_dim, d.audio_dim, d.vision_dim))
+    return (k or 0) * views * 2 * (f.forward + f.backward) + f.forward, f.forward
+
+
+def table(rows: list[dict], config, model, views: int, peak: float) -> str:
+    columns = ("mode", "K", "batch", "ms / sample", "samples/s", "GFLOP/sample", "achieved GFLOP/s", "MFU %",
+               "first call s")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        flops = flops_per_sample(config, model, r["K"], views)[0 if r["K"] else 1]
+        achieved = flops * r["samples_per_s"]
+        timed_note = "" if r["timed_samples"] == r["batch"] else f" ({r['timed_samples']} timed)"
+        lines.append("| " + " | ".join([
+            r["kind"], "-" if r["K"] is None else str(r["K"]), f"{r['batch']}{timed_note}", f"{r['per_sample_ms']:.3f}",
+            f"{r['samples_per_s']:.1f}", f"{flops / 1e9:.3f}", f"{achieved / 1e9:.1f}", f"{100 * achieved / peak:.1f}",
+            f"{r['first_call_s']:.1f}"]) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    series = {}
+    for r in rows:
+        label = r["kind"] if r["K"] is None else f"{r['kind']}, K={r['K']}"
+        series.setdefault(label, []).append((r["batch"], r["per_sample_ms"]))
+    bench.save_line_plot(path, series, "test samples per call (batch)", "ms per sample",
+                         "Test-time adaptation cost per sample (log-log)")
+
+
+def main(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    config, model, frozen, adapted, samples = setup(args)
+    peak = bench.matmul_peak_flops(bench.jax_matmul(256 if args.tiny else 4096, np.float32), 256 if args.tiny
+                                   else 4096, repeats=2 if args.tiny else 5)
+    print(f"peak JAX float32 matmul: {peak / 1e12:.3f} TFLOP/s", flush=True)
+    rows, others = bench.with_others_cpu_share(lambda: measure(args, config, model, frozen, adapted, samples))
+    offline = None
+    if args.offline and not args.tiny:
+        offline = offline_wall_time(config, model, frozen, adapted)
+        print(f"offline CASP pipeline: {offline[0]:.1f} s on {offline[1]} clips", flush=True)
+    if args.write:
+        os.makedirs(args.plot_dir, exist_ok=True)
+        plot_path = os.path.join(args.plot_dir, f"tta_latency_{jax.default_backend()}.png")
+        plot(rows, plot_path)
+        adapted_count = sum(x.size for x in jax.tree.leaves(adapted))
+        body = section(rows, args, argv, config, model, peak, others, offline, plot_path, adapted_count)
+        bench.write_section(args.benchmarks_file, f"{SECTION}{'-tiny' if args.tiny else ''}:{jax.default_backend()}",
+                            body)
+    return rows
+
+
+def section(rows, args, argv, config, model, peak, others, offline, plot_path, adapted_count: int) -> str:
+    d = config.data
+    lines = [
+        f"### Test-time adaptation latency: {jax.default_backend()}, float32{' (tiny)' if args.tiny else ''}",
+        "",
+        table(rows, config, model, args.views, peak),
+        "",
+        f"![per-sample cost]({os.path.relpath(plot_path, os.path.dirname(args.benchmarks_file))})",
+        "",
+        f"- Command: `python -m experiments.tta_latency {shlex.join(argv)}`",
+        f"- Machine: {bench.machine_description()}",
+        f"- Date: {bench.today()}",
+        (f"- Model: CASP late fusion, {config.model.depth} layers of width {config.model.proj_dim}; inputs "
+         f"{d.text_len}/{d.audio_len}/{d.vision_len} steps of {d.text_dim}/{d.audio_dim}/{d.vision_dim} dims "
+         f"(text/audio/vision); each adaptation step: {args.views} copies of the sample, full and "
+         f"modality-dropped view, dropout on, Adam on the {adapted_count:,} LayerNorm parameters."),
+        (f"- Timing: the first call (compilation included) is the last column; then the median of up to 3 "
+         f"calls, repeated until {args.min_seconds:g} s. The per-sample loop is timed over at most "
+         f"{args.loop_max} samples of a batch (its cost per sample does not depend on the batch)."),
+        (f"- GFLOP/sample: `jaxemo.bench.msa_flops` (matmuls; backward = activation gradients only, as only "
+         f"LayerNorms adapt). MFU against a {256 if args.tiny else 4096}^2 float32 matmul measured in the same "
+         f"run: {peak / 1e12:.3f} TFLOP/s. Other processes used "
+         f"{'unknown' if others is None else f'{100 * others:.0f}%'} of the CPU meanwhile."),
+    ]
+    if offline:
+        lines.append(f"- CASP's full offline pipeline (15 contrastive epochs, 6 snapshots, stable selection, 5 "
+                     f"pseudo-label epochs, batch 24, compilation included) on {offline[1]} MOSI-sized clips: "
+                     f"**{offline[0]:.1f} s**.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
