@@ -8,6 +8,8 @@ sample, LayerNorms adapted, Adam + clipping) and for batches of 1, 64, 256 and 1
   episodic (vmap)   `jaxemo.tta.modes.episodic_batch`: one compiled call adapts and predicts the whole batch
   per-sample loop   `modes.episodic_single`, the same adapt-then-predict jitted for one sample, called
                     sample by sample from Python (how a per-sample loop over a test set runs)
+  PyTorch loop      the same weights in `jaxemo.reference.casp_torch` (the reference's backbone), adapted
+                    sample by sample with autograd and `torch.optim.Adam` (`casp_torch.adapt_then_predict`)
   inference         the source model's jitted forward on the batch (no adaptation; K does not apply)
 and the wall time of CASP's whole offline pipeline on MOSI-sized data (1,284 clips, 15 contrastive epochs
 with 6 snapshots, pseudo-label selection, 5 pseudo-label epochs, batch 24). Inputs are synthetic with
@@ -51,6 +53,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--offline", dest="offline", action="store_true", default=True, help="time the offline pipeline")
     p.add_argument("--nooffline", dest="offline", action="store_false")
     p.add_argument("--tiny", action="store_true", help="a 1-layer model on short sequences: seconds")
+    p.add_argument("--torch", dest="torch", action="store_true", default=True,
+                   help="also time PyTorch's per-sample loop on the same weights (default)")
+    p.add_argument("--notorch", dest="torch", action="store_false")
     p.add_argument("--write", action="store_true", help="write BENCHMARKS.md's section and the plot")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
     p.add_argument("--plot_dir", default=os.path.join(REPO_ROOT, "benchmarks"))
@@ -93,7 +98,7 @@ def timed(fn, min_seconds: float) -> tuple[float, float]:
     return first, statistics.median(runs)
 
 
-def measure(args, config, model, frozen, adapted, samples) -> list[dict]:
+def measure(args, config, model, frozen, adapted, samples, torch_net=None) -> list[dict]:
     method = modes.episodic_method(methods.Contrastive(config.tta.temperature))
     optimizer = core.OptimizerConfig(config.tta.learning_rate, config.tta.clip_norm)
     rng = jax.random.key(config.seed)
@@ -128,7 +133,40 @@ def measure(args, config, model, frozen, adapted, samples) -> list[dict]:
             _, seconds = timed(loop, args.min_seconds)
             rows.append(_row("per-sample loop", k, batch, n, seconds, compile_s))
             print(_describe(rows[-1]), flush=True)
+            if torch_net is not None:
+                rows.append(_torch_loop_row(torch_net, part, n, k, batch, args, config))
+                print(_describe(rows[-1]), flush=True)
     return rows
+
+
+def torch_model(model, frozen, adapted, dims):
+    """The same weights in the PyTorch re-expression of CASP's backbone, frozen as CASP's `fix_para`."""
+    from jaxemo.reference import casp_torch
+    from jaxemo.train import optim
+
+    net = casp_torch.build(model.fusion, dims, depth=model.depth)
+    casp_torch.load_jaxemo_params(net, optim.merge_params(adapted, frozen))
+    casp_torch.freeze_like_casp(net)
+    return net
+
+
+def _torch_loop_row(net, part, n, k, batch, args, config) -> dict:
+    """PyTorch's per-sample loop (`casp_torch.adapt_then_predict`) over the first n samples of the batch."""
+    import torch
+
+    from jaxemo.reference import casp_torch
+
+    norms = casp_torch.layer_norm_state(net)
+    samples = [tuple(torch.from_numpy(np.asarray(part[m][i])) for m in ("text", "audio", "vision"))
+               for i in range(n)]
+    torch.manual_seed(config.seed)
+
+    def loop():
+        return [casp_torch.adapt_then_predict(net, norms, s, k, args.views, config.tta.temperature,
+                                              config.tta.learning_rate, config.tta.clip_norm) for s in samples]
+
+    first, seconds = timed(loop, args.min_seconds)
+    return _row("PyTorch loop", k, batch, n, seconds, first)
 
 
 def _row(kind: str, k, batch: int, timed_samples: int, seconds: float, first_call_s: float) -> dict:
@@ -193,7 +231,12 @@ def main(argv=None) -> list[dict]:
     peak = bench.matmul_peak_flops(bench.jax_matmul(256 if args.tiny else 4096, np.float32), 256 if args.tiny
                                    else 4096, repeats=2 if args.tiny else 5)
     print(f"peak JAX float32 matmul: {peak / 1e12:.3f} TFLOP/s", flush=True)
-    rows, others = bench.with_others_cpu_share(lambda: measure(args, config, model, frozen, adapted, samples))
+    torch_net = None
+    if args.torch:
+        d = config.data
+        torch_net = torch_model(model, frozen, adapted, (d.text_dim, d.audio_dim, d.vision_dim))
+    rows, others = bench.with_others_cpu_share(lambda: measure(args, config, model, frozen, adapted, samples,
+                                                               torch_net))
     offline = None
     if args.offline and not args.tiny:
         offline = offline_wall_time(config, model, frozen, adapted)
@@ -226,8 +269,8 @@ def section(rows, args, argv, config, model, peak, others, offline, plot_path, a
          f"(text/audio/vision); each adaptation step: {args.views} copies of the sample, full and "
          f"modality-dropped view, dropout on, Adam on the {adapted_count:,} LayerNorm parameters."),
         (f"- Timing: the first call (compilation included) is the last column; then the median of up to 3 "
-         f"calls, repeated until {args.min_seconds:g} s. The per-sample loop is timed over at most "
-         f"{args.loop_max} samples of a batch (its cost per sample does not depend on the batch)."),
+         f"calls, repeated until {args.min_seconds:g} s. The per-sample loops (JAX and PyTorch) are timed over "
+         f"at most {args.loop_max} samples of a batch (their cost per sample does not depend on the batch)."),
         (f"- GFLOP/sample: `jaxemo.bench.msa_flops` (matmuls; backward = activation gradients only, as only "
          f"LayerNorms adapt). MFU against a {256 if args.tiny else 4096}^2 float32 matmul measured in the same "
          f"run: {peak / 1e12:.3f} TFLOP/s. Other processes used "
