@@ -16,8 +16,8 @@ import os
 from absl import flags
 from ml_collections import config_dict
 
-from experiments import mma_dfer
 from jaxemo import cli
+from jaxemo.systems import mma_dfer
 from jaxemo.train import checkpoint, loop, metrics
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a run's checkpoint directory, or one step's directory",

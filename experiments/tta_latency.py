@@ -8,7 +8,7 @@ sample, LayerNorms adapted, Adam + clipping) and for batches of 1, 64, 256 and 1
   episodic (vmap)   `jaxemo.tta.modes.episodic_batch`: one compiled call adapts and predicts the whole batch
   per-sample loop   `modes.episodic_single`, the same adapt-then-predict jitted for one sample, called
                     sample by sample from Python (how a per-sample loop over a test set runs)
-  PyTorch loop      the same weights in `jaxemo.reference.casp_torch` (the reference's backbone), adapted
+  PyTorch loop      the same weights in `benchmarks/twins/casp_torch.py` (the reference's backbone), adapted
                     sample by sample with autograd and `torch.optim.Adam` (`casp_torch.adapt_then_predict`)
   inference         the source model's jitted forward on the batch (no adaptation; K does not apply)
 and the wall time of CASP's whole offline pipeline on MOSI-sized data (1,284 clips, 15 contrastive epochs
@@ -32,9 +32,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from experiments import casp
 from experiments.configs import casp as casp_config
 from jaxemo import bench
+from jaxemo.systems import casp
 from jaxemo.data import synthetic_sentiment
 from jaxemo.tta import core, methods, modes
 
@@ -150,7 +150,7 @@ def measure(args, config, model, frozen, adapted, samples, torch_net=None, on_ba
 
 def torch_model(model, frozen, adapted, dims):
     """The same weights in the PyTorch re-expression of CASP's backbone, frozen as CASP's `fix_para`."""
-    from jaxemo.reference import casp_torch
+    from benchmarks.twins import casp_torch
     from jaxemo.train import optim
 
     net = casp_torch.build(model.fusion, dims, depth=model.depth)
@@ -163,7 +163,7 @@ def _torch_loop_row(net, part, n, k, batch, args, config) -> dict:
     """PyTorch's per-sample loop (`casp_torch.adapt_then_predict`) over the first n samples of the batch."""
     import torch
 
-    from jaxemo.reference import casp_torch
+    from benchmarks.twins import casp_torch
 
     norms = casp_torch.layer_norm_state(net)
     samples = [tuple(torch.from_numpy(np.asarray(part[m][i])) for m in ("text", "audio", "vision"))
@@ -205,7 +205,7 @@ def flops_per_sample(config, model, k, views: int) -> tuple[int, int]:
     """(episodic FLOPs per sample for K steps, inference FLOPs per sample): each step runs the full and the
     modality-dropped view of every copy forward and backward; then one forward predicts."""
     d = config.data
-    f = bench.msa_flops(model, (d.text_len, d.audio_len, d.vision_len), (d.text_dim, d.audio_dim, d.vision_dim))
+    f = casp.flops(model, (d.text_len, d.audio_len, d.vision_len), (d.text_dim, d.audio_dim, d.vision_dim))
     return (k or 0) * views * 2 * (f.forward + f.backward) + f.forward, f.forward
 
 
@@ -288,7 +288,7 @@ def section(rows, args, argv, config, model, peak, others, offline, plot_path, a
         (f"- Timing: the first call (compilation included) is the last column; then the median of up to 3 "
          f"calls, repeated until {args.min_seconds:g} s. The per-sample loops (JAX and PyTorch) are timed over "
          f"at most {args.loop_max} samples of a batch (their cost per sample does not depend on the batch)."),
-        (f"- GFLOP/sample: `jaxemo.bench.msa_flops` (matmuls; backward = activation gradients only, as only "
+        (f"- GFLOP/sample: `jaxemo.systems.casp.flops` (matmuls; backward = activation gradients only, as only "
          f"LayerNorms adapt). MFU against a {256 if args.tiny else 4096}^2 float32 matmul measured in the same "
          f"run: {peak / 1e12:.3f} TFLOP/s. Other processes used "
          f"{'unknown' if others is None else f'{100 * others:.0f}%'} of the CPU meanwhile."),

@@ -9,38 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from jaxemo import cli, vit
-from jaxemo.data import sources
-from jaxemo.train import loop, state as state_lib, tasks
-
-
-def build_model(config) -> vit.ViT:
-    m = config.model
-    overrides = {k: m[k] for k in ("width", "depth", "num_heads", "mlp_dim") if m.get(k) is not None}
-    return vit.create_vit(
-        m.variant,
-        image_size=(m.image_size, m.image_size),
-        in_channels=m.in_channels,
-        num_classes=config.data.num_classes,
-        pool=m.pool,
-        pos_embedding=m.pos_embedding,
-        drop_path_rate=m.drop_path_rate,
-        dropout_rate=m.dropout_rate,
-        scan_layers=m.scan_layers,
-        remat_policy=m.remat_policy,
-        dtype=state_lib.dtype_from_name(m.dtype),
-        **overrides,
-    )
-
-
-def build_data(config):
-    """(train source, eval source) for `config.data` (synthetic by default, or a dataset builder)."""
-    return sources.make_sources(config.data, config.seed)
+from jaxemo import cli
+from jaxemo.systems import vit_classifier
+from jaxemo.train import loop
 
 
 def train(config, workdir: str) -> loop.TrainResult:
-    task = tasks.ClassificationTask(build_model(config), config.data.num_classes)
-    train_source, eval_source = build_data(config)
+    task = vit_classifier.build_task(config)
+    train_source, eval_source = vit_classifier.build_data(config)
     return loop.train_and_evaluate(config, workdir, task, train_source, eval_source)
 
 

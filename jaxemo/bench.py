@@ -64,142 +64,10 @@ def train_flops(forward_flops: int) -> int:
     return 3 * forward_flops
 
 
-def _transformer_layer_flops(tokens: int, width: int, mlp_dim: int) -> tuple[int, int]:
+def transformer_layer_flops(tokens: int, width: int, mlp_dim: int) -> tuple[int, int]:
     """(weight matmuls, attention matmuls) of one pre-LN transformer layer on `tokens` tokens; see
     `vit_forward_flops`: 8*T*D^2 + 4*T*D*M with weights, 4*T^2*D without (q k^T and the weighted sum of v)."""
     return 8 * tokens * width * width + 4 * tokens * width * mlp_dim, 4 * tokens * tokens * width
-
-
-@dataclasses.dataclass(frozen=True)
-class MMADFERFlops:
-    """Matmul FLOPs of one MMA-DFER clip (T frames + its fbank), split the way the backward pass needs.
-
-    `weights[part]` are matmuls with a weight matrix, `attention[part]` the weightless attention matmuls
-    (q k^T and the weighted sum of v), `patch_embed[part]` the patch embeddings (a convolution on the pixels
-    or the fbank); `trainable` names the parts whose weights train (the reference's split).
-    """
-
-    patch_embed: dict[str, int]
-    weights: dict[str, int]
-    attention: dict[str, int]
-    trainable: frozenset[str]
-
-    @property
-    def parts(self) -> dict[str, int]:
-        """Forward FLOPs per part: video_encoder, audio_encoder, adapters, joint_proj, temporal, head."""
-        names = [*self.weights] + [p for p in self.attention if p not in self.weights]
-        return {p: self.patch_embed.get(p, 0) + self.weights.get(p, 0) + self.attention.get(p, 0) for p in names}
-
-    @property
-    def forward(self) -> int:
-        return sum(self.parts.values())
-
-    def backward(self, recompute_attention_scores: bool = False) -> tuple[int, int]:
-        """(activation-gradient FLOPs, weight-gradient FLOPs) of the backward pass.
-
-        Activation gradients flow through every layer, frozen ones included (the prompts, positions and
-        adapters that train sit at the input and after every layer): 1x the forward FLOPs of each weight
-        matmul, 2x those of each attention matmul (both of its operands need a gradient), and nothing for
-        the patch embeddings (no gradient is needed for the pixels or the fbank). Weight gradients (1x
-        forward) exist only for trainable weights: frozen encoders get none.
-
-        `recompute_attention_scores` adds one q k^T per encoder attention to the backward, as
-        `torch.utils.flop_counter` counts `scaled_dot_product_attention`'s backward (flash-style kernels
-        recompute the scores); the temporal transformer's attention is plain matmuls in the reference.
-        """
-        encoder_attention = sum(v for p, v in self.attention.items() if p.endswith("_encoder"))
-        activations = sum(self.weights.values()) + 2 * sum(self.attention.values())
-        if recompute_attention_scores:
-            activations += encoder_attention // 2
-        return activations, sum(v for p, v in self.weights.items() if p in self.trainable)
-
-    def train(self, recompute_attention_scores: bool = False) -> int:
-        """Forward + backward FLOPs of one training sample (the optimizer's elementwise update is ignored)."""
-        return self.forward + sum(self.backward(recompute_attention_scores))
-
-
-def mma_dfer_flops(model) -> MMADFERFlops:
-    """Analytic matmul FLOPs of one clip through `jaxemo.models.mma_dfer.MMADFER` (read from its fields).
-
-    With T frames of N patches (P x P x 3 pixels), an fbank of Na patches (P x P x 1), width D, MLP width M,
-    depth L, prompts p and latent width K; each frame has Tv = 1 + N + p tokens, the audio Ta = 1 + Na + p
-    (plus the fusion tokens with `fusion="tokens"`, which every layer computes):
-
-        video encoder   T * (2*N*P*P*3*D + L * (8*Tv*D^2 + 4*Tv*D*M + 4*Tv^2*D))    frozen
-        audio encoder        2*Na*P*P*D  + L * (8*Ta*D^2 + 4*Ta*D*M + 4*Ta^2*D)     frozen
-        adapters        L * 2 * (2*T*Tv + 2*Ta) * D*K   down and up projections, both modalities (bottleneck)
-        joint_proj      2*T*D*Dt                         trainable, as everything below
-        temporal        per layer 8*S*Dt^2 + 4*S*Dt*Mt + 4*S^2*Dt, S = T + 1 tokens of width Dt
-        head            2*Dt*C
-
-    At paper size (16 x 224 px, 512 x 128 fbank, ViT-B/16 encoders) that is 643.7 GFLOPs forward and, by
-    `MMADFERFlops.train`, 1,327.1 per training sample (1,340.6 counted as torch.utils.flop_counter counts
-    SDPA's backward: `train(recompute_attention_scores=True)`), the dossier's measured figures.
-    """
-    p, d, m, depth = model.patch_size, model.width, model.mlp_dim, model.depth
-    extra = model.num_fusion_tokens if model.fusion == "tokens" else 0
-    frames = model.num_frames
-    video_patches = (model.image_size // p) ** 2
-    audio_patches = (model.audio_shape[0] // p) * (model.audio_shape[1] // p)
-    video_tokens = 1 + video_patches + model.num_prompts + extra
-    audio_tokens = 1 + audio_patches + model.num_prompts + extra
-    video_dense, video_attention = _transformer_layer_flops(video_tokens, d, m)
-    audio_dense, audio_attention = _transformer_layer_flops(audio_tokens, d, m)
-    dt, steps = model.temporal_width, frames + 1
-    temporal_dense, temporal_attention = _transformer_layer_flops(steps, dt, model.temporal_mlp_dim)
-    adapters = 0
-    if model.fusion == "bottleneck":
-        adapters = depth * 2 * (2 * frames * video_tokens + 2 * audio_tokens) * d * model.latent_dim
-    return MMADFERFlops(
-        patch_embed={"video_encoder": frames * 2 * video_patches * p * p * 3 * d,
-                     "audio_encoder": 2 * audio_patches * p * p * d},
-        weights={"video_encoder": frames * depth * video_dense, "audio_encoder": depth * audio_dense,
-                 "adapters": adapters, "joint_proj": 2 * frames * d * dt,
-                 "temporal": model.temporal_depth * temporal_dense, "head": 2 * dt * model.num_classes},
-        attention={"video_encoder": frames * depth * video_attention, "audio_encoder": depth * audio_attention,
-                   "temporal": model.temporal_depth * temporal_attention},
-        trainable=frozenset({"adapters", "joint_proj", "temporal", "head"}),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class MSAFlops:
-    """Matmul FLOPs of one sample through `jaxemo.models.msa.SentimentRegressor`.
-
-    `forward` is the whole forward pass. `backward` is what a test-time adaptation step adds when only
-    LayerNorm parameters train: activation gradients through every layer above the input projections
-    (1x each weight matmul, 2x each attention matmul; the projections need none, their inputs are data),
-    and no weight gradients beyond the LayerNorms' elementwise ones.
-    """
-
-    projections: int
-    weights: int  # every other matmul with a weight matrix (encoders and head)
-    attention: int
-
-    @property
-    def forward(self) -> int:
-        return self.projections + self.weights + self.attention
-
-    @property
-    def backward(self) -> int:
-        return self.weights + 2 * self.attention
-
-
-def msa_flops(model, seq_lens: Sequence[int], dims: Sequence[int]) -> MSAFlops:
-    """(text, audio, vision) lengths and feature dims -> `MSAFlops`, read from the model's fields:
-
-        projections   sum_m 2 T_m D_m P
-        encoder       depth * (8 T P^2 + 4 T P (4P))  weights,  depth * 4 T^2 P  attention   (T tokens)
-        late fusion   one encoder per modality on T_m; head 2 (3P) P + 2 (2 P^2) + 2 P on the first tokens
-        early fusion  one encoder on T_t + T_a + T_v; head 2 (2 P^2) + 2 P
-    """
-    p, depth = model.proj_dim, model.depth
-    projections = sum(2 * t * d * p for t, d in zip(seq_lens, dims))
-    encoders = list(seq_lens) if model.fusion == "late" else [sum(seq_lens)]
-    dense = sum(depth * (8 * t * p * p + 4 * t * p * 4 * p) for t in encoders)
-    attention = sum(depth * 4 * t * t * p for t in encoders)
-    head = 2 * 2 * p * p + 2 * p + (2 * len(seq_lens) * p * p if model.fusion == "late" else 0)
-    return MSAFlops(projections, dense + head, attention)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -315,7 +183,6 @@ class Measurement:
 
     model: str
     batch: int
-    image_size: int
     dtype: str
     framework: str
     run_seconds: list[float]  # wall time of each timed run
@@ -342,8 +209,8 @@ class Measurement:
         return self.achieved_flops / self.peak_flops if self.peak_flops else float("nan")
 
 
-TABLE_COLUMNS = ("model", "batch", "image px", "dtype", "framework", "samples/s", "GFLOP/sample",
-                 "achieved TFLOP/s", "measured peak TFLOP/s", "MFU %", "compile s", "memory")
+TABLE_COLUMNS = ("model", "step", "batch", "dtype", "framework", "samples/s", "GFLOP/sample", "achieved TFLOP/s",
+                 "measured peak TFLOP/s", "MFU %", "compile s", "memory")
 
 
 def _memory_cell(m: Measurement) -> str:
@@ -356,27 +223,75 @@ def _memory_cell(m: Measurement) -> str:
 
 
 def table_row(m: Measurement) -> list[str]:
-    return [m.model, str(m.batch), str(m.image_size), m.dtype, m.framework, f"{m.samples_per_s:.2f}",
-            f"{m.flops_per_sample / 1e9:.2f}", f"{m.achieved_flops / 1e12:.3f}", f"{m.peak_flops / 1e12:.3f}",
+    peak = "n/a" if m.peak_flops is None else f"{m.peak_flops / 1e12:.3f}"
+    return [m.model, m.step, str(m.batch), m.dtype, m.framework, f"{m.samples_per_s:.2f}",
+            f"{m.flops_per_sample / 1e9:.2f}", f"{m.achieved_flops / 1e12:.3f}", peak,
             f"{100 * m.mfu:.1f}", "n/a" if m.compile_s is None else f"{m.compile_s:.1f}", _memory_cell(m)]
 
 
-MMA_DFER_COLUMNS = ("model", "step", "batch", "dtype", "framework", "clips/s", "GFLOP/clip", "achieved TFLOP/s",
-                    "measured peak TFLOP/s", "MFU %", "compile s", "memory")
-
-
-def mma_dfer_table_row(m: Measurement) -> list[str]:
-    """A row of `MMA_DFER_COLUMNS`: the ViT row without the image size (the model label has the input sizes)
-    and with the step (train / inference)."""
-    row = table_row(m)
-    return [row[0], m.step, *row[1:2], *row[3:]]
-
-
-def markdown_table(rows: Sequence[Measurement], columns: Sequence[str] = TABLE_COLUMNS,
-                   row: Callable[[Measurement], list[str]] = table_row) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row(m)) + " |" for m in rows]
+def markdown_table(rows: Sequence[Measurement]) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(table_row(m)) + " |" for m in rows]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ cases
+
+TINY = "tiny"  # every system's benchmark has a variant of this name that runs in seconds (tests, CI)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseOptions:
+    """What `python -m experiments.benchmark` lets a user change in any system's case; `load_config(name,
+    variant)` reads `experiments/configs/<name>.py` (the library never imports the experiments)."""
+
+    load_config: Callable
+    dtype: str = "float32"
+    remat_policy: str = "none"
+    frozen_dtype: str = "float32"
+    image_size: Optional[int] = None
+    trainable: Optional[Sequence[str]] = None
+
+
+@dataclasses.dataclass
+class StepCase:
+    """One benchmarked configuration: the trainer's train step (and the evaluator's eval step) of `task` under
+    `config` on one fixed host batch. `flops[step]` is the analytic count per sample of each timed step.
+    `torch_comparable` is False where the PyTorch twin would not do the same work (e.g. with remat)."""
+
+    label: str
+    config: Any
+    task: Any
+    batch: dict
+    flops: dict
+    torch_comparable: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return len(next(iter(self.batch.values())))
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemBenchmark:
+    """What a system contributes to the benchmark harness (its module's `BENCHMARK`): a case per variant and
+    batch size, the steps it times (train, inference), and the text of its BENCHMARKS.md section."""
+
+    name: str
+    section: str
+    title: str
+    unit: str  # what one sample is: image, clip, ...
+    default_variants: tuple
+    default_batch: dict  # variant (or its prefix before "/") -> batch size
+    case: Callable  # (variant, batch_size, CaseOptions) -> StepCase
+    steps: tuple = ("train", "inference")
+    notes: tuple = ()
+    cpu_steps: Optional[dict] = None  # variant -> steps per timed run on a CPU (default 2)
+
+    def batch_for(self, variant: str) -> int:
+        for key in (variant, variant.split("/")[0]):
+            if key in self.default_batch:
+                return int(self.default_batch[key])
+        raise ValueError(f"{self.name}: no default batch size for variant {variant!r}; pass --batch_size")
 
 
 # ------------------------------------------------------------------------------------------------ machine
@@ -457,47 +372,27 @@ def write_section(path: str, key: str, body: str, header: str = "# Benchmarks\n"
 # ------------------------------------------------------------------------------------------------ plots
 
 
-_PLOT_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                 "#bcbd22", "#17becf")
+def save_line_plot(path: str, series: dict, xlabel: str, ylabel: str, title: str, size=(9.0, 5.6)) -> None:
+    """A log-log line chart as a PNG (matplotlib): `series` maps a label to [(x, y), ...] with x, y > 0."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def save_line_plot(path: str, series: dict, xlabel: str, ylabel: str, title: str, size=(900, 560)) -> None:
-    """A log-log line chart as a PNG (PIL only): `series` maps a label to [(x, y), ...] with x, y > 0."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    points = [(x, y) for values in series.values() for x, y in values if x > 0 and y > 0]
-    if not points:
+    if not any(x > 0 and y > 0 for values in series.values() for x, y in values):
         raise ValueError("save_line_plot: no positive points to draw")
-    width, height = size
-    left, right, top, bottom = 80, 260, 40, 60
-    lx = [np.log10(x) for x, _ in points]
-    ly = [np.log10(y) for _, y in points]
-    x0, x1 = np.floor(min(lx)), np.ceil(max(lx)) if max(lx) > min(lx) else np.floor(min(lx)) + 1
-    y0, y1 = np.floor(min(ly)), np.ceil(max(ly)) if max(ly) > min(ly) else np.floor(min(ly)) + 1
-    to_px = lambda x, y: (left + (np.log10(x) - x0) / (x1 - x0) * (width - left - right),
-                          height - bottom - (np.log10(y) - y0) / (y1 - y0) * (height - top - bottom))
-    image = Image.new("RGB", size, "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    draw.text((left, 10), title, fill="black", font=font)
-    for decade in range(int(x0), int(x1) + 1):
-        px, _ = to_px(10.0 ** decade, 10.0 ** y0)
-        draw.line([(px, top), (px, height - bottom)], fill="#dddddd")
-        draw.text((px - 10, height - bottom + 6), f"1e{decade}", fill="black", font=font)
-    for decade in range(int(y0), int(y1) + 1):
-        _, py = to_px(10.0 ** x0, 10.0 ** decade)
-        draw.line([(left, py), (width - right, py)], fill="#dddddd")
-        draw.text((left - 40, py - 6), f"1e{decade}", fill="black", font=font)
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    draw.text(((width - right + left) // 2 - 60, height - 25), xlabel, fill="black", font=font)
-    draw.text((5, top - 20), ylabel, fill="black", font=font)
-    for i, (label, values) in enumerate(series.items()):
-        colour = _PLOT_COLOURS[i % len(_PLOT_COLOURS)]
-        xy = [to_px(x, y) for x, y in sorted(values) if x > 0 and y > 0]
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
-        for px, py in xy:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-        draw.line([(width - right + 15, top + 10 + 18 * i), (width - right + 35, top + 10 + 18 * i)], fill=colour,
-                  width=3)
-        draw.text((width - right + 40, top + 4 + 18 * i), label, fill="black", font=font)
-    image.save(path)
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    for label, values in series.items():
+        points = sorted((x, y) for x, y in values if x > 0 and y > 0)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -16,6 +16,13 @@ def config_path(name: str) -> str:
     return os.path.join(os.path.dirname(here), "experiments", "configs", f"{name}.py")
 
 
+def load_config(name: str, variant: str | None = None):
+    """`get_config(variant)` of `experiments/configs/<name>.py`, the recipe configs."""
+    import importlib
+
+    return importlib.import_module(f"experiments.configs.{name}").get_config(variant)
+
+
 def default_workdir(experiment: str, variant: str) -> str:
     """`runs/<experiment>-<variant>` under the current directory (its parent is created)."""
     path = os.path.abspath(os.path.join("runs", f"{experiment}-{variant}"))

@@ -114,7 +114,7 @@ def run_steps(jax, mesh_name: str, steps: int) -> dict:
     """`steps` jitted train steps on `mesh_name`: {"losses": [steps], "param/...": arrays}."""
     import numpy as np
 
-    from experiments import vit_classifier
+    from jaxemo.systems import vit_classifier
     from jaxemo.data import pipeline
     from jaxemo.train import optim, sharding, tasks
     from jaxemo.train import state as state_lib
@@ -125,14 +125,14 @@ def run_steps(jax, mesh_name: str, steps: int) -> dict:
     sharding.check_batch_size(config.batch_size, mesh)
     task = tasks.ClassificationTask(vit_classifier.build_model(config), config.data.num_classes)
     train_source, _ = vit_classifier.build_data(config)
-    tx, schedule = optim.make_optimizer(config.optimizer, steps, len(train_source) // config.batch_size)
+    optimizer = optim.make_optimizer(config.optimizer, steps, len(train_source) // config.batch_size)
     batches = iter(pipeline.train_dataset(train_source, config.batch_size, config.seed))
     first = next(batches)
     if len(first["label"]) != config.batch_size // jax.process_count():
         raise RuntimeError(f"process {jax.process_index()} got {len(first['label'])} rows of batch 0")
     example = state_lib.example_batch_like(first)
-    state, shardings = state_lib.create_train_state(task, tx, example, jax.random.key(config.seed), mesh)
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(task, tx, schedule), shardings, mesh)
+    state, shardings = state_lib.create_train_state(task, optimizer.tx, example, jax.random.key(config.seed), mesh)
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(task, optimizer), shardings, mesh)
     losses, batch = [], first
     for _ in range(steps):
         state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
@@ -151,7 +151,7 @@ def run_loop(jax, workdir: str, steps: int, mesh_name: str) -> dict:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from experiments import vit_classifier
+    from jaxemo.systems import vit_classifier
     from jaxemo.train import loop, tasks
 
     config = tiny_config(steps, MESHES[mesh_name])

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import vit_classifier
+from experiments import vit_classifier as experiment
+from jaxemo.systems import vit_classifier
 from jaxemo.data import synthetic
 from jaxemo.train import loop, tasks
 
@@ -26,19 +27,19 @@ def no_compiles(caplog):
 def test_unknown_variant(tiny_config, tmp_path, no_compiles):
     config = tiny_config(**{"model.variant": "Q/16"})
     with pytest.raises(ValueError, match=r"unknown ViT variant 'Q/16': expected .*'B/16'"):
-        vit_classifier.train(config, str(tmp_path / "run"))
+        experiment.train(config, str(tmp_path / "run"))
 
 
 def test_batch_size_not_divisible_by_the_data_axis(tiny_config, tmp_path, no_compiles):
     config = tiny_config(batch_size=12)  # 8 simulated devices on the data axis
     with pytest.raises(ValueError, match=r"batch_size=12 must be divisible .*data x fsdp = 8"):
-        vit_classifier.train(config, str(tmp_path / "run"))
+        experiment.train(config, str(tmp_path / "run"))
 
 
 def test_missing_workdir_parent(tiny_config, tmp_path, no_compiles):
     workdir = tmp_path / "no" / "such" / "run"
     with pytest.raises(FileNotFoundError, match=f"parent directory {tmp_path / 'no' / 'such'} does not exist"):
-        vit_classifier.train(tiny_config(), str(workdir))
+        experiment.train(tiny_config(), str(workdir))
     assert not os.path.exists(tmp_path / "no")
 
 

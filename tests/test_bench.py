@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
-from jaxemo import bench, vit
+from jaxemo import bench, cli, vit
 from jaxemo.models import mma_dfer
+from jaxemo.systems import mma_dfer as mma_dfer_system
 from jaxemo.train import optim
 
 
@@ -54,7 +55,7 @@ def test_replace_section_keeps_other_sections():
 
 
 def test_measurement_derived_numbers():
-    m = bench.Measurement("ViT-S/16", batch=8, image_size=224, dtype="float32", framework="JAX",
+    m = bench.Measurement("ViT-S/16", batch=8, dtype="float32", framework="JAX",
                           run_seconds=[4.0, 1.0, 2.0], steps_per_run=2, flops_per_sample=10**9, peak_flops=1e10)
     assert m.samples_per_s == 8.0  # 16 samples in the median 2 s
     assert m.mfu == pytest.approx(0.8)
@@ -67,32 +68,37 @@ def test_tiny_benchmark_writes_its_section(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     other = "<!-- other:gpu-bfloat16 begin -->\nkeep me\n<!-- other:gpu-bfloat16 end -->"
     path.write_text(f"# Benchmarks\n\n{other}\n")
-    argv = ["--tiny", "--notorch", "--write", f"--benchmarks_file={path}"]
+    argv = ["--system=vit_classifier", "--tiny", "--notorch", "--write", f"--benchmarks_file={path}"]
     results = benchmark.main(argv)
 
-    assert [r.framework for r in results] == ["JAX (jaxemo)"]
+    assert [(r.step, r.framework) for r in results] == [("train", "JAX (jaxemo)")]
     assert results[0].samples_per_s > 0 and results[0].compile_s > 0
     text = path.read_text()
     assert "keep me" in text
     key = f"vit-train-step-tiny:{jax.default_backend()}-float32"
     section = text.split(f"<!-- {key} begin -->")[1].split(f"<!-- {key} end -->")[0]
-    assert "| ViT-tiny (w64 d4 p8) | 8 | 32 | float32 | JAX (jaxemo) |" in section
-    assert "python -m experiments.benchmark --tiny --notorch --write" in section
+    assert "| ViT-tiny (w64 d4 p8, 32 px) | train | 8 | float32 | JAX (jaxemo) |" in section
+    assert "python -m experiments.benchmark --system=vit_classifier --tiny --notorch --write" in section
 
 
-def test_torch_model_matches_jaxemo_sizes_and_trains():
+def _case(system, variant="tiny", batch_size=2):
+    from jaxemo import systems
+
+    return systems.get(system).BENCHMARK.case(variant, batch_size, bench.CaseOptions(load_config=cli.load_config))
+
+
+def test_torch_vit_twin_matches_jaxemo_sizes_and_trains():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    args = benchmark.parse_args(["--tiny"])
-    config = benchmark.model_config(benchmark.TINY, args)
-    model = benchmark.vit_classifier.build_model(config)
-    hf_model = benchmark.hf_vit(transformers, model)
+    from benchmarks.twins import vit_classifier_torch
+
+    case = _case("vit_classifier")
+    model = case.task.model
+    hf_model = vit_classifier_torch.hf_vit(transformers, model)
     images = jnp.zeros((1, *model.image_size, model.in_channels))
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), images)["params"])
     assert sum(p.numel() for p in hf_model.parameters()) == sum(x.size for x in jax.tree.leaves(params))
-
-    step = benchmark.torch_train_step(torch, hf_model, config.optimizer, benchmark.random_batch(2, model))
-    assert torch.isfinite(step())
+    assert torch.isfinite(vit_classifier_torch.benchmark_steps(torch, case)["train"]())
 
 
 # ------------------------------------------------------------------------------------------------ MMA-DFER
@@ -113,7 +119,7 @@ def mma_dfer_inputs(model, batch=2):
 
 
 def test_mma_dfer_flops_reproduce_the_dossier_at_paper_size():
-    flops = bench.mma_dfer_flops(mma_dfer.MMADFER())  # 16 x 224 px, 512 x 128 fbank, ViT-B/16 encoders
+    flops = mma_dfer_system.flops(mma_dfer.MMADFER())  # 16 x 224 px, 512 x 128 fbank, ViT-B/16 encoders
     # /work/shared/research/mma_dfer.md §1.8, torch.utils.flop_counter on the reference: 643.7 GFLOPs
     # forward (image ViT 289.9 GMAC, audio 23.7, adapters 8.3, temporal + projection 0.04) and 1,340.6
     # GFLOPs per training sample.
@@ -134,7 +140,7 @@ def test_mma_dfer_flops_formula():
     t, d, m, k, dt, mt = 2, 192, 768, 32, 64, 128
     tv, ta = 1 + 16 + 6, 1 + 32 + 6
     layer = lambda n, d, m: 8 * n * d * d + 4 * n * d * m + 4 * n * n * d
-    flops = bench.mma_dfer_flops(model)
+    flops = mma_dfer_system.flops(model)
     assert flops.parts == {
         "video_encoder": t * (2 * 16 * 64 * 3 * d + 3 * layer(tv, d, m)),
         "audio_encoder": 2 * 32 * 64 * d + 3 * layer(ta, d, m),
@@ -146,7 +152,7 @@ def test_mma_dfer_flops_formula():
         2 * layer(t + 1, dt, mt) - 2 * 4 * dt * (t + 1) ** 2
     assert flops.backward() == (flops.forward - patch_embed + attention, trainable)
     assert flops.train() == flops.forward + sum(flops.backward())
-    tokens = bench.mma_dfer_flops(small_mma_dfer(depth=3, fusion="tokens", num_fusion_tokens=4, num_classes=5))
+    tokens = mma_dfer_system.flops(small_mma_dfer(depth=3, fusion="tokens", num_fusion_tokens=4, num_classes=5))
     assert tokens.parts["adapters"] == 0  # MBT fusion tokens: every layer sees 4 more tokens
     assert tokens.parts["audio_encoder"] == 2 * 32 * 64 * d + 3 * layer(ta + 4, d, m)
 
@@ -157,7 +163,7 @@ def test_mma_dfer_forward_flops_match_xla_cost_analysis():
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), video, audio)["params"])
     forward = jax.jit(lambda p, v, a: model.apply({"params": p}, v, a)[0])
     xla = forward.lower(params, video, audio).compile().cost_analysis()["flops"] / len(video)
-    assert bench.mma_dfer_flops(model).forward == pytest.approx(xla, rel=0.1)
+    assert mma_dfer_system.flops(model).forward == pytest.approx(xla, rel=0.1)
 
 
 def test_mma_dfer_train_flops_match_xla_gradient_of_the_trainable_params():
@@ -173,7 +179,7 @@ def test_mma_dfer_train_flops_match_xla_gradient_of_the_trainable_params():
 
     grad = jax.jit(jax.value_and_grad(loss))
     xla = grad.lower(trainable, frozen, video, audio).compile().cost_analysis()["flops"] / len(video)
-    flops = bench.mma_dfer_flops(model)
+    flops = mma_dfer_system.flops(model)
     assert flops.train() == pytest.approx(xla, rel=0.1)
     assert bench.train_flops(flops.forward) > 1.3 * xla
 
@@ -185,7 +191,7 @@ def test_mma_dfer_flops_match_torch_flop_counter_on_the_reference():
     pytest.importorskip("transformers")
     from torch.utils.flop_counter import FlopCounterMode
 
-    from jaxemo.reference import mma_dfer_torch
+    from benchmarks.twins import mma_dfer_torch
 
     model = small_mma_dfer(width=32, num_heads=2, mlp_dim=64, depth=2, prompt_groups=2, latent_dim=8,
                            temporal_width=16, temporal_mlp_dim=32)
@@ -199,7 +205,7 @@ def test_mma_dfer_flops_match_torch_flop_counter_on_the_reference():
         logits = net(video, audio)[0]
     with FlopCounterMode(display=False) as backward:
         logits.sum().backward()
-    flops = bench.mma_dfer_flops(model)
+    flops = mma_dfer_system.flops(model)
     assert forward.get_total_flops() == batch * flops.forward
     assert backward.get_total_flops() == batch * sum(flops.backward())
 
@@ -209,7 +215,7 @@ def test_torch_reference_trains_what_the_reference_trains():
     frozen parameters (dossier §1.5), every parameter under a reference state-dict name."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from jaxemo.reference import mma_dfer_torch
+    from benchmarks.twins import mma_dfer_torch
 
     with torch.device("meta"):
         net = mma_dfer_torch.build(mma_dfer_torch.Sizes())
@@ -223,17 +229,15 @@ def test_torch_reference_trains_what_the_reference_trains():
 def test_torch_mma_dfer_steps_train_only_the_trainable_params():
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from jaxemo.reference import mma_dfer_torch
+    from benchmarks.twins import mma_dfer_torch
 
-    model = small_mma_dfer(width=32, num_heads=2, mlp_dim=64, num_frames=16)
+    case = _case("mma_dfer")
     torch.manual_seed(0)
-    net = mma_dfer_torch.build(mma_dfer_torch.Sizes.of(model), attn_implementation="sdpa")
+    net = mma_dfer_torch.build(mma_dfer_torch.Sizes.of(case.task.model), attn_implementation="sdpa")
+    steps = mma_dfer_torch.benchmark_steps(torch, case, net)
     before = {k: v.copy() for k, v in mma_dfer_torch.to_state_dict(net).items()}
-    config = benchmark.mma_dfer_model_config("tiny", benchmark.parse_args(["--model=mma_dfer", "--tiny"]), "none")
-    train_step, inference_step = benchmark.torch_mma_dfer_steps(torch, net, config.optimizer,
-                                                                benchmark.mma_dfer_batch(2, model))
-    assert torch.isfinite(train_step())
-    assert inference_step().shape == (2, model.num_classes)
+    assert torch.isfinite(steps["train"]())
+    assert steps["inference"]().shape == (2, case.task.model.num_classes)
     after = mma_dfer_torch.to_state_dict(net)
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert changed <= {k for k in before if mma_dfer_torch.reference_trainable(k)}  # frozen: untouched
@@ -246,7 +250,7 @@ def test_tiny_mma_dfer_benchmark_writes_its_section(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     other = "<!-- vit-train-step:cpu-float32 begin -->\nkeep me\n<!-- vit-train-step:cpu-float32 end -->"
     path.write_text(f"# Benchmarks\n\n{other}\n")
-    argv = ["--model=mma_dfer", "--tiny", "--notorch", "--write", f"--benchmarks_file={path}"]
+    argv = ["--system=mma_dfer", "--tiny", "--notorch", "--write", f"--benchmarks_file={path}"]
     results = benchmark.main(argv)
 
     assert [(r.step, r.framework) for r in results] == [("train", "JAX (jaxemo)"), ("inference", "JAX (jaxemo)")]
@@ -259,4 +263,4 @@ def test_tiny_mma_dfer_benchmark_writes_its_section(tmp_path):
     label = "MMA-DFER tiny (w64 d4 p8; 16 x 32px, fbank 64x128)"
     assert f"| {label} | train | 8 | float32 | JAX (jaxemo) |" in section
     assert f"| {label} | inference | 8 | float32 | JAX (jaxemo) |" in section
-    assert "python -m experiments.benchmark --model=mma_dfer --tiny --notorch --write" in section
+    assert "python -m experiments.benchmark --system=mma_dfer --tiny --notorch --write" in section

@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from experiments import casp
+from experiments import casp as experiment
 from experiments.configs import casp as casp_config
+from jaxemo.systems import casp
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +16,8 @@ def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("casp"))
     config = casp_config.get_config("tiny")
     config.tta.methods = ("source_only", "casp")
-    params = casp.train_source(config, workdir)
-    summary = casp.run_adaptation(config, params, workdir)
+    summary = experiment.run(config, workdir)
+    params = experiment.train_source(config, workdir)  # finished: evaluated and reused, not trained again
     return config, params, workdir, summary
 
 
@@ -42,13 +43,13 @@ def test_every_mode_runs_and_results_are_written(run):
         ("source_only", "-"), ("casp", "offline"), ("casp", "online"), ("casp", "episodic")}
     for row in stored["results"]:
         assert np.isfinite(row["mae"]) and -1 <= row["corr"] <= 1 and 0 <= row["acc2_has0"] <= 1
-    assert "| casp | episodic |" in casp.results_table(summary)
+    assert "| casp | episodic |" in experiment.results_table(summary)
 
 
 @pytest.mark.slow
 def test_source_training_is_reused_on_rerun(run):
     config, params, workdir, _ = run
-    again = casp.train_source(config, workdir)  # finished: evaluates, does not train again
+    again = experiment.train_source(config, workdir)  # finished: evaluates, does not train again
     for key in ("proj_text", "out_layer_proj0"):
         np.testing.assert_array_equal(again[key]["kernel"], params[key]["kernel"])
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxemo.models import msa
-from jaxemo.reference import casp_torch
+from benchmarks.twins import casp_torch
 
 torch = pytest.importorskip("torch")
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import vit_classifier
+from jaxemo.systems import vit_classifier
 from jaxemo.train import checkpoint as checkpoint_lib
 from jaxemo.train import loop, sharding, tasks
 

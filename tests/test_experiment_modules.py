@@ -26,3 +26,28 @@ def test_command_line_flags_are_defined_when_run_as_a_program():
         # absl's --helpfull exits with status 1 after printing every module's flags.
         assert "--config: config file and variant" in out.stdout, (name, out.stderr[-2000:])
         assert "--workdir: output directory" in out.stdout, name
+
+
+def _imported_modules(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(open(path).read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_experiments_are_thin_and_import_no_other_experiment():
+    import os
+
+    for name in experiment_modules():
+        path = os.path.join(experiments.__path__[0], f"{name}.py")
+        others = {m for m in _imported_modules(path) if m.startswith("experiments.")
+                  and not m.startswith("experiments.configs") and m != f"experiments.{name}"}
+        assert not others, f"experiments/{name}.py imports {sorted(others)}"
+    harness = _imported_modules(os.path.join(experiments.__path__[0], "benchmark.py"))
+    assert not {m for m in harness if m.startswith(("experiments", "benchmarks"))}, harness  # twins: by name

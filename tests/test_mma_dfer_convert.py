@@ -1,7 +1,7 @@
 """MMA-DFER checkpoint conversion: parity with a PyTorch re-expression of the reference forward pass,
 round trips, initialisation from MAE-Face / AudioMAE, and errors naming the offending key.
 
-The PyTorch model (`jaxemo.reference.mma_dfer_torch`) follows katerynaCh/MMA-DFER
+The PyTorch model (`benchmarks/twins/mma_dfer_torch.py`) follows katerynaCh/MMA-DFER
 (`models/Generate_Model.py::GenerateModel.forward`, `models/models_vit.py`, `AudioMAE/audio_models_vit.py`,
 `models/Temporal_Model.py`); here it runs at a tiny size. Its encoder blocks are transformers' `ViTLayer`
 (the same pre-LN block as timm's, eps 1e-6, exact GELU); the fusion, prompts, joint projection and temporal
@@ -28,7 +28,7 @@ from jaxemo.convert.mma_dfer import (
 )
 from jaxemo.convert.vit import to_timm_vit
 from jaxemo.models import mma_dfer
-from jaxemo.reference import mma_dfer_torch
+from benchmarks.twins import mma_dfer_torch
 
 WIDTH, DEPTH, HEADS, MLP, PATCH, LATENT = 32, 12, 2, 64, 8, 8
 FRAMES, IMAGE, AUDIO = 4, 32, (64, 32)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import mma_dfer as experiment
+from jaxemo.systems import mma_dfer as system
 from experiments.configs import mma_dfer as mma_dfer_config
 from jaxemo.data import sources
 from jaxemo.train import checkpoint, loop, sharding
@@ -77,8 +78,8 @@ def test_eval_module_reads_the_checkpoint_and_reproduces_the_scores(trained, tmp
 def test_token_fusion_trains(tmp_path):
     config = small_config(**{"model.fusion": "tokens", "model.fusion_layer": 1, "total_steps": 24,
                              "eval_every_epochs": 0, "log_every_steps": 4})
-    train, test = experiment.fold_sources(config, 1)
-    result = loop.train_and_evaluate(config, str(tmp_path / "run"), experiment.build_task(config), train, test)
+    train, test = system.fold_sources(config, 1)
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"), system.build_task(config), train, test)
     losses = [json.loads(line)["train/loss"] for line in open(tmp_path / "run" / "metrics.jsonl")
               if "train/loss" in line]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
@@ -86,8 +87,8 @@ def test_token_fusion_trains(tmp_path):
 
 
 def _losses_and_params(config, mesh, steps=2):
-    train, _ = experiment.fold_sources(config, 1)
-    trainer = loop.Trainer(config, experiment.build_task(config), train, mesh=mesh)
+    train, _ = system.fold_sources(config, 1)
+    trainer = loop.Trainer(config, system.build_task(config), train, mesh=mesh)
     state, batches, losses = trainer.init_state(), trainer.train_iterator(), []
     for _ in range(steps):
         state, metrics = trainer.train_step(state, sharding.shard_batch(next(batches), trainer.mesh))
@@ -152,13 +153,13 @@ def _clip(**changes):
     ({"label": 7}, "clip 'clip_042': label 7 is outside the 7 classes"),
 ])
 def test_bad_clips_fail_with_their_id(changes, message):
-    task = experiment.build_task(small_config())
+    task = system.build_task(small_config())
     with pytest.raises(ValueError, match=message):
         task.train_transform(_clip(**changes), np.random.default_rng(0))
 
 
 def test_short_clips_are_edge_padded_to_16_frames():
-    task = experiment.build_task(small_config())
+    task = system.build_task(small_config())
     frames = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 40, 40, 3), np.uint8)
     out = task.eval_transform(_clip(frames=frames), None)
     assert out["video"].shape == (16, 40, 40, 3)
@@ -167,7 +168,7 @@ def test_short_clips_are_edge_padded_to_16_frames():
 
 def test_synthetic_folds_differ():
     config = small_config()
-    a, _ = experiment.fold_sources(config, 1)
-    b, _ = experiment.fold_sources(config, 2)
+    a, _ = system.fold_sources(config, 1)
+    b, _ = system.fold_sources(config, 2)
     assert sources.SYNTHETIC[config.data.name]
     assert not np.array_equal(a[0]["frames"], b[0]["frames"])

@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from experiments import vit_classifier
+from experiments import vit_classifier as experiment
 from jaxemo.data.builders import visual_emotion
 
 
@@ -29,7 +29,7 @@ def test_vit_classifier_trains_on_a_builder_dataset(tmp_path, tiny_config):
         "data.manual_dir": str(tmp_path / "Emotion6"), "data.data_dir": str(tmp_path / "tfds"),
         "data.builder_config": "224", "data.train_split": "train", "data.eval_split": "test",
         "optimizer.warmup_steps": 5})
-    result = vit_classifier.train(config, str(tmp_path / "run"))
+    result = experiment.train(config, str(tmp_path / "run"))
     assert result.steps_run == 40
     assert result.eval_metrics["accuracy"] > 0.5  # 6 classes, 24 test images: chance is 1/6
     assert os.path.isdir(tmp_path / "tfds" / "emotion6")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from experiments import vit_classifier
+from jaxemo.systems import vit_classifier
 from jaxemo.data import pipeline
 from jaxemo.train import optim, sharding, state as state_lib, step as step_lib, tasks
 
@@ -44,13 +44,13 @@ def test_batch_size_must_divide_over_the_data_axes():
 
 def _setup(config, mesh):
     task = tasks.ClassificationTask(vit_classifier.build_model(config), config.data.num_classes)
-    tx, schedule = optim.make_optimizer(config.optimizer, 100, 10)
+    optimizer = optim.make_optimizer(config.optimizer, 100, 10)
     source, _ = vit_classifier.build_data(config)
     batches = iter(pipeline.train_dataset(source, config.batch_size, seed=0))
     example = state_lib.example_batch_like(pipeline.eval_batches(source, 8).__next__())
     example.pop("mask")
-    state, shardings = state_lib.create_train_state(task, tx, example, jax.random.key(0), mesh)
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(task, tx, schedule), shardings, mesh)
+    state, shardings = state_lib.create_train_state(task, optimizer.tx, example, jax.random.key(0), mesh)
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(task, optimizer), shardings, mesh)
     return state, train_step, batches
 
 
@@ -76,7 +76,7 @@ def test_sharded_step_equals_single_device(tiny_config):
     fc1 = state_8.trainable["encoder"]["layers"]["block"]["mlp"]["fc1"]["kernel"]
     assert fc1.sharding.spec == P(None, "fsdp", "tensor")  # ("layers", "embed", "mlp")
     assert fc1.addressable_shards[0].data.shape == (2, 16, 64)  # embed 32 split over fsdp=2
-    adam_mu = state_8.opt_state[1][0].mu["encoder"]["layers"]["block"]["mlp"]["fc1"]["kernel"]
+    adam_mu = state_8.opt_state.inner_state[1][0].mu["encoder"]["layers"]["block"]["mlp"]["fc1"]["kernel"]
     assert adam_mu.sharding.spec == fc1.sharding.spec  # optimizer state laid out like its param
     assert state_8.step.sharding.spec == P()
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 from ml_collections import config_dict
 
-from experiments import vit_classifier
+from jaxemo.systems import vit_classifier
 from jaxemo.data import pipeline, synthetic
 from jaxemo.train import loop, optim, sharding, state as state_lib, step as step_lib, tasks
 
@@ -20,10 +20,10 @@ def _one_device_mesh():
 def _state_and_step(config, task=None, accum=1, mesh=None):
     mesh = mesh or _one_device_mesh()
     task = task or tasks.ClassificationTask(vit_classifier.build_model(config), config.data.num_classes)
-    tx, schedule = optim.make_optimizer(config.optimizer, 100, 10)
+    optimizer = optim.make_optimizer(config.optimizer, 100, 10)
     example = {"image": np.zeros((1, 32, 32, 3), np.uint8), "label": np.zeros((1,), np.int32)}
-    state, shardings = state_lib.create_train_state(task, tx, example, jax.random.key(0), mesh)
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(task, tx, schedule, accum), shardings, mesh)
+    state, shardings = state_lib.create_train_state(task, optimizer.tx, example, jax.random.key(0), mesh)
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(task, optimizer, accum), shardings, mesh)
     return state, train_step, mesh
 
 
@@ -120,16 +120,16 @@ def test_only_trainable_params_get_optimizer_state_and_frozen_can_be_bf16(tiny_c
     config = tiny_config()
     task = tasks.ClassificationTask(vit_classifier.build_model(config), 10, trainable_patterns=[r"^head/"])
     mesh = _one_device_mesh()
-    tx, schedule = optim.make_optimizer(config.optimizer, 100, 10)
+    optimizer = optim.make_optimizer(config.optimizer, 100, 10)
     example = {"image": np.zeros((1, 32, 32, 3), np.uint8), "label": np.zeros((1,), np.int32)}
-    state, shardings = state_lib.create_train_state(task, tx, example, jax.random.key(0), mesh,
+    state, shardings = state_lib.create_train_state(task, optimizer.tx, example, jax.random.key(0), mesh,
                                                     frozen_dtype=jnp.bfloat16)
     assert set(state.trainable) == {"head"}
     moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]  # Adam's mu and nu; not the counts
     assert sum(x.size for x in moments) == 2 * optim.count_params(state.trainable)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.frozen))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.trainable))
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(task, tx, schedule), shardings, mesh)
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(task, optimizer), shardings, mesh)
     frozen_before = _host_copy(state.frozen)
     batch = _batch(config)
     for _ in range(2):

@@ -101,12 +101,12 @@ def test_adapt_step_updates_and_skips_non_finite_losses(setup):
     batch = {k: jnp.asarray(v) for k, v in make_samples(8).items()}
     new, _, out = core.adapt_step(methods.Contrastive(), model, tx, frozen, adapted, tx.init(adapted), batch,
                                   jax.random.key(0))
-    assert int(out["skipped"]) == 0 and np.isfinite(float(out["loss"]))
+    assert int(out["update_skipped"]) == 0 and np.isfinite(float(out["loss"]))
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(adapted)))
     bad = dict(batch, text=batch["text"].at[0, 0, 0].set(jnp.nan))
     same, _, out = core.adapt_step(methods.Contrastive(), model, tx, frozen, adapted, tx.init(adapted), bad,
                                    jax.random.key(0))
-    assert int(out["skipped"]) == 1
+    assert int(out["update_skipped"]) == 1
     for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(adapted)):
         np.testing.assert_array_equal(a, b)
 

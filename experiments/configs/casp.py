@@ -7,6 +7,9 @@ Variants:
                              mosei2sims_late; set data.manual_dir and target.manual_dir to the folders holding
                              each dataset's `casp.pkl`
 
+`--config.source_checkpoint=<state dict of a CASP reference model>` skips source training and adapts that
+model (converted by `jaxemo.convert.casp`).
+
 Feature dimensions must agree between source and target, because the source model's input projections are
 reused on the target. CASP's own features (one MMSA-FET extraction for all three datasets, the builders'
 `casp` config) do; MMSA's released pickles do not (audio 5 / 74 / 33, vision 20 / 35 / 709), and the run
@@ -41,6 +44,13 @@ def get_config(arg=None):
         "res_dropout": 0.1, "embed_dropout": 0.25, "out_dropout": 0.0, "zero_position_quirk": False,
         "use_padding_mask": False, "dtype": "float32",
     })
+    # A source model trained with CASP's reference code (`--stage pretrain`) instead of source training here:
+    # the path of its state dict (.pt / .pth; CASP saves whole pickled models, which must be re-saved as a
+    # state dict once, see `jaxemo.convert.casp.load_reference_checkpoint`). When set, source training is
+    # skipped and the converted weights are adapted; `model.fusion`, `model.depth` and `model.proj_dim` must
+    # match the checkpoint and `model.num_heads` must be the `--num_heads` it was trained with (CASP's default
+    # 8). For the reference's exact forward also set `model.zero_position_quirk=True`.
+    config.source_checkpoint = ""
     # Source training (CASP's `--stage pretrain`): L1, Adam 1e-3, clip 0.8, batch 24, 30 epochs, the epoch
     # with the best source-valid Acc-2 kept (CASP's `>0` binary accuracy on all samples).
     config.batch_size = 24
@@ -50,7 +60,7 @@ def get_config(arg=None):
                                                "schedule": "constant", "grad_accum_steps": 1})
     config.eval_every_epochs = 1
     config.log_every_steps = 50
-    config.checkpoint.best_metric = "acc2_reference"
+    config.best.metric = "acc2_reference"
     config.data.update({"name": "synthetic_sentiment", "train_split": "source_train",
                         "eval_split": "source_valid", "builder_config": ""})
     # The target: `adapt_split` is adapted on without labels (CASP adapts on the target train split),

@@ -14,6 +14,7 @@ def base_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.total_steps = 0  # when > 0 it replaces num_epochs as the length of the run
+    config.steps_per_epoch = 0  # when > 0 an epoch is this many steps, not one pass over the training set
     # Mesh axes data x fsdp x tensor; -1 takes all remaining devices.
     config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Real datasets are read through TFDS from files the user provides (see README, "Real data").
@@ -24,4 +25,13 @@ def base_config() -> config_dict.ConfigDict:
     config.eval_every_steps = 1000
     config.max_consecutive_nonfinite = 10  # stop with an error after this many skipped updates in a row
     config.checkpoint = config_dict.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    # The best evaluation by `best.metric` ("" = none) is kept (checkpoints_best/); `best.patience` > 0 stops
+    # a run after that many evaluations without an improvement larger than `best.min_delta`.
+    config.best = config_dict.ConfigDict(dict(metric="", mode="max", min_delta=0.0, patience=0))
+    # Extra logical-axis rules, ahead of jaxemo.train.sharding.DEFAULT_RULES, e.g. (("embed", None),). With
+    # mesh.fsdp > 1, a parameter of at least `min_sharded_size` elements left replicated is an error.
+    config.sharding = config_dict.ConfigDict(dict(rules=(), min_sharded_size=1 << 20))
+    # Population training (jaxemo.train.population): trials per group (0: as many as fit `memory_fraction` of
+    # the device memory by XLA's estimate).
+    config.population = config_dict.ConfigDict(dict(group_size=0, memory_fraction=0.7))
     return config

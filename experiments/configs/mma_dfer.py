@@ -42,7 +42,8 @@ def get_config(arg: str = "tiny"):
     ))
     config.eval_every_epochs = 1  # the reference evaluates the test fold after every epoch (for logging)
     config.log_every_steps = 50
-    config.checkpoint.update(every_steps=1000, keep=2, best_metric="uar")
+    config.checkpoint.update(every_steps=1000, keep=2)
+    config.best.metric = "uar"
     if variant == "mafw":
         config.data.update(name="mafw", num_classes=11)
     if variant == "tiny":

@@ -18,8 +18,11 @@ two LayerNorms are `layer_norms_0` / `layer_norms_1` (what CASP adapts), the enc
 `layer_norm` (frozen in CASP).
 
 Positions: fairseq's sinusoidal table (sin half then cos half, positions from 1). The reference gives a
-zero position vector to every time step whose *first input channel* is exactly 0, meant for padding but
-hitting any such step (`zero_position_quirk=True` reproduces it); by default every step gets its position.
+zero position vector to every time step whose first *projected* channel is exactly 0: its encoder runs
+`make_positions` on `x_in[:, :, 0]`, and `x_in` is the 1x1 projection's output, not the raw features. It is
+meant for padding, but a zero-padded step projects to the projection's bias, so it marks padding only where
+that bias's channel 0 is exactly 0 (and marks any other step whose projected channel 0 happens to be 0).
+`zero_position_quirk=True` reproduces it; by default every step gets its position.
 The reference attends over padding; `use_padding_mask=True` masks steps past `audio_length` /
 `vision_length` out of the keys instead (text is never padded in MMSA's features).
 """
@@ -55,7 +58,8 @@ def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
 
 
 def positions(x_in: jax.Array, zero_position_quirk: bool) -> jax.Array:
-    """[B, T, D] sinusoidal positions 1..T for `x_in` [B, T, D]; with the quirk, 0 where x_in[..., 0] == 0."""
+    """[B, T, D] sinusoidal positions 1..T for the encoder's input `x_in` [B, T, D] (the projected sequence);
+    with the quirk, position 0 (a zero vector) where the first projected channel x_in[..., 0] == 0."""
     steps = x_in.shape[-2]
     table = jnp.asarray(sinusoidal_table(steps + 1, x_in.shape[-1]))
     ids = jnp.arange(1, steps + 1)

@@ -107,28 +107,22 @@ class Checkpointer:
 
 
 class BestCheckpoint:
-    """Keeps, beside the regular checkpoints, the one with the highest `metric` seen at an evaluation:
-    `<directory>/<step>/` plus `<directory>.json` holding {"step", "metric", "value"}."""
+    """Keeps, beside the regular checkpoints, the one of the best evaluation (as `early_stopping.BestTracker`
+    decides): `<directory>/<step>/` plus `<directory>.json` holding {"step", "metric", "value"}."""
 
-    def __init__(self, directory: str, metric: str):
-        self.metric = metric
+    def __init__(self, directory: str):
         self.checkpointer = Checkpointer(directory, save_every=1, keep=1, async_save=False)
         self.record_path = self.checkpointer.directory + ".json"
         self.best = json.load(open(self.record_path)) if os.path.exists(self.record_path) else None
 
-    def update(self, step: int, state: TrainState, metrics: dict, data_state: dict, config: dict) -> bool:
-        if self.metric not in metrics:
-            raise KeyError(f"checkpoint.best_metric={self.metric!r} is not among the eval metrics {sorted(metrics)}")
-        value = float(metrics[self.metric])
-        if self.best is not None and value <= self.best["value"]:
-            return False
+    def save(self, step: int, state: TrainState, data_state: dict, config: dict, record: dict) -> None:
+        """Saves `state` as the best one; `record` is {"step", "metric", "value"}."""
         self.checkpointer.save(step, state, data_state, config, force=True)
         self.checkpointer.wait()
-        self.best = {"step": int(step), "metric": self.metric, "value": value}
+        self.best = dict(record)
         if jax.process_index() == 0:
             with open(self.record_path, "w") as f:
                 json.dump(self.best, f)
-        return True
 
     def close(self) -> None:
         self.checkpointer.close()

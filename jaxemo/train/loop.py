@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from jaxemo.data import pipeline
 from jaxemo.train import checkpoint as checkpoint_lib
+from jaxemo.train import tasks
 from jaxemo.train import metrics as metrics_lib
-from jaxemo.train import optim, sharding, state as state_lib, step as step_lib
+from jaxemo.train import early_stopping, optim, sharding, state as state_lib, step as step_lib
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class TrainResult:
     preempted: bool = False
     eval_stats: Optional[dict] = None  # the final evaluation's summed statistics (e.g. a confusion matrix)
     best: Optional[dict] = None  # {"step", "metric", "value"} of the best evaluation, if one is tracked
+    stopped_step: Optional[int] = None  # the step at which early stopping ended the run, if it did
 
 
 def check_workdir(workdir: str) -> str:
@@ -52,17 +54,55 @@ def check_workdir(workdir: str) -> str:
 
 
 def total_steps(config, num_train_examples: int) -> tuple[int, int]:
-    """(total steps, steps per epoch) from `config.total_steps` or `config.num_epochs`."""
-    steps_per_epoch = max(num_train_examples // config.batch_size, 1)
+    """(total steps, steps per epoch) from `config.total_steps` or `config.num_epochs`; an epoch is
+    `config.steps_per_epoch` steps if set, else one pass over the examples (the last partial batch dropped)."""
+    steps_per_epoch = int(config.get("steps_per_epoch") or max(num_train_examples // config.batch_size, 1))
     if config.get("total_steps"):
         return int(config.total_steps), steps_per_epoch
     return int(math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
 
 
+@dataclasses.dataclass
+class StepSetup:
+    """What a jitted train step needs, built from the config: the optimizer, the rules, the abstract sharded
+    state and the step itself. The trainer and the benchmarks build it the same way."""
+
+    optimizer: optim.Optimizer
+    rules: tuple
+    frozen_dtype: object
+    abstract: state_lib.TrainState
+    shardings: state_lib.TrainState
+    train_step: object  # the jitted `step_lib.make_train_step`
+
+    @property
+    def tx(self):
+        return self.optimizer.tx
+
+
+def check_accumulation(config, mesh) -> int:
+    accum = int(config.optimizer.get("grad_accum_steps", 1))
+    if config.batch_size % (accum * sharding.batch_divisor(mesh)):
+        raise ValueError(f"batch_size={config.batch_size} must split into grad_accum_steps={accum} "
+                         f"microbatches that each divide over {sharding.batch_divisor(mesh)} devices")
+    return accum
+
+
+def setup_train_step(config, task, example_batch, mesh, total_steps: int, steps_per_epoch: int) -> StepSetup:
+    optimizer = optim.make_optimizer(config.optimizer, total_steps, steps_per_epoch)
+    rules = sharding.rules_from_config(config)
+    frozen_dtype = state_lib.dtype_from_name(config.get("frozen_dtype", "float32"))
+    min_size = int((config.get("sharding") or {}).get("min_sharded_size") or 0)
+    abstract, shardings = state_lib.abstract_state(task, optimizer.tx, example_batch, mesh, rules, frozen_dtype,
+                                                   min_size)
+    train_step = step_lib.make_train_step(task, optimizer, check_accumulation(config, mesh))
+    return StepSetup(optimizer, rules, frozen_dtype, abstract, shardings,
+                     step_lib.jit_train_step(train_step, shardings, mesh))
+
+
 class Trainer:
     """Everything built from the config before the first step: mesh, optimizer, shardings, jitted steps."""
 
-    def __init__(self, config, task, train_source, eval_source=None, mesh=None):
+    def __init__(self, config, task: tasks.Task, train_source, eval_source=None, mesh=None):
         self.config, self.task = config, task
         self.mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
         sharding.check_batch_size(config.batch_size, self.mesh)
@@ -70,17 +110,12 @@ class Trainer:
             sharding.check_batch_size(config.eval_batch_size, self.mesh)
         self.train_source, self.eval_source = train_source, eval_source
         self.total_steps, self.steps_per_epoch = total_steps(config, len(train_source))
-        self.tx, self.schedule = optim.make_optimizer(config.optimizer, self.total_steps, self.steps_per_epoch)
-        self.example_batch = _example_batch(task, train_source)
-        self.frozen_dtype = state_lib.dtype_from_name(config.get("frozen_dtype", "float32"))
-        self.abstract, self.shardings = state_lib.abstract_state(
-            task, self.tx, self.example_batch, self.mesh, frozen_dtype=self.frozen_dtype)
-        accum = int(config.optimizer.get("grad_accum_steps", 1))
-        if config.batch_size % (accum * sharding.batch_divisor(self.mesh)):
-            raise ValueError(f"batch_size={config.batch_size} must split into grad_accum_steps={accum} "
-                             f"microbatches that each divide over {sharding.batch_divisor(self.mesh)} devices")
-        train_step = step_lib.make_train_step(task, self.tx, self.schedule, accum)
-        self.train_step = step_lib.jit_train_step(train_step, self.shardings, self.mesh)
+        self.example_batch = example_batch(task, train_source)
+        self.setup = setup_train_step(config, task, self.example_batch, self.mesh, self.total_steps,
+                                      self.steps_per_epoch)
+        self.optimizer, self.tx = self.setup.optimizer, self.setup.tx
+        self.abstract, self.shardings = self.setup.abstract, self.setup.shardings
+        self.frozen_dtype, self.train_step = self.setup.frozen_dtype, self.setup.train_step
         self.evaluator = Evaluator(config, task, eval_source, self.mesh, self.shardings.params) \
             if eval_source is not None else None
 
@@ -89,7 +124,7 @@ class Trainer:
         e.g. with pretrained encoders. Optimizer moments start at zero either way."""
         rng = jax.random.key(self.config.seed)
         state, _ = state_lib.create_train_state(self.task, self.tx, self.example_batch, rng, self.mesh,
-                                                frozen_dtype=self.frozen_dtype)
+                                                self.setup.rules, self.frozen_dtype)
         if init_params is None:
             return state
         params = jax.device_put(init_params(jax.device_get(state.params)), self.shardings.params)
@@ -99,20 +134,30 @@ class Trainer:
 
     @property
     def eval_every_steps(self) -> int:
-        epochs = self.config.get("eval_every_epochs")
-        return int(epochs * self.steps_per_epoch) if epochs else int(self.config.get("eval_every_steps") or 0)
+        return eval_every_steps(self.config, self.steps_per_epoch)
 
     def train_iterator(self):
         return iter(pipeline.train_dataset(
             self.train_source, self.config.batch_size, self.config.seed,
-            worker_count=self.config.get("data_workers", 0), transform=host_transform(self.task, train=True),
-            pad_spec=getattr(self.task, "pad_spec", None)))
+            worker_count=self.config.get("data_workers", 0), transform=self.task.host_transform(True),
+            pad_spec=self.task.pad_spec))
 
     def evaluate_stats(self, state) -> dict:
         return self.evaluator.stats(state.params)
 
     def evaluate(self, state) -> dict:
         return self.task.summarize(self.evaluate_stats(state))
+
+
+def eval_every_steps(config, steps_per_epoch: int) -> int:
+    """`config.eval_every_epochs` (in steps) or `config.eval_every_steps`; 0 = only at the end."""
+    epochs = config.get("eval_every_epochs")
+    return int(epochs * steps_per_epoch) if epochs else int(config.get("eval_every_steps") or 0)
+
+
+def is_eval_step(step: int, every: int, total: int) -> bool:
+    """Whether a run evaluates after `step`: every `every` steps, and always after its last step."""
+    return step == total or bool(every and step % every == 0)
 
 
 class Evaluator:
@@ -128,8 +173,7 @@ class Evaluator:
         """The task's evaluation statistics summed over the whole source (host numpy)."""
         totals = None
         batches = pipeline.eval_batches(self.source, self.config.eval_batch_size,
-                                        transform=host_transform(self.task, train=False),
-                                        pad_spec=getattr(self.task, "pad_spec", None))
+                                        transform=self.task.host_transform(False), pad_spec=self.task.pad_spec)
         for batch in batches:
             stats = self.eval_step(params, sharding.shard_batch(batch, self.mesh))
             totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
@@ -139,19 +183,21 @@ class Evaluator:
 def evaluate_params(config, task, params, eval_source, mesh=None) -> tuple[dict, dict]:
     """(metrics, summed statistics) of `params` (e.g. from `checkpoint.load_params`) on `eval_source`."""
     mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
-    boxed = jax.eval_shape(task.init, jax.random.key(0), _example_batch(task, eval_source))["params"]
-    shardings = sharding.tree_shardings(boxed, mesh)
+    boxed = jax.eval_shape(task.init, jax.random.key(0), example_batch(task, eval_source))["params"]
+    shardings = sharding.tree_shardings(boxed, mesh, sharding.rules_from_config(config))
     evaluator = Evaluator(config, task, eval_source, mesh, shardings)
     stats = evaluator.stats(jax.device_put(params, shardings))
     return task.summarize(stats), stats
 
 
-def train_and_evaluate(config, workdir: str, task, train_source, eval_source=None, mesh=None,
+def train_and_evaluate(config, workdir: str, task: tasks.Task, train_source, eval_source=None, mesh=None,
                        init_params=None) -> TrainResult:
     """Trains `task` on `train_source` (random access: len and [i]), evaluating on `eval_source`.
 
     `mesh` defaults to one built from `config.mesh` over all devices. `init_params(params) -> params` adjusts
-    the initial parameters of a fresh run (not of a resumed one).
+    the initial parameters of a fresh run (not of a resumed one). With `config.best.metric` set, the best
+    evaluation's state is kept in `checkpoints_best/` and `config.best.patience` > 0 stops the run after that
+    many evaluations without improvement (`early_stopping`).
     """
     workdir = check_workdir(workdir)
     trainer = Trainer(config, task, train_source, eval_source, mesh)
@@ -160,6 +206,9 @@ def train_and_evaluate(config, workdir: str, task, train_source, eval_source=Non
                 "writing to %s", type(task.model).__name__, f"{optim.count_params(trainer.abstract.trainable):,}",
                 f"{optim.count_params(trainer.abstract.frozen):,}", trainer.total_steps, config.batch_size,
                 trainer.steps_per_epoch, dict(trainer.mesh.shape), workdir)
+    tracker = early_stopping.BestTracker(early_stopping.BestConfig.from_config(config))
+    if tracker.config.enabled and eval_source is None:
+        raise ValueError(f"best.metric={tracker.config.metric!r} needs an evaluation source")
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps,
                                        config.checkpoint.keep, config.checkpoint.get("async_save", True))
     train_iter = trainer.train_iterator()
@@ -167,14 +216,17 @@ def train_and_evaluate(config, workdir: str, task, train_source, eval_source=Non
     if restored is not None:
         state, data_state = restored
         train_iter.set_state(data_state)
+        if "best" in data_state:
+            tracker.load_state_dict(data_state["best"])
         logger.info("resumed from %s at step %d", ckpt.directory, int(state.step))
     else:
         state = trainer.init_state(init_params)
     writer = metrics_lib.MetricWriter(workdir)
-    best_metric = config.checkpoint.get("best_metric")
-    best = checkpoint_lib.BestCheckpoint(os.path.join(workdir, "checkpoints_best"), best_metric) if best_metric else None
+    best = (checkpoint_lib.BestCheckpoint(os.path.join(workdir, "checkpoints_best"))
+            if tracker.config.enabled else None)
+    run = _Run(trainer, config, train_iter, ckpt, writer, best, tracker)
     try:
-        return _run(trainer, config, state, train_iter, ckpt, writer, best)
+        return run(state)
     finally:
         ckpt.wait()
         ckpt.close()
@@ -183,54 +235,79 @@ def train_and_evaluate(config, workdir: str, task, train_source, eval_source=Non
             best.close()
 
 
-def _evaluate(trainer: Trainer, state, step: int, writer, best, data_state, config_json) -> tuple[dict, dict]:
-    stats = trainer.evaluate_stats(state)
-    metrics = trainer.task.summarize(stats)
-    writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
-    logger.info("eval at step %d: %s", step, _format(metrics))
-    if best is not None and best.update(step, state, metrics, data_state, config_json):
-        logger.info("new best %s=%.4f at step %d", best.metric, best.best["value"], step)
-    return metrics, stats
+class _Run:
+    """The loop of `train_and_evaluate` and what it threads through: checkpoints, metrics, the best tracker."""
 
+    def __init__(self, trainer: Trainer, config, train_iter, ckpt, writer, best, tracker):
+        self.trainer, self.config, self.train_iter = trainer, config, train_iter
+        self.ckpt, self.writer, self.best, self.tracker = ckpt, writer, best, tracker
+        self.config_json = json.loads(config.to_json_best_effort())
 
-def _run(trainer: Trainer, config, state, train_iter, ckpt, writer, best) -> TrainResult:
-    start = int(state.step)
-    total = trainer.total_steps
-    config_json = json.loads(config.to_json_best_effort())
-    watcher = checkpoint_lib.PreemptionWatcher()
-    progress = _Progress(total, start, config.batch_size, enabled=jax.process_index() == 0)
-    eval_metrics: dict = {}
-    data_state = train_iter.get_state()  # always the iterator state that matches `state`
-    try:
-        for step in range(start + 1, total + 1):
-            batch = sharding.shard_batch(next(train_iter), trainer.mesh)
-            state, metrics = trainer.train_step(state, batch)
-            data_state = train_iter.get_state()
-            if step % config.log_every_steps == 0 or step == total:
-                scalars = metrics_lib.to_python(jax.device_get(metrics))
-                scalars.update(progress.rates(step))
-                writer.write(step, {f"train/{k}": v for k, v in scalars.items()})
-                progress.show(step, scalars)
-                _check_nonfinite(state, step, config)
-            every = trainer.eval_every_steps
-            if trainer.eval_source is not None and every and step % every == 0 and step != total:
-                eval_metrics, _ = _evaluate(trainer, state, step, writer, best, data_state, config_json)
-            ckpt.save(step, state, data_state, config_json)
-            if watcher.reached(step):
-                ckpt.save(step, state, data_state, config_json, force=True)
-                ckpt.wait()
-                logger.warning("preemption signal: saved step %d to %s; rerun the same command to resume",
-                               step, ckpt.directory)  # SIGTERM, Ctrl-C, or JAX's multi-host preemption notice
-                return TrainResult(state, eval_metrics, step - start, preempted=True)
-    finally:
-        progress.close()
-        watcher.close()
-    ckpt.save(total, state, data_state, config_json, force=True)
-    eval_stats = None
-    if trainer.eval_source is not None:
-        eval_metrics, eval_stats = _evaluate(trainer, state, total, writer, best, data_state, config_json)
-    return TrainResult(state, eval_metrics, total - start, eval_stats=eval_stats,
-                       best=best.best if best is not None else None)
+    def run_state(self) -> dict:
+        """The host state that goes with a train state: the data iterator's position and the best tracker."""
+        return {**self.train_iter.get_state(), "best": self.tracker.state_dict()}
+
+    def evaluate(self, state, step: int, track: bool = True) -> tuple[dict, dict]:
+        stats = self.trainer.evaluate_stats(state)
+        metrics = self.trainer.task.summarize(stats)
+        self.writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+        logger.info("eval at step %d: %s", step, _format(metrics))
+        if track and self.tracker.config.enabled:
+            if self.tracker.update(step, self.tracker.values(metrics))[0]:
+                record = self.tracker.record()
+                logger.info("new best %s=%.4f at step %d", record["metric"], record["value"], step)
+                self.best.save(step, state, self.run_state(), self.config_json, record)
+            if self.tracker.stopped[0]:
+                logger.info("early stopping at step %d: no improvement of %s in %d evaluations (best %.4f at "
+                            "step %d)", step, self.tracker.config.metric, self.tracker.config.patience,
+                            self.tracker.best_value[0], self.tracker.best_step[0])
+        return metrics, stats
+
+    def result(self, state, eval_metrics, steps_run, eval_stats=None, preempted=False) -> TrainResult:
+        stopped = int(self.tracker.stopped_step[0])
+        return TrainResult(state, eval_metrics, steps_run, preempted=preempted, eval_stats=eval_stats,
+                           best=self.tracker.record(), stopped_step=stopped if stopped >= 0 else None)
+
+    def __call__(self, state) -> TrainResult:
+        trainer, config = self.trainer, self.config
+        start, total = int(state.step), trainer.total_steps
+        if self.tracker.stopped[0]:  # resumed after early stopping: report, do not train further
+            eval_metrics, eval_stats = self.evaluate(state, start, track=False)
+            return self.result(state, eval_metrics, 0, eval_stats)
+        watcher = checkpoint_lib.PreemptionWatcher()
+        progress = _Progress(total, start, config.batch_size, enabled=jax.process_index() == 0)
+        eval_metrics: dict = {}
+        try:
+            for step in range(start + 1, total + 1):
+                batch = sharding.shard_batch(next(self.train_iter), trainer.mesh)
+                state, metrics = trainer.train_step(state, batch)
+                if step % config.log_every_steps == 0 or step == total:
+                    scalars = metrics_lib.to_python(jax.device_get(metrics))
+                    scalars.update(progress.rates(step))
+                    self.writer.write(step, {f"train/{k}": v for k, v in scalars.items()})
+                    progress.show(step, scalars)
+                    _check_nonfinite(state, step, config)
+                if trainer.eval_source is not None and step != total and \
+                        is_eval_step(step, trainer.eval_every_steps, total):
+                    eval_metrics, eval_stats = self.evaluate(state, step)
+                    if self.tracker.stopped[0]:
+                        self.ckpt.save(step, state, self.run_state(), self.config_json, force=True)
+                        return self.result(state, eval_metrics, step - start, eval_stats)
+                self.ckpt.save(step, state, self.run_state(), self.config_json)
+                if watcher.reached(step):
+                    self.ckpt.save(step, state, self.run_state(), self.config_json, force=True)
+                    self.ckpt.wait()
+                    logger.warning("preemption signal: saved step %d to %s; rerun the same command to resume",
+                                   step, self.ckpt.directory)  # SIGTERM, Ctrl-C, or JAX's multi-host notice
+                    return self.result(state, eval_metrics, step - start, preempted=True)
+        finally:
+            progress.close()
+            watcher.close()
+        self.ckpt.save(total, state, self.run_state(), self.config_json, force=True)
+        eval_stats = None
+        if trainer.eval_source is not None:
+            eval_metrics, eval_stats = self.evaluate(state, total)
+        return self.result(state, eval_metrics, total - start, eval_stats)
 
 
 def _check_nonfinite(state, step: int, config) -> None:
@@ -249,15 +326,9 @@ def _write_config(config, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
-def host_transform(task, train: bool):
-    """The task's per-example host transform (see `tasks`), if it has one."""
-    return task.host_transform(train) if hasattr(task, "host_transform") else None
-
-
-def _example_batch(task, source) -> dict:
+def example_batch(task: tasks.Task, source) -> dict:
     """One example as the model sees it (after the task's eval transform), for shapes at init."""
-    transform = host_transform(task, train=False)
-    example = source[0] if transform is None else transform(source[0], np.random.default_rng(0))
+    example = task.host_transform(False)(source[0], np.random.default_rng(0))
     return state_lib.example_batch_like(_stack([example]))
 
 

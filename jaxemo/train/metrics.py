@@ -123,24 +123,28 @@ class MetricWriter:
 
 
 def save_confusion_matrix(path: str, confusion, class_names, title: str = "") -> None:
-    """A PNG of the row-normalised confusion matrix (rows: true class), with counts and percentages."""
-    from PIL import Image, ImageDraw, ImageFont
+    """A PNG of the row-normalised confusion matrix (rows: true class), each cell with its count and percent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     confusion = np.asarray(confusion, np.float64)
     rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1.0)
-    n, cell, margin, top = len(class_names), 64, 120, 40
-    image = Image.new("RGB", (margin + n * cell + 10, top + margin + n * cell), "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    draw.text((10, 10), title or "confusion matrix (rows: true class, columns: predicted)", fill="black", font=font)
-    for i, name in enumerate(class_names):
-        draw.text((5, top + margin + i * cell + cell // 2 - 5), str(name)[:18], fill="black", font=font)
-        draw.text((margin + i * cell + 4, top + margin - 20 - 12 * (i % 2)), str(name)[:10], fill="black", font=font)
+    n = len(class_names)
+    size = max(4.0, 0.75 * n + 2.0)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=100)
+    image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xticks(range(n), [str(c) for c in class_names], rotation=45, ha="right")
+    ax.set_yticks(range(n), [str(c) for c in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
     for i in range(n):
         for j in range(n):
-            shade = int(255 * (1.0 - rows[i, j]))
-            x0, y0 = margin + j * cell, top + margin + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline="gray")
-            ink = "white" if rows[i, j] > 0.5 else "black"
-            draw.text((x0 + 6, y0 + 18), f"{int(confusion[i, j])}", fill=ink, font=font)
-            draw.text((x0 + 6, y0 + 34), f"{100 * rows[i, j]:.0f}%", fill=ink, font=font)
-    image.save(path)
+            ax.text(j, i, f"{int(confusion[i, j])}\n{100 * rows[i, j]:.0f}%", ha="center", va="center",
+                    fontsize=8, color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(title or "confusion matrix (rows: true class)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

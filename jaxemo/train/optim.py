@@ -6,6 +6,7 @@ donation exist only for what trains.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Callable, Sequence
 
@@ -53,35 +54,109 @@ def epoch_cosine_schedule(base_lr: float, steps_per_epoch: int, num_epochs: int,
     return schedule
 
 
-def make_schedule(config, total_steps: int, steps_per_epoch: int):
-    """`config.schedule` in {"constant", "warmup_cosine", "epoch_cosine"}."""
-    lr = config.learning_rate
+SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "epoch_cosine")
+
+
+def schedule_shape(config, total_steps: int, steps_per_epoch: int) -> Callable:
+    """The learning-rate schedule divided by its peak `config.learning_rate`: a function of the update count
+    that the (injected, per-run) peak multiplies. `config.schedule` in `SCHEDULES`:
+
+        constant        1
+        warmup_cosine   linear 0 -> 1 over `warmup_steps` (or `warmup_fraction` of the run), cosine to `final_lr`
+        warmup_linear   linear 0 -> 1 over the warm-up, then linear to 0 at the last step (transformers'
+                        `get_linear_schedule_with_warmup`)
+        epoch_cosine    `epoch_cosine_schedule`: cosine over epochs, constant inside one
+    """
+    lr = float(config.learning_rate)
+    final = float(config.get("final_lr", 0.0)) / lr if lr else 0.0
+    fraction = config.get("warmup_fraction")
+    warmup = int(round(fraction * total_steps)) if fraction else int(config.get("warmup_steps", 0))
     if config.schedule == "constant":
-        return optax.constant_schedule(lr)
+        return optax.constant_schedule(1.0)
     if config.schedule == "warmup_cosine":
-        warmup = int(config.get("warmup_steps", 0))
-        return optax.warmup_cosine_decay_schedule(
-            0.0, lr, warmup, max(total_steps, warmup + 1), end_value=config.get("final_lr", 0.0)
-        )
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1), end_value=final)
+    if config.schedule == "warmup_linear":
+        return optax.join_schedules([optax.linear_schedule(0.0, 1.0, max(warmup, 1)),
+                                     optax.linear_schedule(1.0, 0.0, max(total_steps - warmup, 1))], [warmup])
     if config.schedule == "epoch_cosine":
-        return epoch_cosine_schedule(lr, steps_per_epoch, total_steps // steps_per_epoch,
-                                     config.get("final_lr", 0.0))
-    raise ValueError(f"optimizer.schedule={config.schedule!r}: expected constant, warmup_cosine or epoch_cosine")
+        return epoch_cosine_schedule(1.0, steps_per_epoch, max(total_steps // steps_per_epoch, 1), final)
+    raise ValueError(f"optimizer.schedule={config.schedule!r}: expected one of {', '.join(SCHEDULES)}")
 
 
-def make_optimizer(config, total_steps: int, steps_per_epoch: int):
-    """(optax transform, schedule) from `config.optimizer`: name in {adamw, adam, sgd}, clip_norm, ..."""
-    schedule = make_schedule(config, total_steps, steps_per_epoch)
+def make_schedule(config, total_steps: int, steps_per_epoch: int) -> Callable:
+    """The learning rate at each update count: `config.learning_rate` times `schedule_shape`."""
+    shape = schedule_shape(config, total_steps, steps_per_epoch)
+    return lambda step: config.learning_rate * shape(step)
+
+
+INJECTED = ("learning_rate", "weight_decay")  # hyperparameters that live in the optimizer state
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """An optax transform whose peak learning rate (and AdamW's weight decay) are *injected*: they live in the
+    optimizer state (`optax.inject_hyperparams`), so runs that differ only in them (a population's trials)
+    share one compiled step; `shape` is the schedule over the update count, the same for all of them."""
+
+    tx: optax.GradientTransformation
+    shape: Callable
+    learning_rate: float
+
+    def schedule(self, step):
+        """The learning rate at update `step` for the configured peak."""
+        return self.learning_rate * self.shape(step)
+
+    def current_learning_rate(self, opt_state) -> jax.Array:
+        """The learning rate the next update will use: the state's own peak times the schedule at its count."""
+        return opt_state.hyperparams["learning_rate"] * self.shape(opt_state.count)
+
+    def init(self, params, **hyperparams):
+        """`tx.init(params)` with injected hyperparameters (e.g. `learning_rate=`) replaced."""
+        return with_hyperparams(self.tx.init(params), **hyperparams)
+
+
+def with_hyperparams(opt_state, **hyperparams):
+    """A copy of an injected optimizer state with some hyperparameters (names in `INJECTED`) replaced."""
+    unknown = sorted(set(hyperparams) - set(opt_state.hyperparams))
+    if unknown:
+        raise ValueError(f"hyperparameters {unknown} are not injected into this optimizer; it has "
+                         f"{sorted(opt_state.hyperparams)}")
+    replaced = dict(opt_state.hyperparams)
+    for name, value in hyperparams.items():
+        replaced[name] = jnp.asarray(value, replaced[name].dtype)
+    return opt_state._replace(hyperparams=replaced)
+
+
+def make_optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
+    """`Optimizer` from `config.optimizer`: name in {adamw, adam, sgd}, learning_rate, schedule, clip_norm, ...
+
+    This is the one optimizer factory: the trainer, test-time adaptation and population training all call it.
+    """
+    shape = schedule_shape(config, total_steps, steps_per_epoch)
+    clip = config.get("clip_norm")
+    b1, b2, eps = config.get("b1", 0.9), config.get("b2", 0.999), config.get("eps", 1e-8)
+
+    def clipped(opt):
+        return optax.chain(optax.clip_by_global_norm(clip), opt) if clip else opt
+
+    def scheduled(learning_rate):
+        return lambda count: learning_rate * shape(count)
+
+    hyperparams = {"learning_rate": float(config.learning_rate)}
     if config.name == "adamw":
-        opt = optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
-                          eps=config.get("eps", 1e-8), weight_decay=config.get("weight_decay", 0.0))
+        hyperparams["weight_decay"] = float(config.get("weight_decay", 0.0))
+
+        def build(learning_rate, weight_decay):
+            return clipped(optax.adamw(scheduled(learning_rate), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     elif config.name == "adam":
-        opt = optax.adam(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999), eps=config.get("eps", 1e-8))
+        def build(learning_rate):
+            return clipped(optax.adam(scheduled(learning_rate), b1=b1, b2=b2, eps=eps))
     elif config.name == "sgd":
-        opt = optax.sgd(schedule, momentum=config.get("momentum", 0.9) or None)
+        momentum = config.get("momentum", 0.9) or None
+
+        def build(learning_rate):
+            return clipped(optax.sgd(scheduled(learning_rate), momentum=momentum))
     else:
         raise ValueError(f"optimizer.name={config.name!r}: expected adamw, adam or sgd")
-    clip = config.get("clip_norm")
-    if clip:
-        opt = optax.chain(optax.clip_by_global_norm(clip), opt)
-    return opt, schedule
+    tx = optax.inject_hyperparams(build, hyperparam_dtype=jnp.float32)(**hyperparams)
+    return Optimizer(tx, shape, float(config.learning_rate))

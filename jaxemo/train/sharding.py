@@ -21,6 +21,7 @@ BATCH_AXES = ("data", "fsdp")
 
 # logical axis name -> mesh axis (or axes, or None = replicated). First match wins.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("trials", MESH_AXES),  # population training: a trial lives on one device, trials spread over all
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -30,6 +31,21 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("tokens", None),
 )
+
+
+def rules_from_config(config) -> tuple[tuple[str, Any], ...]:
+    """`config.sharding.rules` (pairs of logical name and mesh axes: a name, a list of names, or None) ahead
+    of `DEFAULT_RULES`, so that a config overrides any default rule (the first match wins)."""
+    overrides = tuple((config.get("sharding") or {}).get("rules") or ())
+    for rule in overrides:
+        if len(rule) != 2 or not isinstance(rule[0], str):
+            raise ValueError(f"sharding.rules entry {rule!r}: expected (logical name, mesh axes)")
+        axes = (rule[1],) if isinstance(rule[1], str) else tuple(rule[1] or ())
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"sharding.rules entry {rule!r}: mesh axes {unknown} are unknown; expected {MESH_AXES}")
+    return tuple((name, axes if axes is None or isinstance(axes, str) else tuple(axes))
+                 for name, axes in overrides) + DEFAULT_RULES
 
 
 def maybe_initialize_distributed() -> None:
@@ -109,6 +125,37 @@ def tree_shardings(abstract_boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
 
     return jax.tree.map(leaf_sharding, abstract_boxed_tree,
                         is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def spec_devices(spec: P, mesh: Mesh) -> int:
+    """Over how many devices a PartitionSpec splits an array (1: replicated)."""
+    axes = [a for entry in spec for a in ((entry,) if isinstance(entry, str) else (entry or ()))]
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def check_large_params_sharded(boxed_params, mesh: Mesh, rules, min_size: int, what: str = "params") -> None:
+    """With `fsdp` > 1, every parameter of at least `min_size` elements must be split over some mesh axis:
+    a large parameter left replicated (its logical names have no rule, or its dims do not divide) costs its
+    full size on every device, which is what FSDP is there to avoid. Raises naming each such parameter."""
+    if mesh.shape.get("fsdp", 1) <= 1 or not min_size:
+        return
+    offenders = []
+    flat = jax.tree_util.tree_flatten_with_path(
+        boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+    for path, leaf in flat:
+        value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf
+        if int(np.prod(value.shape)) < min_size:
+            continue
+        names = leaf.names if isinstance(leaf, nn.LogicallyPartitioned) else None
+        spec = logical_to_spec(names, value.shape, mesh, rules) if names else P()
+        if spec_devices(spec, mesh) == 1:
+            offenders.append(f"{jax.tree_util.keystr(path)} {tuple(value.shape)} (logical axes {names})")
+    if offenders:
+        raise ValueError(
+            f"mesh {dict(mesh.shape)} has fsdp={mesh.shape['fsdp']}, but these {what} of >= {min_size:,} elements "
+            f"stay replicated on every device: {'; '.join(offenders)}. Give their logical axes a rule "
+            f"(config.sharding.rules), make their dims divisible by the mesh axes, or raise "
+            f"config.sharding.min_sharded_size")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -39,7 +39,9 @@ class TrainState:
         return jax.random.wrap_key_data(self.rng)
 
 
-def _init_fn(task, tx, example_batch, frozen_dtype):
+def init_fn(task, tx, example_batch, frozen_dtype=jnp.float32):
+    """`init(rng) -> TrainState` with boxed params (logical axis names); `create_train_state` runs it."""
+
     def init(rng):
         init_rng, state_rng = jax.random.split(rng)
         params = task.init(init_rng, example_batch)["params"]
@@ -58,10 +60,17 @@ def _init_fn(task, tx, example_batch, frozen_dtype):
     return init
 
 
-def abstract_state(task, tx, example_batch, mesh, rules=sharding.DEFAULT_RULES, frozen_dtype=jnp.float32):
-    """(abstract unboxed state with shardings attached, sharding tree) without allocating anything."""
-    init = _init_fn(task, tx, example_batch, frozen_dtype)
+def abstract_state(task, tx, example_batch, mesh, rules=sharding.DEFAULT_RULES, frozen_dtype=jnp.float32,
+                   min_sharded_size: int = 0):
+    """(abstract unboxed state with shardings attached, sharding tree) without allocating anything.
+
+    With `min_sharded_size` > 0 and fsdp > 1, a parameter of at least that many elements that the rules leave
+    replicated is an error naming it (`sharding.check_large_params_sharded`).
+    """
+    init = init_fn(task, tx, example_batch, frozen_dtype)
     boxed = jax.eval_shape(init, jax.random.key(0))
+    sharding.check_large_params_sharded({"trainable": boxed.trainable, "frozen": boxed.frozen}, mesh, rules,
+                                        min_sharded_size)
     shardings = sharding.tree_shardings(boxed, mesh, rules)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings
@@ -70,10 +79,10 @@ def abstract_state(task, tx, example_batch, mesh, rules=sharding.DEFAULT_RULES, 
 
 
 def create_train_state(task, tx, example_batch, rng, mesh, rules=sharding.DEFAULT_RULES,
-                       frozen_dtype=jnp.float32):
+                       frozen_dtype=jnp.float32, min_sharded_size: int = 0):
     """A freshly initialised state, every array created directly with its sharding."""
-    init = _init_fn(task, tx, example_batch, frozen_dtype)
-    _, shardings = abstract_state(task, tx, example_batch, mesh, rules, frozen_dtype)
+    init = init_fn(task, tx, example_batch, frozen_dtype)
+    _, shardings = abstract_state(task, tx, example_batch, mesh, rules, frozen_dtype, min_sharded_size)
 
     def init_sharded(rng):
         return nn.unbox(init(rng))

@@ -1,4 +1,10 @@
-"""The sharded train step (jit, donated state, gradient accumulation, NaN/Inf guard) and eval step."""
+"""The one update step, and the trainer's sharded train and eval steps built on it.
+
+`update` is the only place where jaxemo turns a loss into new parameters: loss and gradients (optionally
+accumulated over microbatches), the optimizer update, and the non-finite guard. The trainer
+(`make_train_step`), test-time adaptation (`jaxemo.tta.core.adapt_step`), population training
+(`jaxemo.train.population`, a `vmap` of `make_train_step`) and the benchmarks all call it.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,15 @@ import optax
 from jaxemo.train import optim, sharding
 from jaxemo.train.state import TrainState
 
+LossFn = Callable  # (params, batch, rng) -> (scalar loss, {name: scalar})
 
-def _all_finite(*trees) -> jax.Array:
+
+def all_finite(*trees) -> jax.Array:
     leaves = [jnp.isfinite(x).all() for tree in trees for x in jax.tree.leaves(tree)]
-    return jnp.stack(leaves).all()
+    return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
 
-def _microbatches(batch, accum_steps: int):
+def microbatches(batch, accum_steps: int):
     """[B, ...] -> [accum, B / accum, ...] such that every microbatch spans all batch shards."""
 
     def split(x):
@@ -27,51 +35,69 @@ def _microbatches(batch, accum_steps: int):
     return jax.tree.map(split, batch)
 
 
-def _loss_and_grads(task, trainable, frozen, batch, rng, accum_steps: int):
-    def loss_fn(trainable, batch, rng):
-        return task.loss(optim.merge_params(trainable, frozen), batch, rng, train=True)
-
+def loss_and_grads(loss_fn: LossFn, params, batch, rng, accum_steps: int = 1):
+    """(loss, metrics, grads) of `loss_fn` at `params`; with `accum_steps` > 1 the mean over that many
+    microbatches (a `lax.scan`, microbatch i gets `fold_in(rng, i)`)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
-        (loss, metrics), grads = grad_fn(trainable, batch, rng)
+        (loss, metrics), grads = grad_fn(params, batch, rng)
         return loss, metrics, grads
 
     def accumulate(carry, inputs):
         micro, index = inputs
-        (loss, metrics), grads = grad_fn(trainable, micro, jax.random.fold_in(rng, index))
+        (loss, metrics), grads = grad_fn(params, micro, jax.random.fold_in(rng, index))
         return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 
-    micro = _microbatches(batch, accum_steps)
-    shapes = jax.eval_shape(grad_fn, trainable, jax.tree.map(lambda x: x[0], micro), rng)
-    (loss, metrics), grads = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    micro = microbatches(batch, accum_steps)
+    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    (loss, metrics), grads = zeros
     total, _ = jax.lax.scan(accumulate, (loss, metrics, grads), (micro, jnp.arange(accum_steps)))
     return jax.tree.map(lambda x: x / accum_steps, total)
 
 
-def make_train_step(task, tx, schedule: Callable, accum_steps: int = 1):
-    """`step(state, batch) -> (state, metrics)`; a non-finite loss or gradient skips the update.
+def update(loss_fn: LossFn, tx: optax.GradientTransformation, params, opt_state, batch, rng,
+           accum_steps: int = 1):
+    """One optimizer update of `params` on `loss_fn(params, batch, rng) -> (loss, metrics)`.
 
-    A skipped update leaves the optimizer state, and so its schedule's count, untouched: the learning rate
-    follows the updates actually applied.
+    Returns (params, opt_state, finite, metrics). A non-finite loss or gradient skips the update: params and
+    optimizer state come back unchanged (so a schedule's count follows the updates actually applied),
+    `finite` is False and `metrics["update_skipped"]` is 1. `metrics` also holds `loss` and `grad_norm`.
+    """
+    loss, metrics, grads = loss_and_grads(loss_fn, params, batch, rng, accum_steps)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = all_finite(loss, grads)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+               "update_skipped": (~finite).astype(jnp.float32)}
+    return keep_if_finite(new_params, params), keep_if_finite(new_opt_state, opt_state), finite, metrics
+
+
+def make_train_step(task, optimizer: optim.Optimizer, accum_steps: int = 1):
+    """`step(state, batch) -> (state, metrics)`: `update` on `task.loss` over the trainable params.
+
+    The step's randomness is `fold_in(state.rng, state.step)`. `metrics["learning_rate"]` is the rate this
+    update used (the state's injected peak times the schedule at the count of applied updates).
     """
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.key(), state.step)
-        loss, metrics, grads = _loss_and_grads(task, state.trainable, state.frozen, batch, rng, accum_steps)
-        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-        trainable = optax.apply_updates(state.trainable, updates)
-        finite = _all_finite(loss, grads)
-        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        def loss_fn(trainable, batch, rng):
+            return task.loss(optim.merge_params(trainable, state.frozen), batch, rng, train=True)
+
+        learning_rate = optimizer.current_learning_rate(state.opt_state)
+        trainable, opt_state, finite, metrics = update(loss_fn, optimizer.tx, state.trainable, state.opt_state,
+                                                       batch, rng, accum_steps)
         new_state = state.replace(
             step=state.step + 1,
-            trainable=keep_if_finite(trainable, state.trainable),
-            opt_state=keep_if_finite(opt_state, state.opt_state),
+            trainable=trainable,
+            opt_state=opt_state,
             nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
         )
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "learning_rate": schedule(state.step - state.nonfinite_steps), "update_skipped": (~finite).astype(jnp.float32)}
-        return new_state, metrics
+        return new_state, {**metrics, "learning_rate": learning_rate}
 
     return train_step
 

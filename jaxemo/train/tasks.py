@@ -1,21 +1,14 @@
-"""A task ties a model to its inputs, loss and evaluation statistics; the trainer is generic over tasks.
+"""The task contract the trainer, the evaluator and population training rely on, and the generic tasks.
 
-A task provides:
-  model                                       the Flax module
-  init(rng, batch) -> variables               boxed params (logical axis names) for sharded creation
-  loss(params, batch, rng, train) -> (loss, metrics)
-  eval_stats(params, batch) -> {name: array} statistics summed over batches (padded rows masked out)
-  summarize(stats) -> {name: float}           final metrics from the summed statistics
-  is_trainable(path) -> bool                  which parameters train; the rest are frozen
-and `host_transform(train) -> (example, rng) -> example`, the per-example work the grain pipeline does on
-the host (e.g. TSN frame sampling) ending with only the fields the model reads: datasets carry more (ids as
-bytes, text attributes, ragged boxes) than a batch can hold.
+A task ties a model to its inputs, loss and evaluation statistics; the trainer is generic over tasks. The
+contract is `Task` below; `SupervisedTask` gives the methods every task of the form "the model reads
+`input_keys`, the label is `label_key`" shares, so a concrete task writes only its loss and metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -27,9 +20,43 @@ from jaxemo.train import metrics as metrics_lib
 from jaxemo.train import optim
 
 
+@runtime_checkable
+class Task(Protocol):
+    """What the trainer calls, directly:
+
+    model                                           the Flax module
+    pad_spec                                        {field: length} padded by the input pipeline, or None
+    init(rng, batch) -> variables                   boxed params (logical axis names) for sharded creation
+    loss(params, batch, rng, train) -> (loss, metrics)
+    eval_stats(params, batch) -> {name: array}      statistics summed over batches (padded rows masked out)
+    summarize(stats) -> {name: float}               final metrics from the summed statistics
+    is_trainable(path) -> bool                      which parameters train; the rest are frozen
+    host_transform(train) -> (example, rng) -> example
+        the per-example work the grain pipeline does on the host (e.g. TSN frame sampling), ending with only
+        the fields the model reads: datasets carry more (ids as bytes, text attributes, ragged boxes) than a
+        batch can hold.
+    """
+
+    model: nn.Module
+    pad_spec: Optional[Mapping[str, int]]
+
+    def init(self, rng, batch) -> Any: ...
+
+    def loss(self, params, batch, rng, train: bool = True) -> tuple[jax.Array, dict]: ...
+
+    def eval_stats(self, params, batch) -> dict: ...
+
+    def summarize(self, stats) -> dict: ...
+
+    def is_trainable(self, path) -> bool: ...
+
+    def host_transform(self, train: bool) -> Callable: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class HostTransform:
-    """Runs an optional per-example transform, then keeps `keys` (picklable for grain's worker processes)."""
+    """Runs an optional per-example transform, then keeps `keys` and the padding `mask` if the example has one
+    (picklable for grain's worker processes)."""
 
     transform: Optional[Callable]
     keys: tuple
@@ -40,11 +67,37 @@ class HostTransform:
         missing = [k for k in self.keys if k not in example]
         if missing:
             raise KeyError(f"examples lack the fields {missing} the task reads (they have {sorted(example)})")
-        return {k: example[k] for k in self.keys}
+        kept = {k: example[k] for k in self.keys}
+        if "mask" in example:  # the eval pipeline's marker of padding rows (`pipeline.eval_dataset`)
+            kept["mask"] = example["mask"]
+        return kept
+
+
+class SupervisedTask:
+    """The shared half of a `Task` whose model reads `batch[k] for k in input_keys` and whose label is
+    `batch[label_key]`. Subclasses are frozen dataclasses with the fields `model`, `input_keys`, `label_key`,
+    `trainable_patterns`, `train_transform` and `eval_transform`, and write `loss`, `eval_stats` and
+    `summarize`."""
+
+    pad_spec: Optional[Mapping[str, int]] = None
+
+    def is_trainable(self, path) -> bool:
+        return optim.path_matcher(self.trainable_patterns)(path)
+
+    def host_transform(self, train: bool) -> HostTransform:
+        transform = self.train_transform if train else self.eval_transform
+        return HostTransform(transform, (*self.input_keys, self.label_key))
+
+    def inputs(self, batch, rng=None, train: bool = False) -> list:
+        return [batch[k] for k in self.input_keys]
+
+    def init(self, rng, batch):
+        params_rng, dropout_rng = jax.random.split(rng)
+        return self.model.init({"params": params_rng, "dropout": dropout_rng}, *self.inputs(batch))
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassificationTask:
+class ClassificationTask(SupervisedTask):
     """Softmax cross-entropy classification of `model(*batch[k] for k in input_keys)` into `num_classes`.
 
     By default uint8 inputs become floats in [0, 1] on the device. `preprocess(rng, inputs, train) -> inputs`,
@@ -62,13 +115,6 @@ class ClassificationTask:
     train_transform: Optional[Callable] = None
     eval_transform: Optional[Callable] = None
 
-    def is_trainable(self, path) -> bool:
-        return optim.path_matcher(self.trainable_patterns)(path)
-
-    def host_transform(self, train: bool) -> HostTransform:
-        transform = self.train_transform if train else self.eval_transform
-        return HostTransform(transform, (*self.input_keys, self.label_key))
-
     def inputs(self, batch, rng=None, train: bool = False) -> list:
         inputs = {k: batch[k] for k in self.input_keys}
         if self.preprocess is not None:
@@ -76,10 +122,6 @@ class ClassificationTask:
         else:
             inputs = {k: _to_float(v) for k, v in inputs.items()}
         return [inputs[k] for k in self.input_keys]
-
-    def init(self, rng, batch):
-        params_rng, dropout_rng = jax.random.split(rng)
-        return self.model.init({"params": params_rng, "dropout": dropout_rng}, *self.inputs(batch))
 
     def logits(self, params, batch, rng=None, train=False):
         if train:
@@ -120,11 +162,11 @@ def _to_float(x):
 
 
 @dataclasses.dataclass(frozen=True)
-class SentimentRegressionTask:
+class SentimentRegressionTask(SupervisedTask):
     """L1 regression of a sentiment score, `model(*batch[k] for k in input_keys) -> (score, representation)`.
 
     Evaluation sums `metrics.sentiment_stats` over batches; `summarize` gives MAE, correlation, Acc-7/5 and
-    Acc-2 / F1 in the has-0, non-0 and CASP-reference variants (`checkpoint.best_metric` can name any).
+    Acc-2 / F1 in the has-0, non-0 and CASP-reference variants (`best.metric` can name any).
     """
 
     model: nn.Module
@@ -133,20 +175,6 @@ class SentimentRegressionTask:
     trainable_patterns: Optional[Sequence[str]] = None
     train_transform: Optional[Callable] = None
     eval_transform: Optional[Callable] = None
-
-    def is_trainable(self, path) -> bool:
-        return optim.path_matcher(self.trainable_patterns)(path)
-
-    def host_transform(self, train: bool) -> HostTransform:
-        transform = self.train_transform if train else self.eval_transform
-        return HostTransform(transform, (*self.input_keys, self.label_key))
-
-    def inputs(self, batch) -> list:
-        return [batch[k] for k in self.input_keys]
-
-    def init(self, rng, batch):
-        params_rng, dropout_rng = jax.random.split(rng)
-        return self.model.init({"params": params_rng, "dropout": dropout_rng}, *self.inputs(batch))
 
     def predict(self, params, batch, rng=None, train: bool = False):
         rngs = {"dropout": rng} if train else None

@@ -15,9 +15,10 @@ from typing import Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from ml_collections import config_dict
 
 from jaxemo.models import msa
-from jaxemo.train import optim
+from jaxemo.train import optim, step
 
 INPUT_KEYS = ("text", "audio", "vision", "audio_length", "vision_length")
 MODALITIES = msa.MODALITIES
@@ -33,14 +34,18 @@ class Method(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """CASP's adaptation optimizer: Adam at 1e-3 with the gradient norm clipped to 0.8."""
+    """The adaptation optimizer's settings (hashable, so compiled modes can take them as static arguments);
+    CASP's is Adam at 1e-3 with the gradient norm clipped to 0.8. `make` builds it with jaxemo's one
+    optimizer factory, `optim.make_optimizer`, at a constant learning rate."""
 
     learning_rate: float = 1e-3
     clip_norm: float = 0.8
+    name: str = "adam"
 
     def make(self) -> optax.GradientTransformation:
-        parts = [optax.clip_by_global_norm(self.clip_norm)] if self.clip_norm else []
-        return optax.chain(*parts, optax.adam(self.learning_rate))
+        config = config_dict.ConfigDict(dict(name=self.name, learning_rate=self.learning_rate,
+                                             clip_norm=self.clip_norm, schedule="constant"))
+        return optim.make_optimizer(config, total_steps=1, steps_per_epoch=1).tx
 
 
 def split(params: dict, adapted_patterns: Sequence[str] = msa.ADAPTED_BY_CASP) -> tuple[dict, dict]:
@@ -84,13 +89,12 @@ def drop_modality(batch: dict, rng: jax.Array, per_sample: bool = False) -> dict
 
 def adapt_step(method: Method, model, tx: optax.GradientTransformation, frozen: dict, adapted: dict, opt_state,
                batch: dict, rng: jax.Array):
-    """One update of the adapted params on `method`'s loss. A non-finite loss or gradient skips the update
-    (params and optimizer state unchanged) and is reported in the returned metrics as `skipped` = 1."""
-    (loss, aux), grads = jax.value_and_grad(
-        lambda a: method.loss(model, frozen, a, batch, rng), has_aux=True)(adapted)
-    updates, new_opt_state = tx.update(grads, opt_state, adapted)
-    new_adapted = optax.apply_updates(adapted, updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    return (keep(new_adapted, adapted), keep(new_opt_state, opt_state),
-            {"loss": loss, "skipped": (~finite).astype(jnp.int32), **aux})
+    """One update of the adapted params on `method`'s loss: jaxemo's one update step (`step.update`). A
+    non-finite loss or gradient skips the update (params and optimizer state unchanged) and is reported in
+    the returned metrics as `update_skipped` = 1."""
+
+    def loss_fn(adapted, batch, rng):
+        return method.loss(model, frozen, adapted, batch, rng)
+
+    adapted, opt_state, _, metrics = step.update(loss_fn, tx, adapted, opt_state, batch, rng)
+    return adapted, opt_state, metrics

@@ -85,7 +85,7 @@ def adapt_epoch(method, model, optimizer: core.OptimizerConfig, frozen, adapted,
         adapted, opt_state = carry
         batch, key = inputs
         adapted, opt_state, metrics = core.adapt_step(method, model, tx, frozen, adapted, opt_state, batch, key)
-        return (adapted, opt_state), (metrics["loss"], metrics["skipped"])
+        return (adapted, opt_state), (metrics["loss"], metrics["update_skipped"])
 
     num_batches = jax.tree.leaves(batches)[0].shape[0]
     keys = jax.random.split(rng, num_batches)

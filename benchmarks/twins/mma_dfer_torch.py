@@ -98,6 +98,42 @@ def to_state_dict(model, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+FRAMEWORK = "PyTorch (sdpa)"
+
+
+def benchmark_steps(torch, case, net=None) -> dict:
+    """{"train", "inference"} callables on the case's batch: the train step is forward, cross-entropy, backward
+    and AdamW on the parameters the reference trains (the rest frozen); the inference step a forward under
+    `inference_mode`. Pixels go from uint8 to [0, 1] inside both. `net` defaults to a new one (SDPA attention)
+    with the sizes of the case's model."""
+    net = net if net is not None else build(Sizes.of(case.task.model), attn_implementation="sdpa")
+    o = case.config.optimizer
+    trainable = freeze_like_reference(net)
+    optimizer = torch.optim.AdamW(trainable, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.get("eps", 1e-8),
+                                  weight_decay=o.weight_decay)
+    video = torch.from_numpy(case.batch["video"]).permute(0, 1, 4, 2, 3).contiguous()  # uint8 [B, T, 3, H, W]
+    fbank = torch.from_numpy(case.batch["fbank"])[:, None]  # [B, 1, time, mel]
+    labels = torch.from_numpy(case.batch["label"]).long()
+
+    def train():
+        net.train()
+        logits = net(video.float() / 255.0, fbank)[0]
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        if o.get("clip_norm"):
+            torch.nn.utils.clip_grad_norm_(trainable, o.clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def inference():
+        net.eval()
+        with torch.inference_mode():
+            return net(video.float() / 255.0, fbank)[0]
+
+    return {"train": train, "inference": inference}
+
+
 def freeze_like_reference(model) -> list:
     """Sets `requires_grad` as the reference's `main.py` does; returns the trainable parameters."""
     trainable = []

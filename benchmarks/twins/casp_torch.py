@@ -3,7 +3,10 @@
 It follows zrguo/CASP (`models/model.py`: Latefusion / Earlyfusion; `modules/transformer.py`,
 `modules/multihead_attention.py`, `modules/position_embedding.py`): sequence-first `[T, B, D]` tensors, a
 fused `in_proj_weight`, queries scaled by head_dim^-0.5, fairseq sinusoidal positions from `make_positions`
-on the first input channel (0 = padding: the zero-position quirk), pre-LN layers, a final LayerNorm.
+on the first *projected* channel (the encoder's input, i.e. the 1x1 projection's output; 0 = padding: the
+zero-position quirk), pre-LN layers, a final LayerNorm. The modules carry the reference's attribute names and
+buffers (`version`, `embed_positions._float_tensor`), so `net.state_dict()` has exactly the keys of the
+reference's `Latefusion` / `Earlyfusion` state dict (`jaxemo.convert.casp` converts either way).
 
     net = casp_torch.build("late", dims=(768, 5, 20))      # random weights, module names as the reference
     casp_torch.load_jaxemo_params(net, params)             # jaxemo `SentimentRegressor` params -> net
@@ -21,7 +24,7 @@ import functools
 import math
 import types
 
-import numpy as np
+from jaxemo.convert import casp as casp_convert
 
 
 @functools.cache
@@ -73,51 +76,66 @@ def modules() -> types.SimpleNamespace:
             h = F.dropout(F.relu(self.fc1(self.layer_norms[1](x))), p=self.relu_dropout, training=self.training)
             return x + F.dropout(self.fc2(h), p=self.res_dropout, training=self.training)
 
+    class SinusoidalPositionalEmbedding(nn.Module):
+        """fairseq's, as the reference: `_float_tensor` only carries the dtype (and is in the state dict)."""
+
+        def __init__(self, dim):
+            super().__init__()
+            self.dim = dim
+            self.register_buffer("_float_tensor", torch.zeros(1))
+
+        def forward(self, first):  # [B, T]: the first projected channel; 0 = padding (make_positions)
+            steps = first.shape[1]
+            ids = torch.arange(1, steps + 1, device=first.device).expand_as(first)
+            ids = torch.where(first != 0, ids, torch.zeros_like(ids))
+            return sinusoidal(steps + 1, self.dim).to(self._float_tensor)[ids]  # [B, T, D]
+
     class TransformerEncoder(nn.Module):
         def __init__(self, dim, heads, depth, attn_dropout, relu_dropout, res_dropout, embed_dropout):
             super().__init__()
+            self.embed_positions = SinusoidalPositionalEmbedding(dim)
             self.layers = nn.ModuleList([EncoderLayer(dim, heads, attn_dropout, relu_dropout, res_dropout)
                                          for _ in range(depth)])
+            self.register_buffer("version", torch.Tensor([2]))
             self.layer_norm = nn.LayerNorm(dim)
             self.embed_dropout = embed_dropout
 
         def forward(self, x_in):  # [T, B, D]
-            steps = x_in.shape[0]
-            first = x_in.transpose(0, 1)[:, :, 0]  # fairseq make_positions on the first channel
-            ids = torch.arange(1, steps + 1, device=x_in.device).expand_as(first)
-            ids = torch.where(first != 0, ids, torch.zeros_like(ids))
-            x = math.sqrt(x_in.shape[-1]) * x_in + sinusoidal(steps + 1, x_in.shape[-1])[ids].transpose(0, 1)
+            positions = self.embed_positions(x_in.transpose(0, 1)[:, :, 0]).transpose(0, 1)
+            x = math.sqrt(x_in.shape[-1]) * x_in + positions
             x = F.dropout(x, p=self.embed_dropout, training=self.training)
             for layer in self.layers:
                 x = layer(x)
             return self.layer_norm(x)
 
     class Backbone(nn.Module):
-        """Latefusion (`fusion="late"`) or Earlyfusion, with the reference's module names."""
+        """Latefusion (`fusion_type="late"`) or Earlyfusion: `state_dict()` has the reference's keys."""
 
         def __init__(self, fusion, dims, proj_dim=40, heads=8, depth=5, attn_dropout=0.1, relu_dropout=0.1,
                      res_dropout=0.1, embed_dropout=0.25, out_dropout=0.0):
             super().__init__()
-            self.fusion, self.out_dropout = fusion, out_dropout
+            self.fusion_type, self.out_dropout = fusion, out_dropout
             self.proj = nn.ModuleList([nn.Conv1d(d, proj_dim, kernel_size=1) for d in dims])
             encoder = lambda: TransformerEncoder(proj_dim, heads, depth, attn_dropout, relu_dropout, res_dropout,
                                                  embed_dropout)
             if fusion == "late":
                 self.encoders = nn.ModuleList([encoder() for _ in dims])
                 self.out_layer_proj0 = nn.Linear(len(dims) * proj_dim, proj_dim)
+            elif fusion == "early":
+                self.fusion = encoder()
             else:
-                self.fusion_encoder = encoder()
+                raise ValueError(f"fusion={fusion!r}; expected 'late' or 'early'")
             self.out_layer_proj1 = nn.Linear(proj_dim, proj_dim)
             self.out_layer_proj2 = nn.Linear(proj_dim, proj_dim)
             self.out_layer = nn.Linear(proj_dim, 1)
 
         def forward(self, x):
             projected = [p(m.transpose(1, 2)).permute(2, 0, 1) for p, m in zip(self.proj, x)]  # [T, B, P]
-            if self.fusion == "late":
+            if self.fusion_type == "late":
                 rep = torch.cat([e(h)[0] for e, h in zip(self.encoders, projected)], dim=-1)
                 h = F.relu(self.out_layer_proj0(rep))
             else:
-                h = rep = self.fusion_encoder(torch.cat(projected))[0]
+                h = rep = self.fusion(torch.cat(projected))[0]
             z = self.out_layer_proj2(F.dropout(F.relu(self.out_layer_proj1(h)), p=self.out_dropout,
                                                training=self.training))
             return self.out_layer(z + h)[:, 0], rep
@@ -129,58 +147,12 @@ def build(fusion: str, dims, **sizes):
     return modules().Backbone(fusion, dims, **sizes)
 
 
-def _attention_to_torch(attn: dict) -> dict:
-    """jaxemo's q/k/v DenseGeneral [D, H, Dh] and out [H, Dh, D] -> fused in_proj and out_proj (numpy)."""
-    dim = attn["query"]["kernel"].shape[0]
-    weight = np.concatenate([np.asarray(attn[n]["kernel"]).reshape(dim, dim).T for n in ("query", "key", "value")])
-    bias = np.concatenate([np.asarray(attn[n]["bias"]).reshape(dim) for n in ("query", "key", "value")])
-    return {"in_proj_weight": weight, "in_proj_bias": bias,
-            "out_proj.weight": np.asarray(attn["out"]["kernel"]).reshape(dim, dim).T,
-            "out_proj.bias": np.asarray(attn["out"]["bias"])}
-
-
-def _encoder_to_torch(encoder: dict, prefix: str) -> dict:
-    state = {}
-    layers = sorted((k for k in encoder if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
-    for i, name in enumerate(layers):
-        layer, p = encoder[name], f"{prefix}.layers.{i}"
-        for k, v in _attention_to_torch(layer["self_attn"]).items():
-            state[f"{p}.self_attn.{k}"] = v
-        for fc in ("fc1", "fc2"):
-            state[f"{p}.{fc}.weight"] = np.asarray(layer[fc]["kernel"]).T
-            state[f"{p}.{fc}.bias"] = np.asarray(layer[fc]["bias"])
-        for j in (0, 1):
-            state[f"{p}.layer_norms.{j}.weight"] = np.asarray(layer[f"layer_norms_{j}"]["scale"])
-            state[f"{p}.layer_norms.{j}.bias"] = np.asarray(layer[f"layer_norms_{j}"]["bias"])
-    state[f"{prefix}.layer_norm.weight"] = np.asarray(encoder["layer_norm"]["scale"])
-    state[f"{prefix}.layer_norm.bias"] = np.asarray(encoder["layer_norm"]["bias"])
-    return state
-
-
-def jaxemo_to_state_dict(params: dict, fusion: str) -> dict:
-    """jaxemo `SentimentRegressor` params -> the reference's state-dict names (numpy arrays)."""
-    state = {}
-    for i, m in enumerate(("text", "audio", "vision")):
-        state[f"proj.{i}.weight"] = np.asarray(params[f"proj_{m}"]["kernel"]).T[:, :, None]
-        state[f"proj.{i}.bias"] = np.asarray(params[f"proj_{m}"]["bias"])
-        if fusion == "late":
-            state.update(_encoder_to_torch(params[f"encoder_{m}"], f"encoders.{i}"))
-    if fusion == "late":
-        state["out_layer_proj0.weight"] = np.asarray(params["out_layer_proj0"]["kernel"]).T
-        state["out_layer_proj0.bias"] = np.asarray(params["out_layer_proj0"]["bias"])
-    else:
-        state.update(_encoder_to_torch(params["fusion"], "fusion_encoder"))
-    for name in ("out_layer_proj1", "out_layer_proj2", "out_layer"):
-        state[f"{name}.weight"] = np.asarray(params["head"][name]["kernel"]).T
-        state[f"{name}.bias"] = np.asarray(params["head"][name]["bias"])
-    return state
-
-
 def load_jaxemo_params(net, params: dict) -> None:
+    """jaxemo `SentimentRegressor` params -> `net`, through the library's converter to the reference's names
+    (`jaxemo.convert.casp.to_reference_state_dict`), loaded strictly."""
     torch = modules().torch
-    state = jaxemo_to_state_dict(params, net.fusion)
-    net.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()},
-                        strict=True)
+    state = casp_convert.to_reference_state_dict(params, net.fusion_type)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
 
 
 def adapt_then_predict(net, source_norms: dict, sample, steps: int, views: int, temperature: float = 0.5,
