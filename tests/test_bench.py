@@ -264,3 +264,16 @@ def test_tiny_mma_dfer_benchmark_writes_its_section(tmp_path):
     assert f"| {label} | train | 8 | float32 | JAX (jaxemo) |" in section
     assert f"| {label} | inference | 8 | float32 | JAX (jaxemo) |" in section
     assert "python -m experiments.benchmark --system=mma_dfer --tiny --notorch --write" in section
+
+
+def test_casp_benchmark_with_its_torch_twin(tmp_path):
+    """The harness is generic: CASP's cases, with the PyTorch twin's train and inference steps beside JAX's."""
+    pytest.importorskip("torch")
+    path = tmp_path / "BENCHMARKS.md"
+    results = benchmark.main(["--system=casp", "--tiny", "--write", f"--benchmarks_file={path}"])
+    assert [(r.step, r.framework) for r in results] == [
+        ("train", "JAX (jaxemo)"), ("inference", "JAX (jaxemo)"), ("train", "PyTorch (eager)"),
+        ("inference", "PyTorch (eager)")]
+    assert all(r.samples_per_s > 0 for r in results)
+    assert results[0].flops_per_sample == 3 * results[1].flops_per_sample
+    assert f"casp-source-steps-tiny:{jax.default_backend()}-float32" in path.read_text()

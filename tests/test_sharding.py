@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxemo.systems import vit_classifier
 from jaxemo.data import pipeline
-from jaxemo.train import optim, sharding, state as state_lib, step as step_lib, tasks
+from jaxemo.train import loop, optim, sharding, state as state_lib, step as step_lib, tasks
 
 
 def test_mesh_fills_the_minus_one_axis():
@@ -88,3 +88,24 @@ def test_train_step_does_not_retrace(tiny_config):
     for _ in range(4):
         state, _ = train_step(state, sharding.shard_batch(next(batches), mesh))
     assert train_step._cache_size() == 1
+
+
+def test_config_rules_override_the_defaults_and_large_replicated_params_are_named(tiny_config):
+    config = tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2})
+    mesh = sharding.make_mesh(dict(config.mesh))
+    task = vit_classifier.build_task(config)
+    example = {"image": np.zeros((1, 32, 32, 3), np.uint8), "label": np.zeros((1,), np.int32)}
+    config.sharding.min_sharded_size = 1024
+    setup = loop.setup_train_step(config, task, example, mesh, 10, 10)  # the defaults split "embed" over fsdp
+    fc1 = setup.shardings.trainable["encoder"]["layers"]["block"]["mlp"]["fc1"]["kernel"]
+    assert fc1.spec == P(None, "fsdp", "tensor")
+
+    config.sharding.rules = (("embed", None),)
+    rules = sharding.rules_from_config(config)
+    assert sharding.logical_to_spec(("embed", "mlp"), (32, 64), mesh, rules) == P(None, "tensor")
+    with pytest.raises(ValueError, match=r"fsdp=2.*\['encoder'\]\['layers'\]\['block'\]\['mlp'\]\['fc1'\]\['kernel'\] "
+                                         r"\(2, 32, 64\) \(logical axes \('layers', 'embed', 'mlp'\)\)"):
+        loop.setup_train_step(config, task, example, mesh, 10, 10)
+    config.sharding.rules = (("embed", "model"),)
+    with pytest.raises(ValueError, match="mesh axes \\['model'\\] are unknown"):
+        sharding.rules_from_config(config)

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,3 +178,15 @@ def test_split_and_merge_are_inverse():
     assert set(frozen) == {"a"} and set(frozen["a"]) == {"b"}
     jax.tree.map(np.testing.assert_array_equal, optim.merge_params(trainable, frozen), params)
     assert optax.tree.norm(trainable) > 0
+
+
+def test_evaluation_counts_each_real_example_once(tiny_config):
+    """The last eval batch is padded with copies of the last row; the padding mask survives the task's host
+    transform, so the copies are not counted."""
+    config = tiny_config(eval_batch_size=16)
+    task = tasks.ClassificationTask(vit_classifier.build_model(config), 10)
+    source = synthetic.SyntheticImages(20, image_size=32, seed=3)
+    mesh = _one_device_mesh()
+    params = nn.unbox(task.init(jax.random.key(0), next(pipeline.eval_batches(source, 1)))["params"])
+    metrics, stats = loop.evaluate_params(config, task, params, source, mesh)
+    assert int(np.asarray(stats["confusion"]).sum()) == 20

@@ -194,3 +194,36 @@ def freeze_like_casp(net) -> None:
 def layer_norm_state(net) -> dict:
     """The per-layer LayerNorm parameters CASP adapts (`fix_para`: names containing "layer_norms")."""
     return {name: p.detach().clone() for name, p in net.named_parameters() if "layer_norms" in name}
+
+
+FRAMEWORK = "PyTorch (eager)"
+
+
+def benchmark_steps(torch, case) -> dict:
+    """{"train", "inference"} on the case's batch: the source-training step (L1, backward, gradient clipping,
+    Adam on every parameter, dropout on) and an eval-mode forward, as the reference's `base_model_train`."""
+    model, o = case.task.model, case.config.optimizer
+    dims = [case.batch[m].shape[-1] for m in ("text", "audio", "vision")]
+    net = build(model.fusion, dims, proj_dim=model.proj_dim, heads=model.num_heads, depth=model.depth,
+                attn_dropout=model.attn_dropout, relu_dropout=model.relu_dropout, res_dropout=model.res_dropout,
+                embed_dropout=model.embed_dropout, out_dropout=model.out_dropout)
+    optimizer = torch.optim.Adam(net.parameters(), lr=o.learning_rate)
+    inputs = [torch.from_numpy(case.batch[m]) for m in ("text", "audio", "vision")]
+    labels = torch.from_numpy(case.batch["label"])
+
+    def train():
+        net.train()
+        loss = torch.nn.functional.l1_loss(net(list(inputs))[0], labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.get("clip_norm"):
+            torch.nn.utils.clip_grad_norm_(net.parameters(), o.clip_norm)
+        optimizer.step()
+        return loss
+
+    def inference():
+        net.eval()
+        with torch.inference_mode():
+            return net(list(inputs))[0]
+
+    return {"train": train, "inference": inference}
