@@ -173,6 +173,32 @@ def run_loop(jax, workdir: str, steps: int, mesh_name: str) -> dict:
     return out
 
 
+def run_population(jax, workdir: str, steps: int) -> dict:
+    """A population of 4 trials (their own seeds, data and learning rates, early stopping on validation loss)
+    as one group over the 4 global devices: one trial per device, so two processes hold two trials each."""
+    import numpy as np
+
+    from jaxemo.data import synthetic
+    from jaxemo.systems import vit_classifier
+    from jaxemo.train import population, tasks
+
+    config = tiny_config(steps, {"data": -1})
+    config.eval_every_steps = 2
+    config.best.update(metric="loss", mode="min", patience=1)
+    config.population.group_size = 4
+    task = tasks.ClassificationTask(vit_classifier.build_model(config), config.data.num_classes)
+    trials = [population.Trial(f"t{i}", seed=i, train=synthetic.SyntheticImages(64, image_size=16, seed=i),
+                               eval=synthetic.SyntheticImages(20, image_size=16, seed=50 + i),
+                               test=synthetic.SyntheticImages(12, image_size=16, seed=90 + i),
+                               hyperparams={"learning_rate": 2e-3 * (i + 1)}) for i in range(4)]
+    results = []
+    rows = population.Population(config, task, trials).run(workdir, on_group=results.append)
+    out = {f"population/param/{k}": v for k, v in gather(jax, results[0].selected).items()}
+    for key in ("steps_run", "best_step", "best_value", "eval/loss", "test/accuracy"):
+        out[f"population/{key}"] = np.asarray([row[key] for row in rows], np.float64)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     jax = setup_jax(args)
@@ -189,6 +215,8 @@ def main(argv=None) -> int:
         for key, value in run_loop(jax, args.workdir, args.steps, args.loop_mesh).items():
             results[f"loop/{key}"] = value
         log(f"loop on mesh {args.loop_mesh!r}, checkpointed and resumed")
+        results.update(run_population(jax, args.workdir + "_population", args.steps))
+        log("population of 4 trials over the global devices")
     if jax.process_index() == 0:
         tmp = args.out + ".tmp.npz"
         np.savez(tmp, **results)

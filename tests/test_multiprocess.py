@@ -3,8 +3,9 @@
 `tests/multiprocess_worker.py` runs in (a) one process with 4 CPU devices and (b) two processes with 2 CPU
 devices each (4 global devices, joined through `sharding.maybe_initialize_distributed()`). Each run takes
 5 jitted train steps of a tiny ViT on the `data` mesh, then runs `loop.train_and_evaluate` on a
-`data=2 x fsdp=2` mesh with Orbax checkpoints and resumes it from the second-newest checkpoint. The per-step
-losses, final params, eval metrics and checkpoints of (b) must match those of (a).
+`data=2 x fsdp=2` mesh with Orbax checkpoints and resumes it from the second-newest checkpoint, then a
+population of 4 trials spread over the 4 devices. The per-step losses, final params, eval metrics,
+checkpoints and the population's results of (b) must match those of (a).
 
 Marked `slow` (it still runs in the default suite): about 30 s of CPU per process, 70-100 s on 2 cores.
 """
@@ -208,3 +209,16 @@ def test_checkpoints_written_by_two_processes(runs):
                         "params read back from the checkpoint", exact_only=True, rtol=0, atol=0)
     _assert_trees_close(loaded_two, load("one"), "checkpoints of two processes vs one")
     assert (runs["two"]["workdir"] / "config.json").exists()
+
+
+def test_population_trials_spread_over_two_processes(runs):
+    """Population training with its trials axis over 4 devices of 2 processes (two trials each) gives what
+    one process with 4 devices gives: the same early-stopping steps, metrics and best params."""
+    one, two = runs["one"], runs["two"]
+    for key in ("steps_run", "best_step"):
+        np.testing.assert_array_equal(two[f"population/{key}"], one[f"population/{key}"], err_msg=key)
+    for key in ("best_value", "eval/loss", "test/accuracy"):
+        np.testing.assert_allclose(two[f"population/{key}"], one[f"population/{key}"], err_msg=key, **TOL)
+    params_one = _params(one, "population/param/")
+    assert next(iter(params_one.values())).shape[0] == 4  # the trials axis
+    _assert_trees_close(_params(two, "population/param/"), params_one, "population best params")

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxemo.data import pipeline
@@ -92,6 +93,16 @@ def _per_trial_axes(template: state_lib.TrainState) -> state_lib.TrainState:
 def _where_trials(mask, new, old):
     """Per trial: `new` where mask[i], else `old` (trees with a leading trials axis)."""
     return jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
+
+
+def _host(tree):
+    """Host numpy copies of (possibly several processes') arrays; each process gets every trial's values."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)
 
 
 def _stack(rows: Sequence[dict]) -> dict:
@@ -153,6 +164,8 @@ class Population:
         self._init_trials = jax.jit(jax.vmap(lambda seed: unboxed(seed).replace(frozen={})),
                                     out_shardings=self.state_shardings)
         self._init_frozen = jax.jit(lambda seed: unboxed(seed).frozen, out_shardings=self.replicated)
+        self._set_hyperparams = jax.jit(lambda opt_state, values: optim.with_hyperparams(opt_state, **values),
+                                        out_shardings=self.trial_sharding)
         self.group_size = self._group_size()
 
     # ---------------------------------------------------------------------------------------- set-up
@@ -249,13 +262,13 @@ class Population:
         defaults = self._config_hyperparams()
         hyperparams = {name: np.asarray([t.hyperparams.get(name, defaults[name]) for t in trials], np.float32)
                        for name in sorted({k for t in trials for k in t.hyperparams})}
-        opt_state = optim.with_hyperparams(per_trial.opt_state, **hyperparams)
+        opt_state = self._set_hyperparams(per_trial.opt_state, hyperparams)
         state = per_trial.replace(trainable=trainable, frozen=frozen, opt_state=opt_state)
-        return jax.device_put(state, self.state_shardings)
+        return jax.device_put(state, self.state_shardings)  # numpy leaves (from init_params) become global
 
     def _load_initial_params(self, trainable, frozen, size: int):
-        first = jax.tree.map(lambda x: np.array(x[0]), jax.device_get(trainable))
-        template = optim.merge_params(first, jax.tree.map(np.array, jax.device_get(frozen)))
+        first = jax.tree.map(lambda x: np.array(x[0]), _host(trainable))
+        template = optim.merge_params(first, jax.tree.map(np.array, _host(frozen)))
         loaded = traverse_util.flatten_dict(self.init_params(template))
         flat_template = traverse_util.flatten_dict(template)
         missing = sorted("/".join(k) for k in set(flat_template) - set(loaded))
@@ -267,7 +280,7 @@ class Population:
         for key in flat_trainable:
             if key in changed:
                 value = np.asarray(loaded[key], flat_trainable[key].dtype)
-                flat_trainable[key] = jnp.broadcast_to(value, (size, *value.shape))
+                flat_trainable[key] = np.broadcast_to(value, (size, *value.shape))
         frozen = {k: np.asarray(loaded[k], self.frozen_dtype) for k in traverse_util.flatten_dict(frozen)}
         return traverse_util.unflatten_dict(flat_trainable), traverse_util.unflatten_dict(frozen)
 
@@ -292,7 +305,7 @@ class Population:
         for batch in batches:
             stats = self._eval(trainable, frozen, self._global(batch, size))
             totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
-        totals = jax.device_get(totals)
+        totals = _host(totals)
         return [jax.tree.map(lambda x: x[i], totals) for i in range(size)]
 
     def run_group(self, index: int, trials: list[Trial]) -> GroupResult:
@@ -324,14 +337,14 @@ class Population:
             batch = self._global(_stack([last_batch[i] for i in local]), size)
             state, metrics = self._step(state, batch, jax.device_put(active.copy(), self.trial_sharding))
             if step % self.config.log_every_steps == 0 or step == self.total_steps:
-                streak = np.asarray(jax.device_get(state.nonfinite_streak))
+                streak = _host(state.nonfinite_streak)
                 diverged = active & (streak >= max_streak)
                 if diverged.any():
                     logger.warning("group %d: trials %s stopped at step %d after %d non-finite steps in a row",
                                    index, [group[i].name for i in np.flatnonzero(diverged)], step, max_streak)
                 nonfinite = nonfinite | diverged
                 active = active & ~diverged
-                loss = np.asarray(jax.device_get(metrics["loss"]))
+                loss = _host(metrics["loss"])
                 logger.info("group %d, step %d/%d: %d trials active, mean loss %.4f", index, step,
                             self.total_steps, int(active.sum()), float(loss[active].mean()) if active.any() else 0)
             if self.has_eval and loop.is_eval_step(step, self.eval_every, self.total_steps):
@@ -350,7 +363,7 @@ class Population:
         if all(t.test is not None for t in group):
             test_batches = self._eval_batches(group, [t.test for t in group], local)
             test_rows = [self.task.summarize(s) for s in self._evaluate(selected, frozen, test_batches, size)]
-        steps_run = np.asarray(jax.device_get(state.step))
+        steps_run = _host(state.step)
         rows = [self._row(group[i], tracker, i, int(steps_run[i]), nonfinite[i], eval_rows[i], test_rows[i])
                 for i in range(real)]
         return GroupResult(index, trials, rows, state.trainable, selected, frozen)
