@@ -277,3 +277,16 @@ def test_casp_benchmark_with_its_torch_twin(tmp_path):
     assert all(r.samples_per_s > 0 for r in results)
     assert results[0].flops_per_sample == 3 * results[1].flops_per_sample
     assert f"casp-source-steps-tiny:{jax.default_backend()}-float32" in path.read_text()
+
+
+@pytest.mark.slow
+def test_tiny_population_benchmark_writes_both_modes(tmp_path):
+    from experiments import population_benchmark
+
+    path = tmp_path / "BENCHMARKS.md"
+    result = population_benchmark.main(["--tiny", "--write", f"--benchmarks_file={path}"])
+    assert result["steps_agree"] == 2  # the trials timed one at a time stopped where the population's did
+    assert len(result["population"]["rows"]) == 4 and result["population"]["group_size"] == 4
+    text = path.read_text()
+    assert "| one at a time | 2 |" in text and "| population (vmapped groups) | 4 |" in text
+    assert "python -m experiments.population_benchmark --tiny --write" in text
