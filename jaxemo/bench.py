@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import os
 import platform
@@ -139,6 +140,37 @@ def jax_matmul(size: int, dtype, device: Optional[jax.Device] = None) -> Callabl
     a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
     product = jax.jit(jnp.matmul)
     return lambda: product(a, b).block_until_ready()
+
+
+# Dense (no sparsity) peak FLOP/s of one chip by `device_kind`, from the vendors' datasheets. fp32 on a GPU is
+# its CUDA-core rate (XLA's default fp32 matmuls there); TPUs run fp32 matmuls in bf16 passes.
+DATASHEET_PEAK_FLOPS = {
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},
+    "TPU v6 lite": {"bfloat16": 918e12},
+    "TPU v5 lite": {"bfloat16": 197e12},
+    "TPU v5": {"bfloat16": 459e12},
+    "TPU v4": {"bfloat16": 275e12},
+}
+
+
+@functools.cache
+def peak_flops(dtype_name: str = "float32") -> tuple[float, str]:
+    """(peak FLOP/s of all of this job's devices in `dtype_name`, where it comes from): the datasheet figure
+    per chip times the chips on an accelerator listed in `DATASHEET_PEAK_FLOPS`; elsewhere (the CPU, whose
+    simulated devices share its cores) a matmul measured once per process."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        for kind, peaks in DATASHEET_PEAK_FLOPS.items():
+            if device.device_kind.startswith(kind):
+                per_chip = peaks.get(dtype_name, peaks["bfloat16"])
+                return per_chip * jax.device_count(), f"datasheet {kind} {dtype_name}"
+    size = 1024 if device.platform == "cpu" else 8192
+    dtype = jnp.dtype(dtype_name)
+    measured = matmul_peak_flops(jax_matmul(size, dtype, device), size, repeats=3, min_run_s=0.1)
+    devices = 1 if device.platform == "cpu" else jax.device_count()
+    return measured * devices, f"measured {size}^2 {dtype_name} matmul"
 
 
 # ------------------------------------------------------------------------------------------------ memory

@@ -47,12 +47,15 @@ def test_default_recipe_learns_the_synthetic_images(tiny_config, tmp_path):
         "model.width": 64, "model.depth": 2, "model.num_heads": 4, "model.mlp_dim": 128,
         "data.train_size": 4096, "data.eval_size": 256, "optimizer.warmup_steps": 30,
         "checkpoint.every_steps": 1000})
-    task = tasks.ClassificationTask(vit_classifier.build_model(config), config.data.num_classes)
+    task = vit_classifier.build_task(config)
     train_source, eval_source = vit_classifier.build_data(config)
     mesh = sharding.make_mesh({"data": 2}, devices=jax.devices()[:2])
     result = loop.train_and_evaluate(config, str(tmp_path / "run"), task, train_source, eval_source, mesh)
-    losses = [r["train/loss"] for r in _jsonl(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    records = _jsonl(tmp_path / "run" / "metrics.jsonl")
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert losses[-1] < 0.5 * losses[0]
+    mfu = [r["train/mfu"] for r in records if "train/mfu" in r]  # every log step after the first
+    assert len(mfu) == len(losses) - 1 and all(0 < m < 1 for m in mfu)
     assert result.eval_metrics["accuracy"] > 0.6  # chance is 0.1
     assert result.eval_metrics["uar"] > 0.6
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

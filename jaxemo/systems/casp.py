@@ -29,7 +29,13 @@ def build_model(config) -> msa.SentimentRegressor:
 
 
 def build_task(config) -> tasks.SentimentRegressionTask:
-    return tasks.SentimentRegressionTask(build_model(config))
+    """The source-training task; its FLOP count needs the sequence lengths, known for the synthetic data."""
+    model = build_model(config)
+    d = config.data
+    lengths = [d.get(f"{m}_len") for m in msa.MODALITIES]
+    dims = [d.get(f"{m}_dim") for m in msa.MODALITIES]
+    count = 3 * flops(model, lengths, dims).forward if None not in lengths + dims else None
+    return tasks.SentimentRegressionTask(model, flops_per_example=count)
 
 
 def target_arrays(config, split: str, dims: dict) -> dict:

@@ -55,13 +55,15 @@ def preprocess(rng, inputs: dict, train: bool, *, size: int, brightness: float, 
 def build_task(config) -> tasks.ClassificationTask:
     transform = functools.partial(clip_transform, num_classes=config.data.num_classes,
                                   audio_shape=tuple(config.model.audio_shape))
+    model = build_model(config)
     return tasks.ClassificationTask(
-        build_model(config), config.data.num_classes, input_keys=("video", "fbank"),
+        model, config.data.num_classes, input_keys=("video", "fbank"),
         trainable_patterns=mma_dfer.TRAINABLE_PATTERNS,
         preprocess=functools.partial(preprocess, size=config.model.image_size,
                                      brightness=config.augment.brightness, sampler=config.augment.crop_sampler),
         train_transform=functools.partial(transform, train=True),
         eval_transform=functools.partial(transform, train=False),
+        flops_per_example=flops(model).train(),
     )
 
 

@@ -30,8 +30,9 @@ def build_model(config) -> vit.ViT:
 
 
 def build_task(config, trainable_patterns=None) -> tasks.ClassificationTask:
-    return tasks.ClassificationTask(build_model(config), config.data.num_classes,
-                                    trainable_patterns=trainable_patterns)
+    model = build_model(config)
+    return tasks.ClassificationTask(model, config.data.num_classes, trainable_patterns=trainable_patterns,
+                                    flops_per_example=bench.train_flops(bench.vit_forward_flops(model)))
 
 
 def build_data(config):

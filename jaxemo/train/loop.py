@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxemo import bench
 from jaxemo.data import pipeline
 from jaxemo.train import checkpoint as checkpoint_lib
 from jaxemo.train import tasks
@@ -243,6 +244,17 @@ class _Run:
         self.ckpt, self.writer, self.best, self.tracker = ckpt, writer, best, tracker
         self.config_json = json.loads(config.to_json_best_effort())
 
+    def throughput(self, rates: dict) -> dict:
+        """samples/s, and with the task's FLOP count the achieved TFLOP/s and MFU against `bench.peak_flops`
+        (or `config.peak_flops`, FLOP/s of the whole job)."""
+        flops = self.trainer.task.flops_per_example
+        if not flops or "samples_per_sec" not in rates:
+            return rates
+        dtype = (self.config.get("model") or {}).get("dtype", "float32")
+        peak = self.config.get("peak_flops") or bench.peak_flops(dtype)[0]
+        achieved = rates["samples_per_sec"] * flops
+        return {**rates, "achieved_tflops": achieved / 1e12, "mfu": achieved / peak}
+
     def run_state(self) -> dict:
         """The host state that goes with a train state: the data iterator's position and the best tracker."""
         return {**self.train_iter.get_state(), "best": self.tracker.state_dict()}
@@ -283,7 +295,7 @@ class _Run:
                 state, metrics = trainer.train_step(state, batch)
                 if step % config.log_every_steps == 0 or step == total:
                     scalars = metrics_lib.to_python(jax.device_get(metrics))
-                    scalars.update(progress.rates(step))
+                    scalars.update(self.throughput(progress.rates(step)))
                     self.writer.write(step, {f"train/{k}": v for k, v in scalars.items()})
                     progress.show(step, scalars)
                     _check_nonfinite(state, step, config)
@@ -359,7 +371,7 @@ class _Progress:
 
     def show(self, step: int, scalars: dict) -> None:
         self.bar.n = step
-        shown = {k: scalars[k] for k in ("loss", "accuracy", "samples_per_sec") if k in scalars}
+        shown = {k: scalars[k] for k in ("loss", "accuracy", "samples_per_sec", "mfu") if k in scalars}
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=True)
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ class Task(Protocol):
 
     model: nn.Module
     pad_spec: Optional[Mapping[str, int]]
+    flops_per_example: Optional[int]  # analytic FLOPs of one training example (the trainer's MFU), or None
 
     def init(self, rng, batch) -> Any: ...
 
@@ -80,6 +81,7 @@ class SupervisedTask:
     `summarize`."""
 
     pad_spec: Optional[Mapping[str, int]] = None
+    flops_per_example: Optional[int] = None
 
     def is_trainable(self, path) -> bool:
         return optim.path_matcher(self.trainable_patterns)(path)
@@ -114,6 +116,7 @@ class ClassificationTask(SupervisedTask):
     preprocess: Optional[Callable] = None
     train_transform: Optional[Callable] = None
     eval_transform: Optional[Callable] = None
+    flops_per_example: Optional[int] = None
 
     def inputs(self, batch, rng=None, train: bool = False) -> list:
         inputs = {k: batch[k] for k in self.input_keys}
@@ -175,6 +178,7 @@ class SentimentRegressionTask(SupervisedTask):
     trainable_patterns: Optional[Sequence[str]] = None
     train_transform: Optional[Callable] = None
     eval_transform: Optional[Callable] = None
+    flops_per_example: Optional[int] = None
 
     def predict(self, params, batch, rng=None, train: bool = False):
         rngs = {"dropout": rng} if train else None
