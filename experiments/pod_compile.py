@@ -1,0 +1,184 @@
+"""Proof without a pod: every system's paper-size train step compiled ahead of time for TPU pod topologies.
+
+    python -m experiments.pod_compile --write                   # paper configs on v5e-256 and v5p-128
+    python -m experiments.pod_compile --tiny                    # tiny configs on a 2x2 v5e slice: tests / CI
+
+`jax[tpu]` installs libtpu, with which a CPU machine can compile (not run) a program for a TPU topology
+(`jax.experimental.topologies.get_topology_desc`). For each system's paper configuration and each topology
+this builds the trainer's own train step (`loop.setup_train_step`: sharded state from the logical-axis
+rules, donated, jitted) on a data x fsdp mesh of the topology's chips, compiles it for a global batch of
+`per-chip batch x chips`, and reports per-chip memory (`compiled.memory_analysis()`: arguments + temporaries
++ outputs - donated aliases) against the chip's HBM, XLA's FLOPs per step (`cost_analysis`, per chip), and the
+largest per-chip batch (a power of two) that fits, without and with recomputation (`remat_policy=full`).
+Parameters and compute are bf16 with fp32 master weights, frozen weights bf16: how a pod would run them.
+`--write` replaces the section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+
+from jaxemo import bench, cli, systems
+from jaxemo.train import loop, sharding, state as state_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = 1024**3
+# topology name -> (label, chips' HBM in bytes, mesh axes)
+TOPOLOGIES = {
+    "v5e:16x16": ("TPU v5e-256", 16 * GIB, {"data": 16, "fsdp": 16}),
+    "v5p:4x4x4": ("TPU v5p-128 (64 chips)", 95 * GIB, {"data": 8, "fsdp": 8}),
+    "v5e:2x2": ("TPU v5e-4", 16 * GIB, {"data": 2, "fsdp": 2}),
+}
+# system -> its paper-size benchmark variant and the tiny one
+PAPER = {"vit_classifier": "B/16", "mma_dfer": "dfew", "casp": "synthetic"}
+
+
+@dataclasses.dataclass
+class Compiled:
+    system: str
+    variant: str
+    topology: str
+    remat: str
+    per_chip_batch: int
+    memory_bytes: Optional[int]
+    flops_per_chip: Optional[float]
+    compile_s: float
+    error: str = ""
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.pod_compile", description=__doc__.split("\n")[0])
+    p.add_argument("--systems", default=",".join(PAPER), help="comma-separated systems")
+    p.add_argument("--topologies", default="v5e:16x16,v5p:4x4x4", help="comma-separated topology names")
+    p.add_argument("--batch", type=int, default=1, help="per-chip batch of the reported row")
+    p.add_argument("--max_batch", type=int, default=64, help="largest per-chip batch tried in the search")
+    p.add_argument("--tiny", action="store_true", help="tiny configs on v5e:2x2, no search: seconds")
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.topologies, args.max_batch = "v5e:2x2", 0
+    args.systems = [s for s in args.systems.split(",") if s]
+    args.topologies = [t for t in args.topologies.split(",") if t]
+    return args
+
+
+def topology_mesh(name: str):
+    from jax.experimental import topologies
+
+    devices = topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+    return sharding.make_mesh(TOPOLOGIES[name][2], devices=devices)
+
+
+def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch: int, remat: str) -> Compiled:
+    """The trainer's step of `system`'s `variant` for `mesh`, compiled (never run) at the given batch."""
+    spec = systems.get(system).BENCHMARK
+    options = bench.CaseOptions(load_config=cli.load_config, dtype="bfloat16", remat_policy=remat,
+                                frozen_dtype="bfloat16")
+    case = spec.case(variant, 1, options)
+    global_batch = per_chip_batch * mesh.size
+    case.config.batch_size = global_batch
+    example = state_lib.example_batch_like(case.batch)
+    batch = {k: jax.ShapeDtypeStruct((global_batch, *v.shape[1:]), v.dtype, sharding=sharding.batch_sharding(mesh))
+             for k, v in example.items()}
+    start = time.perf_counter()
+    try:
+        setup = loop.setup_train_step(case.config, case.task, example, mesh, 1000, 100)
+        compiled = setup.train_step.lower(setup.abstract, batch).compile()
+    except Exception as error:  # an out-of-memory or sharding failure is a result here, not a crash
+        return Compiled(system, variant, topology, remat, per_chip_batch, None, None,
+                        time.perf_counter() - start, f"{type(error).__name__}: {str(error)[:400]}")
+    cost = compiled.cost_analysis() or {}
+    return Compiled(system, variant, topology, remat, per_chip_batch, bench.compiled_memory_bytes(compiled),
+                    cost.get("flops"), time.perf_counter() - start)
+
+
+def fits(row: Compiled, topology: str) -> bool:
+    return not row.error and row.memory_bytes is not None and row.memory_bytes <= TOPOLOGIES[topology][1]
+
+
+def largest_batch(system: str, variant: str, mesh, topology: str, remat: str, max_batch: int) -> Optional[int]:
+    """The largest power-of-two per-chip batch up to `max_batch` whose compiled step fits the chip's HBM."""
+    best, batch = None, 1
+    while batch <= max_batch:
+        row = compile_step(system, variant, mesh, topology, batch, remat)
+        print(f"  {system} {topology} remat={remat} batch {batch}: "
+              f"{row.error or f'{row.memory_bytes / GIB:.2f} GiB per chip'} ({row.compile_s:.0f} s)", flush=True)
+        if not fits(row, topology):
+            break
+        best, batch = batch, batch * 2
+    return best
+
+
+def measure(args) -> list[dict]:
+    rows = []
+    for topology in args.topologies:
+        mesh = topology_mesh(topology)
+        for system in args.systems:
+            variant = bench.TINY if args.tiny else PAPER[system]
+            row = compile_step(system, variant, mesh, topology, args.batch, "none")
+            print(f"{system} {variant} on {topology}: {row.error or f'{row.memory_bytes / GIB:.2f} GiB per chip'} "
+                  f"({row.compile_s:.0f} s)", flush=True)
+            result = {"row": row, "largest": {}}
+            if args.max_batch:
+                for remat in ("none", "full"):
+                    result["largest"][remat] = largest_batch(system, variant, mesh, topology, remat, args.max_batch)
+            rows.append(result)
+    return rows
+
+
+def section_body(results: list[dict], args, argv) -> str:
+    lines = ["| system | topology | mesh | per-chip batch | memory per chip (XLA) | HBM | GFLOP per chip per step | "
+             "largest per-chip batch, no remat | with remat full | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        r = result["row"]
+        label, hbm, axes = TOPOLOGIES[r.topology]
+        memory = r.error or f"{r.memory_bytes / GIB:.2f} GiB"
+        flops = "n/a" if r.flops_per_chip is None else f"{r.flops_per_chip / 1e9:,.1f}"
+        largest = [str(result["largest"].get(k) or ("none fits" if args.max_batch else "-")) for k in ("none", "full")]
+        mesh = " x ".join(f"{k} {v}" for k, v in axes.items())
+        lines.append(f"| {r.system} ({r.variant}) | {label} | {mesh} | {r.per_chip_batch} | {memory} | "
+                     f"{hbm / GIB:.0f} GiB | {flops} | {largest[0]} | {largest[1]} | {r.compile_s:.0f} |")
+    return "\n".join([
+        f"### Train steps compiled for TPU pods (AOT, on the CPU){' (tiny)' if args.tiny else ''}",
+        "",
+        *lines,
+        "",
+        f"- Command: `python -m experiments.pod_compile {shlex.join(argv)}`",
+        f"- Machine: {bench.machine_description(('jax', 'jaxlib', 'libtpu', 'flax'))}",
+        f"- Date: {bench.today()}",
+        "- Each row is the trainer's train step (the system's task and recipe optimizer, state sharded by the "
+        "logical-axis rules over `data x fsdp`, batch split over both) compiled for the topology with "
+        "`jax.experimental.topologies`; nothing runs. bf16 compute and frozen weights, fp32 trainable master "
+        "weights. Memory is XLA's per-chip estimate (arguments + temporaries + outputs - donated aliases), "
+        "FLOPs are XLA's cost analysis of the per-chip program. The largest batch is the largest power of two "
+        f"up to {args.max_batch} whose step fits the chip's HBM (XLA's estimate; leave headroom)."
+        if args.max_batch else "No batch search (--max_batch=0).",
+    ])
+
+
+def main(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    results = measure(args)
+    body = section_body(results, args, argv)
+    print("\n" + body)
+    if args.write:
+        key = f"pod-compile{'-tiny' if args.tiny else ''}:tpu-bfloat16"
+        bench.write_section(args.benchmarks_file, key, body)
+        print(f"\nwrote section {key} of {args.benchmarks_file}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
