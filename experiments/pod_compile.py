@@ -22,7 +22,7 @@ import os
 import shlex
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -53,6 +53,7 @@ class Compiled:
     flops_per_chip: Optional[float]
     compile_s: float
     error: str = ""
+    compiled: Any = dataclasses.field(default=None, repr=False)  # the executable (its HLO for inspection)
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -73,6 +74,8 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def topology_mesh(name: str):
+    # libtpu takes a machine-wide lock unless told otherwise; compiling only, several processes may share it
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     devices = topologies.get_topology_desc(topology_name=name, platform="tpu").devices
@@ -99,7 +102,7 @@ def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch:
                         time.perf_counter() - start, f"{type(error).__name__}: {str(error)[:400]}")
     cost = compiled.cost_analysis() or {}
     return Compiled(system, variant, topology, remat, per_chip_batch, bench.compiled_memory_bytes(compiled),
-                    cost.get("flops"), time.perf_counter() - start)
+                    cost.get("flops"), time.perf_counter() - start, compiled=compiled)
 
 
 def fits(row: Compiled, topology: str) -> bool:

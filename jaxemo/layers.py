@@ -7,6 +7,8 @@ batch sharding inside a module breaks `jax.vmap` (per-sample test-time adaptatio
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Callable, Optional
 
@@ -172,6 +174,41 @@ class EncoderBlock(nn.Module):
         return x + drop_path(y, drop_path_rate, deterministic, self)
 
 
+# Logical axes of the residual stream [batch, tokens, width]. Under `activation_sharding` (the trainer's
+# and the evaluator's sharded steps) `constrain` pins them by the rules table, which splits the batch over the
+# data axes, so that XLA keeps activations split by batch (not gathered) while FSDP gathers the weights.
+# Elsewhere (per-sample `vmap`, population trials) it does nothing.
+ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
+_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar("activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh, rules):
+    """While tracing a sharded step: the mesh and the logical-axis rules `constrain` maps activations with."""
+    token = _ACTIVATION_SHARDING.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain(x: jax.Array, names=ACTIVATION) -> jax.Array:
+    """Pins the sharding of an activation by logical axis names: the first dim is the batch, the last the
+    width; a [batch, frames, tokens, width] array keeps its extra dims unsplit, a [batch, width] one drops the
+    token axis."""
+    active = _ACTIVATION_SHARDING.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    batch, *rest = names
+    if x.ndim >= len(names):
+        names = (batch,) + (None,) * (x.ndim - len(names)) + tuple(rest)
+    else:
+        names = (batch,) + tuple(rest[len(rest) - (x.ndim - 1):])
+    spec = nn.logical_to_mesh_axes(names, rules)
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+
 class _StackLayer(nn.Module):
     """One step of a `BlockStack`: the block, then the optional per-layer hook."""
 
@@ -183,9 +220,10 @@ class _StackLayer(nn.Module):
     @nn.compact
     def __call__(self, x, per_layer, mask):
         index, rate = per_layer
-        x = self.block(name="block")(x, rate, mask, self.deterministic)
+        x = self.block(name="block")(constrain(x), rate, mask, self.deterministic)
         if self.hook is not None:
             x = self.hook(name="hook")(x, index, self.deterministic)
+        x = constrain(x)
         return x, (x if self.return_hidden_states else None)
 
 

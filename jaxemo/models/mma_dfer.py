@@ -114,6 +114,7 @@ class _AVLayer(nn.Module):
     @nn.compact
     def __call__(self, carry, per_layer, prompt_tables):
         video, audio, fusion_tokens = carry
+        video, audio = layers.constrain(video), layers.constrain(audio)  # [B*T | B, tokens, D]: split the batch
         index, rate = per_layer
         if self.fusion == "tokens":
             video, audio, fusion_tokens = self._token_fusion(video, audio, fusion_tokens, index, rate)
@@ -122,8 +123,8 @@ class _AVLayer(nn.Module):
             audio = self.block(name="audio_block")(audio, rate, None, self.deterministic)
             video, audio = BottleneckAdapter(self.latent_dim, self.dtype, name="adapter")(video, audio)
         video_table, audio_table = prompt_tables
-        video = add_prompt_updates(video, video_table, index, self.prompt_stride)
-        audio = add_prompt_updates(audio, audio_table, index, self.prompt_stride)
+        video = layers.constrain(add_prompt_updates(video, video_table, index, self.prompt_stride))
+        audio = layers.constrain(add_prompt_updates(audio, audio_table, index, self.prompt_stride))
         return (video, audio, fusion_tokens), None
 
     def _token_fusion(self, video, audio, tokens, index, rate):

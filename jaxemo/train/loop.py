@@ -97,7 +97,7 @@ def setup_train_step(config, task, example_batch, mesh, total_steps: int, steps_
                                                    min_size)
     train_step = step_lib.make_train_step(task, optimizer, check_accumulation(config, mesh))
     return StepSetup(optimizer, rules, frozen_dtype, abstract, shardings,
-                     step_lib.jit_train_step(train_step, shardings, mesh))
+                     step_lib.jit_train_step(train_step, shardings, mesh, rules))
 
 
 class Trainer:
@@ -168,7 +168,7 @@ class Evaluator:
         sharding.check_batch_size(config.eval_batch_size, mesh)
         self.config, self.task, self.source, self.mesh = config, task, source, mesh
         self.param_shardings = param_shardings
-        self.eval_step = step_lib.jit_eval_step(task, param_shardings, mesh)
+        self.eval_step = step_lib.jit_eval_step(task, param_shardings, mesh, sharding.rules_from_config(config))
 
     def stats(self, params) -> dict:
         """The task's evaluation statistics summed over the whole source (host numpy)."""

@@ -23,6 +23,9 @@ BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("trials", MESH_AXES),  # population training: a trial lives on one device, trials spread over all
     ("batch", BATCH_AXES),
+    ("activation_batch", BATCH_AXES),  # activations: split the batch, keep the rest whole (`layers.constrain`)
+    ("activation_length", None),
+    ("activation_embed", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -156,6 +159,14 @@ def check_large_params_sharded(boxed_params, mesh: Mesh, rules, min_size: int, w
             f"stay replicated on every device: {'; '.join(offenders)}. Give their logical axes a rule "
             f"(config.sharding.rules), make their dims divisible by the mesh axes, or raise "
             f"config.sharding.min_sharded_size")
+
+
+def activation_rules(mesh: Mesh, rules):
+    """While tracing a sharded step: the mesh and the rules that `layers.constrain` maps activations with.
+    Without it (per-sample vmap, population trials) activation constraints are no-ops."""
+    from jaxemo import layers
+
+    return layers.activation_sharding(mesh, rules)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -102,20 +102,28 @@ def make_train_step(task, optimizer: optim.Optimizer, accum_steps: int = 1):
     return train_step
 
 
-def jit_train_step(train_step, state_shardings, mesh):
+def jit_train_step(train_step, state_shardings, mesh, rules=sharding.DEFAULT_RULES):
+    """The train step jitted for `mesh`: state and batch placed by their shardings, the state donated, the
+    activations split over the batch axes (`sharding.activation_rules`)."""
+
+    def sharded_step(state, batch):
+        with sharding.activation_rules(mesh, rules):
+            return train_step(state, batch)
+
     return jax.jit(
-        train_step,
+        sharded_step,
         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
 
 
-def jit_eval_step(task, param_shardings, mesh):
+def jit_eval_step(task, param_shardings, mesh, rules=sharding.DEFAULT_RULES):
     """`eval(params, batch) -> summable statistics` (see `tasks`); params is the merged model tree."""
 
     def eval_step(params, batch):
-        return task.eval_stats(params, batch)
+        with sharding.activation_rules(mesh, rules):
+            return task.eval_stats(params, batch)
 
     return jax.jit(
         eval_step,
