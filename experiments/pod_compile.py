@@ -35,7 +35,7 @@ GIB = 1024**3
 # topology name -> (label, chips' HBM in bytes, mesh axes)
 TOPOLOGIES = {
     "v5e:16x16": ("TPU v5e-256", 16 * GIB, {"data": 16, "fsdp": 16}),
-    "v5p:4x4x4": ("TPU v5p-128 (64 chips)", 95 * GIB, {"data": 8, "fsdp": 8}),
+    "v5p:4x4x4": ("TPU v5p-128 (64 chips)", 95 * GIB, {"data": 4, "fsdp": 16}),  # axes fit the 4x4x4 torus
     "v5e:2x2": ("TPU v5e-4", 16 * GIB, {"data": 2, "fsdp": 2}),
 }
 # system -> its paper-size benchmark variant and the tiny one
@@ -53,6 +53,7 @@ class Compiled:
     flops_per_chip: Optional[float]
     compile_s: float
     error: str = ""
+    analytic_flops_per_chip: Optional[float] = None  # the system's FLOP count x the per-chip batch
     compiled: Any = dataclasses.field(default=None, repr=False)  # the executable (its HLO for inspection)
 
 
@@ -93,16 +94,17 @@ def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch:
     example = state_lib.example_batch_like(case.batch)
     batch = {k: jax.ShapeDtypeStruct((global_batch, *v.shape[1:]), v.dtype, sharding=sharding.batch_sharding(mesh))
              for k, v in example.items()}
+    analytic = case.flops["train"] * per_chip_batch
     start = time.perf_counter()
     try:
         setup = loop.setup_train_step(case.config, case.task, example, mesh, 1000, 100)
         compiled = setup.train_step.lower(setup.abstract, batch).compile()
     except Exception as error:  # an out-of-memory or sharding failure is a result here, not a crash
         return Compiled(system, variant, topology, remat, per_chip_batch, None, None,
-                        time.perf_counter() - start, f"{type(error).__name__}: {str(error)[:400]}")
+                        time.perf_counter() - start, f"{type(error).__name__}: {str(error)[:400]}", analytic)
     cost = compiled.cost_analysis() or {}
     return Compiled(system, variant, topology, remat, per_chip_batch, bench.compiled_memory_bytes(compiled),
-                    cost.get("flops"), time.perf_counter() - start, compiled=compiled)
+                    cost.get("flops"), time.perf_counter() - start, "", analytic, compiled)
 
 
 def fits(row: Compiled, topology: str) -> bool:
@@ -133,25 +135,35 @@ def measure(args) -> list[dict]:
                   f"({row.compile_s:.0f} s)", flush=True)
             result = {"row": row, "largest": {}}
             if args.max_batch:
-                for remat in ("none", "full"):
+                remats = ("none", "full") if systems.get(system).BENCHMARK.remat else ("none",)
+                for remat in remats:
                     result["largest"][remat] = largest_batch(system, variant, mesh, topology, remat, args.max_batch)
             rows.append(result)
+            if args.write:  # after every row: a long run that stops keeps what it measured
+                write(rows, args)
     return rows
 
 
+def write(results: list[dict], args) -> None:
+    key = f"pod-compile{'-tiny' if args.tiny else ''}-{'+'.join(args.topologies)}:tpu-bfloat16"
+    bench.write_section(args.benchmarks_file, key, section_body(results, args, args.argv))
+
+
 def section_body(results: list[dict], args, argv) -> str:
-    lines = ["| system | topology | mesh | per-chip batch | memory per chip (XLA) | HBM | GFLOP per chip per step | "
-             "largest per-chip batch, no remat | with remat full | compile s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| system | topology | mesh | per-chip batch | memory per chip (XLA) | HBM | GFLOP per chip per step "
+             "(analytic) | GFLOP (XLA) | largest per-chip batch, no remat | with remat full | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         r = result["row"]
         label, hbm, axes = TOPOLOGIES[r.topology]
         memory = r.error or f"{r.memory_bytes / GIB:.2f} GiB"
         flops = "n/a" if r.flops_per_chip is None else f"{r.flops_per_chip / 1e9:,.1f}"
-        largest = [str(result["largest"].get(k) or ("none fits" if args.max_batch else "-")) for k in ("none", "full")]
+        analytic = f"{r.analytic_flops_per_chip / 1e9:,.1f}"
+        largest = [("n/a" if k not in result["largest"] else str(result["largest"][k] or "none fits"))
+                   if args.max_batch else "-" for k in ("none", "full")]
         mesh = " x ".join(f"{k} {v}" for k, v in axes.items())
         lines.append(f"| {r.system} ({r.variant}) | {label} | {mesh} | {r.per_chip_batch} | {memory} | "
-                     f"{hbm / GIB:.0f} GiB | {flops} | {largest[0]} | {largest[1]} | {r.compile_s:.0f} |")
+                     f"{hbm / GIB:.0f} GiB | {analytic} | {flops} | {largest[0]} | {largest[1]} | {r.compile_s:.0f} |")
     return "\n".join([
         f"### Train steps compiled for TPU pods (AOT, on the CPU){' (tiny)' if args.tiny else ''}",
         "",
@@ -164,7 +176,10 @@ def section_body(results: list[dict], args, argv) -> str:
         "logical-axis rules over `data x fsdp`, batch split over both) compiled for the topology with "
         "`jax.experimental.topologies`; nothing runs. bf16 compute and frozen weights, fp32 trainable master "
         "weights. Memory is XLA's per-chip estimate (arguments + temporaries + outputs - donated aliases), "
-        "FLOPs are XLA's cost analysis of the per-chip program. The largest batch is the largest power of two "
+        "Analytic FLOPs: the system's count per training example (`jaxemo/systems/`) x the per-chip batch. XLA's "
+        "FLOPs: the cost analysis of the per-chip program, which counts a scanned layer's body once (one layer "
+        "plus the rest, not the whole step) and the recomputation. n/a: the system has no remat option. "
+        "The largest batch is the largest power of two "
         f"up to {args.max_batch} whose step fits the chip's HBM (XLA's estimate; leave headroom)."
         if args.max_batch else "No batch search (--max_batch=0).",
     ])
@@ -173,13 +188,12 @@ def section_body(results: list[dict], args, argv) -> str:
 def main(argv=None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    args.argv = argv
     results = measure(args)
-    body = section_body(results, args, argv)
-    print("\n" + body)
+    print("\n" + section_body(results, args, argv))
     if args.write:
-        key = f"pod-compile{'-tiny' if args.tiny else ''}:tpu-bfloat16"
-        bench.write_section(args.benchmarks_file, key, body)
-        print(f"\nwrote section {key} of {args.benchmarks_file}")
+        write(results, args)
+        print(f"\nwrote the section of {args.benchmarks_file}")
     return results
 
 

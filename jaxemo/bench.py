@@ -318,6 +318,7 @@ class SystemBenchmark:
     steps: tuple = ("train", "inference")
     notes: tuple = ()
     cpu_steps: Optional[dict] = None  # variant -> steps per timed run on a CPU (default 2)
+    remat: bool = True  # whether its cases honour `CaseOptions.remat_policy`
 
     def batch_for(self, variant: str) -> int:
         for key in (variant, variant.split("/")[0]):

@@ -209,6 +209,6 @@ def benchmark_case(variant: str, batch_size: int, options: bench.CaseOptions) ->
 BENCHMARK = bench.SystemBenchmark(
     name="casp", section="casp-source-steps", title="CASP sentiment regressor: source train and inference steps",
     unit="sample", default_variants=("synthetic",), default_batch={"synthetic": 24, bench.TINY: 24},
-    case=benchmark_case, cpu_steps={"synthetic": 20, bench.TINY: 20},
+    case=benchmark_case, cpu_steps={"synthetic": 20, bench.TINY: 20}, remat=False,
     notes=("Random features and labels, one batch reused. GFLOP/sample: `jaxemo.systems.casp.flops` (matmuls "
            "only), train = 3 x forward. Test-time adaptation latency is `python -m experiments.tta_latency`.",))
