@@ -149,6 +149,15 @@ def write(results: list[dict], args) -> None:
     bench.write_section(args.benchmarks_file, key, section_body(results, args, args.argv))
 
 
+def _largest_cell(largest: dict, remat: str, max_batch: int) -> str:
+    if not max_batch:
+        return "-"
+    if remat not in largest:
+        return "n/a"
+    value = largest[remat]
+    return "none fits" if value is None else f">= {value}" if value == max_batch else str(value)
+
+
 def section_body(results: list[dict], args, argv) -> str:
     lines = ["| system | topology | mesh | per-chip batch | memory per chip (XLA) | HBM | GFLOP per chip per step "
              "(analytic) | GFLOP (XLA) | largest per-chip batch, no remat | with remat full | compile s |",
@@ -159,8 +168,7 @@ def section_body(results: list[dict], args, argv) -> str:
         memory = r.error or f"{r.memory_bytes / GIB:.2f} GiB"
         flops = "n/a" if r.flops_per_chip is None else f"{r.flops_per_chip / 1e9:,.1f}"
         analytic = f"{r.analytic_flops_per_chip / 1e9:,.1f}"
-        largest = [("n/a" if k not in result["largest"] else str(result["largest"][k] or "none fits"))
-                   if args.max_batch else "-" for k in ("none", "full")]
+        largest = [_largest_cell(result["largest"], k, args.max_batch) for k in ("none", "full")]
         mesh = " x ".join(f"{k} {v}" for k, v in axes.items())
         lines.append(f"| {r.system} ({r.variant}) | {label} | {mesh} | {r.per_chip_batch} | {memory} | "
                      f"{hbm / GIB:.0f} GiB | {analytic} | {flops} | {largest[0]} | {largest[1]} | {r.compile_s:.0f} |")
@@ -175,7 +183,7 @@ def section_body(results: list[dict], args, argv) -> str:
         "- Each row is the trainer's train step (the system's task and recipe optimizer, state sharded by the "
         "logical-axis rules over `data x fsdp`, batch split over both) compiled for the topology with "
         "`jax.experimental.topologies`; nothing runs. bf16 compute and frozen weights, fp32 trainable master "
-        "weights. Memory is XLA's per-chip estimate (arguments + temporaries + outputs - donated aliases), "
+        "weights. Memory is XLA's per-chip estimate (arguments + temporaries + outputs - donated aliases). "
         "Analytic FLOPs: the system's count per training example (`jaxemo/systems/`) x the per-chip batch. XLA's "
         "FLOPs: the cost analysis of the per-chip program, which counts a scanned layer's body once (one layer "
         "plus the rest, not the whole step) and the recomputation. n/a: the system has no remat option. "
