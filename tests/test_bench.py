@@ -63,24 +63,6 @@ def test_measurement_derived_numbers():
     assert len(row) == len(bench.TABLE_COLUMNS) and row[-1] == "n/a"
 
 
-@pytest.mark.slow
-def test_tiny_benchmark_writes_its_section(tmp_path):
-    path = tmp_path / "BENCHMARKS.md"
-    other = "<!-- other:gpu-bfloat16 begin -->\nkeep me\n<!-- other:gpu-bfloat16 end -->"
-    path.write_text(f"# Benchmarks\n\n{other}\n")
-    argv = ["--system=vit_classifier", "--tiny", "--notorch", "--write", f"--benchmarks_file={path}"]
-    results = benchmark.main(argv)
-
-    assert [(r.step, r.framework) for r in results] == [("train", "JAX (jaxemo)")]
-    assert results[0].samples_per_s > 0 and results[0].compile_s > 0
-    text = path.read_text()
-    assert "keep me" in text
-    key = f"vit-train-step-tiny:{jax.default_backend()}-float32"
-    section = text.split(f"<!-- {key} begin -->")[1].split(f"<!-- {key} end -->")[0]
-    assert "| ViT-tiny (w64 d4 p8, 32 px) | train | 8 | float32 | JAX (jaxemo) |" in section
-    assert "python -m experiments.benchmark --system=vit_classifier --tiny --notorch --write" in section
-
-
 def _case(system, variant="tiny", batch_size=2):
     from jaxemo import systems
 
@@ -245,27 +227,6 @@ def test_torch_mma_dfer_steps_train_only_the_trainable_params():
             "audio_model.learnable_prompts_init", "image_encoder.audio_proj_pre.0.0.weight"} <= changed
 
 
-@pytest.mark.slow
-def test_tiny_mma_dfer_benchmark_writes_its_section(tmp_path):
-    path = tmp_path / "BENCHMARKS.md"
-    other = "<!-- vit-train-step:cpu-float32 begin -->\nkeep me\n<!-- vit-train-step:cpu-float32 end -->"
-    path.write_text(f"# Benchmarks\n\n{other}\n")
-    argv = ["--system=mma_dfer", "--tiny", "--notorch", "--write", f"--benchmarks_file={path}"]
-    results = benchmark.main(argv)
-
-    assert [(r.step, r.framework) for r in results] == [("train", "JAX (jaxemo)"), ("inference", "JAX (jaxemo)")]
-    assert all(r.samples_per_s > 0 and r.compile_s > 0 for r in results)
-    assert results[0].flops_per_sample > 2 * results[1].flops_per_sample  # train counts the backward too
-    text = path.read_text()
-    assert "keep me" in text
-    key = f"mma-dfer-steps-tiny:{jax.default_backend()}-float32"
-    section = text.split(f"<!-- {key} begin -->")[1].split(f"<!-- {key} end -->")[0]
-    label = "MMA-DFER tiny (w64 d4 p8; 16 x 32px, fbank 64x128)"
-    assert f"| {label} | train | 8 | float32 | JAX (jaxemo) |" in section
-    assert f"| {label} | inference | 8 | float32 | JAX (jaxemo) |" in section
-    assert "python -m experiments.benchmark --system=mma_dfer --tiny --notorch --write" in section
-
-
 def test_casp_benchmark_with_its_torch_twin(tmp_path):
     """The harness is generic: CASP's cases, with the PyTorch twin's train and inference steps beside JAX's."""
     pytest.importorskip("torch")
@@ -277,16 +238,3 @@ def test_casp_benchmark_with_its_torch_twin(tmp_path):
     assert all(r.samples_per_s > 0 for r in results)
     assert results[0].flops_per_sample == 3 * results[1].flops_per_sample
     assert f"casp-source-steps-tiny:{jax.default_backend()}-float32" in path.read_text()
-
-
-@pytest.mark.slow
-def test_tiny_population_benchmark_writes_both_modes(tmp_path):
-    from experiments import population_benchmark
-
-    path = tmp_path / "BENCHMARKS.md"
-    result = population_benchmark.main(["--tiny", "--write", f"--benchmarks_file={path}"])
-    assert result["steps_agree"] == 2  # the trials timed one at a time stopped where the population's did
-    assert len(result["population"]["rows"]) == 4 and result["population"]["group_size"] == 4
-    text = path.read_text()
-    assert "| one at a time | 2 |" in text and "| population (vmapped groups) | 4 |" in text
-    assert "python -m experiments.population_benchmark --tiny --write" in text

@@ -16,6 +16,13 @@ def test_gpu_suite_dry_run_writes_every_section(tmp_path):
     for key in ("vit-train-step-tiny:", "mma-dfer-steps-tiny:", "casp-source-steps-tiny:", "tta-latency-tiny:",
                 "population-trials-tiny"):
         assert f"<!-- {key}" in text, key
+    # what each section holds: the rows of the tiny runs and the command that wrote them
+    assert "| ViT-tiny (w64 d4 p8, 32 px) | train | 8 | float32 | JAX (jaxemo) |" in text
+    label = "MMA-DFER tiny (w64 d4 p8; 16 x 32px, fbank 64x128)"
+    assert f"| {label} | train | 8 | float32 | JAX (jaxemo) |" in text
+    assert f"| {label} | inference | 8 | float32 | JAX (jaxemo) |" in text
+    assert "python -m experiments.benchmark --system=mma_dfer --tiny --notorch --write" in text
+    assert "| one at a time | 2 |" in text and "| population (vmapped groups) | 4 |" in text
 
 
 def test_unknown_run_is_named():
