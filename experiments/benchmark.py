@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import inspect
 import os
 import shlex
 import sys
@@ -60,12 +61,16 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--peak_repeats", type=int, default=5, help="timed runs of the peak matmul")
     p.add_argument("--torch", dest="torch", action="store_true", default=True, help="also time PyTorch (default)")
     p.add_argument("--notorch", dest="torch", action="store_false", help="skip the PyTorch column")
+    p.add_argument("--torch_compile", default="",
+                   help="also time the twin's model under torch.compile at these comma-separated batch sizes, "
+                        "or 'all' (its first call, compilation included, is the `compile s` column); twins "
+                        "whose benchmark_steps take `compile`")
     p.add_argument("--write", action="store_true", help="replace this backend/dtype's section of the file")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
     p.add_argument("--tiny", action="store_true", help="the system's tiny variant at a small batch: seconds")
     p.add_argument("--remat_policy", default="none",
-                   help="none, full, dots or dots_no_batch: one, or one per row. The PyTorch twins have no "
-                        "recomputation, so rows with remat get no PyTorch row")
+                   help="none, full, dots or dots_no_batch: one, or one per row. Recomputation changes memory, "
+                        "not the step's math: systems whose twin runs without it still get a PyTorch row")
     p.add_argument("--trainable", default=None, help="comma-separated regexes of trainable params (vit_classifier)")
     p.add_argument("--frozen_dtype", default="float32", choices=sorted(state_lib.DTYPES),
                    help="storage dtype of the frozen params")
@@ -215,10 +220,14 @@ def import_twin(system: str):
     return torch, twin
 
 
-def benchmark_torch(torch_twin, case: bench.StepCase, steps: int, args) -> list[bench.Measurement]:
+def benchmark_torch(torch_twin, case: bench.StepCase, steps: int, args, compile: bool = False
+                    ) -> list[bench.Measurement]:
+    """The twin's steps in eager mode or, with `compile`, with its model under `torch.compile`: then the first
+    call (tracing and compilation included) is timed apart as the row's compile seconds."""
     torch, twin = torch_twin
     torch.manual_seed(0)
-    step_fns = twin.benchmark_steps(torch, case)
+    step_fns = twin.benchmark_steps(torch, case, compile=True) if compile else twin.benchmark_steps(torch, case)
+    framework = f"{twin.FRAMEWORK[:-1]}, torch.compile)" if compile else twin.FRAMEWORK
     rows = []
     for name in args.spec.steps:
         if rows:
@@ -230,10 +239,19 @@ def benchmark_torch(torch_twin, case: bench.StepCase, steps: int, args) -> list[
             for _ in range(steps):
                 fn()
 
+        first_call_s = min(bench.time_runs(step_fns[name], 1, warmup=0)) if compile else None
         seconds, others = bench.with_others_cpu_share(lambda: bench.time_runs(run, args.repeats, args.warmup))
-        rows.append(_row(case, name, twin.FRAMEWORK, "float32", seconds, steps, rss_bytes=bench.peak_rss_bytes(),
-                         others_cpu_share=others))
+        rows.append(_row(case, name, framework, "float32", seconds, steps, rss_bytes=bench.peak_rss_bytes(),
+                         others_cpu_share=others, compile_s=first_call_s))
     return rows
+
+
+def wants_compile(spec: str, batch_size: int) -> bool:
+    return spec == "all" or str(batch_size) in [b.strip() for b in spec.split(",")]
+
+
+def twin_compiles(torch_twin) -> bool:
+    return "compile" in inspect.signature(torch_twin[1].benchmark_steps).parameters
 
 
 def torch_peak_flops(torch, args) -> float:
@@ -314,13 +332,17 @@ def run_rows(args, torch_twin) -> tuple[list[bench.Measurement], bool]:
     for variant, batch_size, remat, steps in zip(args.variants, args.batch_sizes, args.remat_policies,
                                                  args.steps_per_row):
         case = args.spec.case(variant, batch_size, case_options(args, remat))
-        frameworks = ("jax", "torch") if torch_twin and case.torch_comparable else ("jax",)
+        frameworks = ["jax"]
+        if torch_twin and case.torch_comparable:
+            frameworks.append("torch")
+            if wants_compile(args.torch_compile, batch_size) and twin_compiles(torch_twin):
+                frameworks.append("torch.compile")
         for framework in frameworks:
             print(f"{case.label} batch {batch_size}: {framework} ...", flush=True)
             gc.collect()
             rss_reset &= bench.reset_peak_rss()
             rows = (benchmark_jax(case, steps, args) if framework == "jax"
-                    else benchmark_torch(torch_twin, case, steps, args))
+                    else benchmark_torch(torch_twin, case, steps, args, compile=framework == "torch.compile"))
             print(_row_summary(rows[-1]), flush=True)
             results += rows
     return results, rss_reset

@@ -56,3 +56,25 @@ def test_torch_episodic_adaptation_trains_only_the_layernorms():
     assert torch.isfinite(score)
     changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all("layer_norms" in k for k in changed)
+
+
+def test_torch_nt_xent_loop_and_vectorised_match_jaxemo():
+    from jaxemo.tta import methods
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((5, 8)).astype(np.float32) for _ in range(2))
+    expected = float(methods.nt_xent(a, b, 0.5))
+    for loop in (True, False):
+        got = casp_torch.nt_xent(torch.from_numpy(a), torch.from_numpy(b), 0.5, loop=loop)
+        np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_torch_contrastive_epoch_updates_only_the_layernorms():
+    rng = np.random.default_rng(1)
+    net = casp_torch.build("late", DIMS, depth=1)
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    batches = [[torch.from_numpy(x) for x in inputs(seed)] for seed in range(2)]
+    loss = casp_torch.contrastive_epoch(net, batches)()
+    assert torch.isfinite(loss)
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("layer_norms" in k for k in changed)

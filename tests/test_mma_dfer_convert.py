@@ -107,6 +107,20 @@ def abstract_params(model, audio=AUDIO):
 # ------------------------------------------------------------------------------------- parity
 
 
+def test_official_block_twin_matches_the_vitlayer_twin(torch_model, state, inputs):
+    """The benchmark's twin (timm's fused-qkv blocks, as the official code) computes what the ViTLayer twin
+    does with the same weights, and is named the same."""
+    torch.manual_seed(1)
+    timm_model = mma_dfer_torch.build(SIZES, attn_implementation="timm").eval()
+    named = mma_dfer_torch.reference_parameters(timm_model)
+    assert set(named) == set(state)
+    with torch.no_grad():
+        for key, (param,) in named.items():
+            param.copy_(torch.from_numpy(state[key]))
+    for ours, reference in zip(run_torch(timm_model, *inputs), run_torch(torch_model, *inputs)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_converted_model_matches_the_reference(torch_model, state, inputs):
     params, _ = from_reference_checkpoint(state, num_heads=HEADS, temporal_heads=T_HEADS)
     video, audio = inputs

@@ -185,6 +185,55 @@ def adapt_then_predict(net, source_norms: dict, sample, steps: int, views: int, 
         return net([m.unsqueeze(0) for m in sample])[0][0]
 
 
+def nt_xent(a, b, temperature: float = 0.5, loop: bool = True):
+    """SimCLR's NT-Xent over the stacked [2N, R] views (positives i and i + N). `loop=True` computes it as
+    CASP's `ContrastiveLoss` does, one Python-level term per anchor (2N small graphs); `loop=False` as one
+    masked log-softmax over the similarity matrix."""
+    ns = modules()
+    torch, F = ns.torch, ns.F
+    z = F.normalize(torch.cat([a, b]), dim=-1)
+    n = a.shape[0]
+    similarity = z @ z.T / temperature
+    if not loop:
+        logits = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+        positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+        return F.cross_entropy(logits, positives)
+    exp = torch.exp(similarity)
+    total = 0.0
+    for k in range(n):
+        for i, j in ((k, k + n), (k + n, k)):
+            not_i = torch.ones(2 * n).scatter_(0, torch.tensor([i]), 0.0)
+            total = total - torch.log(exp[i, j] / (not_i * exp[i]).sum())
+    return total / (2 * n)
+
+
+def contrastive_epoch(net, batches: list, temperature: float = 0.5, learning_rate: float = 1e-3,
+                      clip_norm: float = 0.8, loop: bool = True):
+    """A callable running CASP's stage-1 epoch as the reference's loop does: per batch of (text, audio, vision)
+    one modality zeroed for the whole batch, the full and the dropped view with dropout on, NT-Xent between
+    their representations, backward, clipping to 0.8, Adam on the per-layer LayerNorms (`fix_para`)."""
+    torch = modules().torch
+    freeze_like_casp(net)
+    adapted = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(adapted, lr=learning_rate)
+
+    def epoch():
+        net.train()
+        for batch in batches:
+            drop = int(torch.randint(0, 3, ()))
+            dropped = [m * 0.0 if i == drop else m for i, m in enumerate(batch)]
+            _, full = net(list(batch))
+            _, rep = net(dropped)
+            loss = nt_xent(full, rep, temperature, loop)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(adapted, clip_norm)
+            optimizer.step()
+        return loss
+
+    return epoch
+
+
 def freeze_like_casp(net) -> None:
     """`requires_grad` only on the per-layer LayerNorms, as CASP's `fix_para` (no other weight gradients)."""
     for name, p in net.named_parameters():

@@ -2,9 +2,10 @@
 
 It follows katerynaCh/MMA-DFER (`models/Generate_Model.py::GenerateModel.forward`, `models/models_vit.py`,
 `AudioMAE/audio_models_vit.py`, `models/Temporal_Model.py`) at any size. The encoder blocks are
-transformers' `ViTLayer` (the same pre-LN block as timm's: LayerNorm eps 1e-6, exact GELU, q/k/v with
-bias); the fusion bottleneck, the progressive prompts, the joint projection and the temporal transformer
-are written out here. Stochastic depth in the frozen blocks is left out (the reference trains with
+either the official code's (timm's `Block`: fused q/k/v, `scaled_dot_product_attention`; the benchmark's
+twin) or transformers' `ViTLayer` (the same pre-LN block with separate q, k, v: LayerNorm eps 1e-6, exact
+GELU, q/k/v with bias); the fusion bottleneck, the progressive prompts, the joint projection and the temporal
+transformer are written out here. Stochastic depth in the frozen blocks is left out (the reference trains with
 `drop_path_rate=0.1`; at evaluation it does nothing).
 
     model = mma_dfer_torch.build(mma_dfer_torch.Sizes())        # paper size, random weights
@@ -71,7 +72,9 @@ class Sizes:
 
 
 def build(sizes: Sizes = Sizes(), attn_implementation: str = "eager"):
-    """A randomly initialised model; `attn_implementation` is transformers' ("eager" or "sdpa")."""
+    """A randomly initialised model. `attn_implementation`: "eager" or "sdpa" build the encoder blocks from
+    transformers' `ViTLayer` (separate q, k, v); "timm" from the official code's block (timm's: fused qkv
+    and `scaled_dot_product_attention`), the benchmark's default."""
     return modules().MMADFER(sizes, attn_implementation)
 
 
@@ -98,15 +101,17 @@ def to_state_dict(model, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-FRAMEWORK = "PyTorch (sdpa)"
+FRAMEWORK = "PyTorch (timm blocks)"
 
 
-def benchmark_steps(torch, case, net=None) -> dict:
+def benchmark_steps(torch, case, net=None, compile: bool = False) -> dict:
     """{"train", "inference"} callables on the case's batch: the train step is forward, cross-entropy, backward
     and AdamW on the parameters the reference trains (the rest frozen); the inference step a forward under
-    `inference_mode`. Pixels go from uint8 to [0, 1] inside both. `net` defaults to a new one (SDPA attention)
-    with the sizes of the case's model."""
-    net = net if net is not None else build(Sizes.of(case.task.model), attn_implementation="sdpa")
+    `inference_mode`. Pixels go from uint8 to [0, 1] inside both. `net` defaults to a new one with the official
+    code's blocks and the sizes of the case's model; with `compile` its forward runs under `torch.compile`."""
+    net = net if net is not None else build(Sizes.of(case.task.model), attn_implementation="timm")
+    if compile:
+        net.forward = torch.compile(net.forward)
     o = case.config.optimizer
     trainable = freeze_like_reference(net)
     optimizer = torch.optim.AdamW(trainable, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.get("eps", 1e-8),
@@ -154,7 +159,28 @@ def modules() -> types.SimpleNamespace:
 
     F = torch.nn.functional
 
+    class TimmBlock(torch.nn.Module):
+        """The official code's encoder block (timm's `Block`, as MAE-Face and AudioMAE build it): pre-LN, one
+        fused q/k/v projection, `scaled_dot_product_attention`, exact GELU MLP."""
+
+        def __init__(self, s: Sizes):
+            super().__init__()
+            self.heads = s.num_heads
+            self.norm1, self.norm2 = torch.nn.LayerNorm(s.width, eps=1e-6), torch.nn.LayerNorm(s.width, eps=1e-6)
+            self.qkv, self.proj = torch.nn.Linear(s.width, 3 * s.width), torch.nn.Linear(s.width, s.width)
+            self.fc1, self.fc2 = torch.nn.Linear(s.width, s.mlp_dim), torch.nn.Linear(s.mlp_dim, s.width)
+
+        def forward(self, x):
+            batch, tokens, width = x.shape
+            qkv = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.heads, width // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+            x = x + self.proj(attended)
+            return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
     def vit_layer(s: Sizes, attn_implementation: str):
+        if attn_implementation == "timm":
+            return TimmBlock(s)
         config = transformers.ViTConfig(hidden_size=s.width, num_attention_heads=s.num_heads,
                                         intermediate_size=s.mlp_dim, layer_norm_eps=1e-6, hidden_act="gelu",
                                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -286,7 +312,13 @@ def modules() -> types.SimpleNamespace:
             out[name + ".bias"] = [module.bias]
 
     def timm_block(layer, at):
-        """One HF `ViTLayer` under timm's names, q/k/v listed for the fused `attn.qkv`."""
+        """One encoder block under timm's names; a HF `ViTLayer` lists q/k/v for the fused `attn.qkv`."""
+        if isinstance(layer, TimmBlock):
+            out = {}
+            for name, module in (("attn.qkv", layer.qkv), ("attn.proj", layer.proj), ("norm1", layer.norm1),
+                                 ("norm2", layer.norm2), ("mlp.fc1", layer.fc1), ("mlp.fc2", layer.fc2)):
+                add_module(out, at + name, module)
+            return out
         attention = layer.attention
         projections = [attention.q_proj, attention.k_proj, attention.v_proj]
         out = {at + "attn.qkv.weight": [p.weight for p in projections],
@@ -338,5 +370,5 @@ def modules() -> types.SimpleNamespace:
         add_module(out, "our_classifier", model.classifier)
         return out
 
-    return types.SimpleNamespace(Encoder=Encoder, TemporalLayer=TemporalLayer, Temporal=Temporal,
+    return types.SimpleNamespace(Encoder=Encoder, TimmBlock=TimmBlock, TemporalLayer=TemporalLayer, Temporal=Temporal,
                                  MMADFER=MMADFER, named_for_reference=named_for_reference)

@@ -44,12 +44,15 @@ def get_config(arg: str = "tiny"):
     config.log_every_steps = 50
     config.checkpoint.update(every_steps=1000, keep=2)
     config.best.metric = "uar"
+    # Keep the weight matmuls' outputs for the backward and recompute attention and the elementwise ops: half
+    # the activation memory of "none" and a faster step on the CPU (BENCHMARKS.md); "full" for larger batches.
+    config.model.remat_policy = "dots_no_batch"
     if variant == "mafw":
         config.data.update(name="mafw", num_classes=11)
     if variant == "tiny":
         config.model.update(image_size=32, audio_shape=(64, 128), patch_size=8, width=64, depth=4, num_heads=4,
                             mlp_dim=128, latent_dim=16, temporal_width=64, temporal_heads=4, temporal_mlp_dim=128,
-                            encoder_drop_path_rate=0.0)
+                            encoder_drop_path_rate=0.0, remat_policy="none")
         config.data.update(name="synthetic_av_clips", builder_config="", num_classes=7, frame_size=40,
                            min_frames=8, max_frames=24, fbank_frames=64, train_size=512, eval_size=128,
                            noise=0.5, folds=(1, 2))
