@@ -20,6 +20,7 @@ Method and numbers: BENCHMARKS.md. `--write` replaces that file's section for th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib
 import inspect
@@ -67,10 +68,14 @@ def parse_args(argv) -> argparse.Namespace:
                         "whose benchmark_steps take `compile`")
     p.add_argument("--write", action="store_true", help="replace this backend/dtype's section of the file")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
+    p.add_argument("--section_suffix", default="",
+                   help="write a section of its own beside the system's main one (e.g. 'accumulation')")
     p.add_argument("--tiny", action="store_true", help="the system's tiny variant at a small batch: seconds")
     p.add_argument("--remat_policy", default="none",
                    help="none, full, dots or dots_no_batch: one, or one per row. Recomputation changes memory, "
                         "not the step's math: systems whose twin runs without it still get a PyTorch row")
+    p.add_argument("--grad_accum_steps", default="1",
+                   help="micro-batches per train step (the recipe's gradient accumulation): one, or one per row")
     p.add_argument("--trainable", default=None, help="comma-separated regexes of trainable params (vit_classifier)")
     p.add_argument("--frozen_dtype", default="float32", choices=sorted(state_lib.DTYPES),
                    help="storage dtype of the frozen params")
@@ -101,6 +106,12 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.remat_policies *= len(args.variants)
     if len(args.remat_policies) != len(args.variants):
         raise ValueError(f"--remat_policy {args.remat_policy!r}: give one policy, or one per row "
+                         f"({len(args.variants)} rows)")
+    args.accum_steps = [int(a) for a in args.grad_accum_steps.split(",")]
+    if len(args.accum_steps) == 1:
+        args.accum_steps *= len(args.variants)
+    if len(args.accum_steps) != len(args.variants):
+        raise ValueError(f"--grad_accum_steps {args.grad_accum_steps!r}: give one value, or one per row "
                          f"({len(args.variants)} rows)")
     cpu_steps = spec.cpu_steps or {}
     args.steps_per_row = [args.steps or (1 if args.tiny else cpu_steps.get(v, 2) if on_cpu else 10)
@@ -263,7 +274,8 @@ def torch_peak_flops(torch, args) -> float:
 
 
 def section_key(args) -> str:
-    return f"{args.spec.section}{'-tiny' if args.tiny else ''}:{jax.default_backend()}-{args.dtype}"
+    suffix = f"-{args.section_suffix}" if args.section_suffix else ""
+    return f"{args.spec.section}{'-tiny' if args.tiny else ''}{suffix}:{jax.default_backend()}-{args.dtype}"
 
 
 def _share(value: Optional[float]) -> str:
@@ -282,7 +294,8 @@ def section_body(results, args, argv, peak_notes: list[str], rss_reset: bool) ->
             f"processes used {_share(m.others_cpu_share)} of the CPU" for m in results]
     steps = ", ".join(f"{v} batch {b}: {n}" for v, b, n in zip(args.variants, args.batch_sizes, args.steps_per_row))
     return "\n".join([
-        f"### {spec.title}: {jax.default_backend()}, {args.dtype}{' (tiny)' if args.tiny else ''}",
+        f"### {spec.title}: {jax.default_backend()}, {args.dtype}{' (tiny)' if args.tiny else ''}"
+        f"{f' ({args.section_suffix})' if args.section_suffix else ''}",
         "",
         bench.markdown_table(results),
         "",
@@ -329,9 +342,9 @@ def assign_peaks(results, args, before: dict, after: dict) -> list[str]:
 def run_rows(args, torch_twin) -> tuple[list[bench.Measurement], bool]:
     """(the measurements of every variant and framework, whether the peak RSS could be reset before each)."""
     results, rss_reset = [], True
-    for variant, batch_size, remat, steps in zip(args.variants, args.batch_sizes, args.remat_policies,
-                                                 args.steps_per_row):
-        case = args.spec.case(variant, batch_size, case_options(args, remat))
+    for variant, batch_size, remat, steps, accum in zip(args.variants, args.batch_sizes, args.remat_policies,
+                                                        args.steps_per_row, args.accum_steps):
+        case = with_accumulation(args.spec.case(variant, batch_size, case_options(args, remat)), accum)
         frameworks = ["jax"]
         if torch_twin and case.torch_comparable:
             frameworks.append("torch")
@@ -346,6 +359,17 @@ def run_rows(args, torch_twin) -> tuple[list[bench.Measurement], bool]:
             print(_row_summary(rows[-1]), flush=True)
             results += rows
     return results, rss_reset
+
+
+def with_accumulation(case: bench.StepCase, accum: int) -> bench.StepCase:
+    """The case's train step over `accum` micro-batches of its batch (the same update: the loss is a mean)."""
+    if accum == 1:
+        return case
+    case.config.batch_size = case.batch_size
+    case.config.optimizer.grad_accum_steps = accum
+    label = (f"{case.label[:-1]}, {accum} micro-batches)" if case.label.endswith(")")
+             else f"{case.label} ({accum} micro-batches)")
+    return dataclasses.replace(case, label=label)
 
 
 def _row_summary(row: bench.Measurement) -> str:

@@ -238,3 +238,20 @@ def test_casp_benchmark_with_its_torch_twin(tmp_path):
     assert all(r.samples_per_s > 0 for r in results)
     assert results[0].flops_per_sample == 3 * results[1].flops_per_sample
     assert f"casp-source-steps-tiny:{jax.default_backend()}-float32" in path.read_text()
+
+def test_torch_compile_rows_are_asked_for_by_batch_and_only_where_the_twin_compiles():
+    from benchmarks.twins import mma_dfer_torch, vit_classifier_torch
+
+    assert benchmark.wants_compile("all", 8) and benchmark.wants_compile("1, 2", 2)
+    assert not benchmark.wants_compile("1,2", 8) and not benchmark.wants_compile("", 1)
+    assert benchmark.twin_compiles((None, mma_dfer_torch))
+    assert not benchmark.twin_compiles((None, vit_classifier_torch))
+
+
+def test_accumulation_rows_split_the_batch_into_micro_batches_of_the_same_step():
+    case = benchmark.with_accumulation(_case("mma_dfer"), 2)
+    assert case.config.optimizer.grad_accum_steps == 2 and case.config.batch_size == case.batch_size == 2
+    assert case.label.endswith(", 2 micro-batches)")
+    assert benchmark.with_accumulation(case, 1) is case
+    args = benchmark.parse_args(["--system=mma_dfer", "--tiny", "--grad_accum_steps=2", "--section_suffix=accum"])
+    assert args.accum_steps == [2] and benchmark.section_key(args).startswith("mma-dfer-steps-tiny-accum:")

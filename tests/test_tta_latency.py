@@ -16,3 +16,16 @@ def test_tiny_latency_benchmark_writes_table_and_plot(tmp_path):
     text = path.read_text()
     assert "<!-- tta-latency-tiny:" in text and "| episodic (vmap) | 1 | 2 |" in text
     assert next((tmp_path / "plots").glob("tta_latency_*.png")).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_tiny_casp_epoch_benchmark_times_jax_and_both_pytorch_loops(tmp_path):
+    from experiments import casp_epoch_benchmark
+
+    path = tmp_path / "BENCHMARKS.md"
+    rows = casp_epoch_benchmark.main(["--tiny", "--repeats=1", "--write", f"--benchmarks_file={path}"])
+    assert [r["framework"] for r in rows] == ["JAX (one lax.scan)", "PyTorch (reference loop)",
+                                              "PyTorch (vectorised NT-Xent)"]
+    assert all(r["median"] > 0 and r["flops"] > 0 for r in rows)
+    text = path.read_text()
+    assert "<!-- casp-offline-epoch-tiny:" in text and "| PyTorch (reference loop) |" in text and "| 1.00x |" in text
