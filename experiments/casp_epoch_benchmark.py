@@ -22,12 +22,11 @@ import os
 import shlex
 import statistics
 import sys
-import time
 
 import jax
 import numpy as np
 
-from experiments import tta_latency
+from experiments.configs import casp as casp_config
 from jaxemo import bench
 from jaxemo.data import synthetic_sentiment
 from jaxemo.systems import casp
@@ -87,8 +86,7 @@ def time_torch(net, batches: dict, repeats: int, loop: bool) -> list[float]:
 def main(argv=None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    config, model, frozen, adapted, _ = tta_latency.setup(tta_latency.parse_args(
-        ["--batches=1"] + (["--tiny"] if args.tiny else [])))
+    config, model, frozen, adapted, _ = casp.adaptation_case(casp_config.get_config("synthetic"), 1, args.tiny)
     data = target_data(config, args.tiny)
     n = len(data["text"])
     batch_size = casp.offline_config(config).batch_size

@@ -21,14 +21,12 @@ plot as benchmarks/tta_latency_<backend>.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import statistics
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -69,20 +67,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 def setup(args):
     """(config, model, frozen, adapted, samples {key: [max batch, ...]}) at MOSI's sizes (or tiny)."""
-    config = casp_config.get_config("synthetic")
-    if args.tiny:
-        config.model.depth = 1
-        config.data.update(text_len=8, audio_len=8, vision_len=8, text_dim=16, audio_dim=5, vision_dim=20)
-        config.target.update(text_len=8, audio_len=8, vision_len=8, text_dim=16, audio_dim=5, vision_dim=20)
-    model = casp.build_model(config)
-    target = synthetic_sentiment.make_sentiment(config.target, "target_test", config.seed)
-    target = dataclasses.replace(target, num_examples=max(args.batches))
-    samples = {k: v for k, v in modes.stack_source(target).items() if k in core.INPUT_KEYS}
-    example = {k: v[:1] for k, v in samples.items()}
-    params = jax.device_get(model.init(jax.random.key(0), *(example[k] for k in core.INPUT_KEYS))["params"])
-    params = jax.tree.map(np.asarray, nn.unbox(params))
-    frozen, adapted = core.split(params, tuple(config.tta.adapted))
-    return config, model, frozen, adapted, samples
+    return casp.adaptation_case(casp_config.get_config("synthetic"), max(args.batches), args.tiny)
 
 
 def timed(fn, min_seconds: float, warm: bool = False) -> tuple[float, float]:

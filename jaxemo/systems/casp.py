@@ -180,6 +180,30 @@ def flops(model, seq_lens: Sequence[int], dims: Sequence[int]) -> MSAFlops:
 # ------------------------------------------------------------------------------------------------ benchmark
 
 
+def adaptation_case(config, num_samples: int, tiny: bool = False):
+    """The test-time adaptation benchmarks' setup: `(config, model, frozen, adapted, samples)` with a random
+    initialisation split as `config.tta.adapted` says and `num_samples` synthetic target samples ({input key:
+    array}). `config` is the `synthetic` recipe (MOSI's aligned shapes); `tiny`: one layer, 8 steps of small
+    features, for tests."""
+    from flax import linen as nn
+
+    from jaxemo.data import synthetic_sentiment
+
+    if tiny:
+        config.model.depth = 1
+        for part in (config.data, config.target):
+            part.update(text_len=8, audio_len=8, vision_len=8, text_dim=16, audio_dim=5, vision_dim=20)
+    model = build_model(config)
+    target = synthetic_sentiment.make_sentiment(config.target, "target_test", config.seed)
+    target = dataclasses.replace(target, num_examples=num_samples)
+    samples = {k: v for k, v in modes.stack_source(target).items() if k in core.INPUT_KEYS}
+    example = {k: v[:1] for k, v in samples.items()}
+    params = jax.device_get(model.init(jax.random.key(0), *(example[k] for k in core.INPUT_KEYS))["params"])
+    params = jax.tree.map(np.asarray, nn.unbox(params))
+    frozen, adapted = core.split(params, tuple(config.tta.adapted))
+    return config, model, frozen, adapted, samples
+
+
 def random_batch(batch_size: int, config, seed: int = 0) -> dict:
     """Random features with the config's sequence lengths and dims, full lengths, N(0, 1) labels."""
     rng = np.random.default_rng(seed)
