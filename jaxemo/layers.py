@@ -136,13 +136,19 @@ def _flat_batch(attention, q, k, v, mask, **kwargs):
     return out.reshape(batch_shape + out.shape[1:])
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's GELU approximation, x * sigmoid(1.702 x): its weights were trained with it."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
 class Mlp(nn.Module):
-    """Two-layer feed-forward block with exact (timm) or tanh-approximated GELU."""
+    """Two-layer feed-forward block with exact (timm) or tanh-approximated GELU, or CLIP's QuickGELU."""
 
     hidden_dim: int
     approximate_gelu: bool = False
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    quick_gelu: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -154,7 +160,7 @@ class Mlp(nn.Module):
             bias_init=with_axes(nn.initializers.normal(1e-6), "mlp"),
             name="fc1",
         )(x)
-        x = nn.gelu(x, approximate=self.approximate_gelu)
+        x = quick_gelu(x) if self.quick_gelu else nn.gelu(x, approximate=self.approximate_gelu)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = nn.Dense(
             embed,
@@ -177,6 +183,7 @@ class EncoderBlock(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    quick_gelu: bool = False
 
     @nn.compact
     def __call__(self, x, drop_path_rate=0.0, mask=None, deterministic: bool = True):
@@ -191,7 +198,8 @@ class EncoderBlock(nn.Module):
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         x = x + drop_path(y, drop_path_rate, deterministic, self)
         y = layer_norm(self.layer_norm_eps, self.dtype, "norm2")(x)
-        y = Mlp(self.mlp_dim, self.approximate_gelu, self.dropout_rate, self.dtype, name="mlp")(y, deterministic)
+        y = Mlp(self.mlp_dim, self.approximate_gelu, self.dropout_rate, self.dtype, self.quick_gelu, name="mlp")(
+            y, deterministic)
         return x + drop_path(y, drop_path_rate, deterministic, self)
 
 

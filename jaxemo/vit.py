@@ -131,6 +131,9 @@ class ViT(nn.Module):
     layer_norm_eps: float = 1e-6
     approximate_gelu: bool = False
     qkv_bias: bool = True
+    quick_gelu: bool = False  # OpenAI CLIP's activation
+    patch_bias: bool = True  # CLIP's patch embedding has none
+    pre_norm: bool = False  # CLIP's LayerNorm on the embeddings before the blocks (`norm_pre`)
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
@@ -164,6 +167,7 @@ class ViT(nn.Module):
             tuple(self.patch_size),
             strides=tuple(self.patch_size),
             padding="VALID",
+            use_bias=self.patch_bias,
             dtype=self.dtype,
             kernel_init=layers.with_axes(nn.initializers.lecun_normal(), None, None, None, "embed"),
             bias_init=layers.with_axes(nn.initializers.zeros, "embed"),
@@ -189,7 +193,10 @@ class ViT(nn.Module):
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             dtype=self.dtype,
+            quick_gelu=self.quick_gelu,
         )
+        if self.pre_norm:
+            self.norm_pre = layers.layer_norm(self.layer_norm_eps, self.dtype, "norm_pre")
         self.encoder = layers.BlockStack(
             self.depth,
             block,
@@ -222,7 +229,7 @@ class ViT(nn.Module):
         return jnp.pad(jnp.asarray(table), ((0, 0), (0, self.num_prompts), (0, 0)))
 
     def embed(self, images: jax.Array) -> jax.Array:
-        """`[B, H, W, C]` -> tokens `[B, prefix + patches + prompts, D]` with positions added."""
+        """`[B, H, W, C]` -> tokens `[B, prefix + patches + prompts, D]` with positions added (and `norm_pre`)."""
         x = self.patch_embed(images.astype(self.dtype))
         x = x.reshape(x.shape[0], -1, self.width)
         pieces = [x]
@@ -230,7 +237,8 @@ class ViT(nn.Module):
             pieces.insert(0, jnp.broadcast_to(self.cls_token, (x.shape[0], 1, self.width)).astype(x.dtype))
         if self.num_prompts:
             pieces.append(jnp.broadcast_to(self.prompts, (x.shape[0], *self.prompts.shape)).astype(x.dtype))
-        return jnp.concatenate(pieces, axis=1) + self.position_table().astype(x.dtype)
+        x = jnp.concatenate(pieces, axis=1) + self.position_table().astype(x.dtype)
+        return self.norm_pre(x) if self.pre_norm else x
 
     def pool_tokens(self, tokens: jax.Array) -> jax.Array:
         if self.pool == "token":

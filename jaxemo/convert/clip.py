@@ -1,0 +1,77 @@
+"""CLIP checkpoints -> `jaxemo.models.clip.CLIP` params.
+
+    params = from_hf_clip(hf_model.state_dict(), vision_heads=12, text_heads=8)    # transformers' CLIPModel
+
+transformers' `CLIPModel` names (`vision_model.*`, `text_model.*`, `visual_projection`, `text_projection`,
+`logit_scale`), as its hub files and its in-memory state dicts hold them. Every key must be used: a missing
+one is named, a leftover one listed, a shape mismatch names the key and both shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from jaxemo.convert.vit import _StateDict, _block, _encoder, _layer_norm, _linear, _norm
+
+_HF_CLIP_LAYER = dict(layer="encoder.layers.{}.", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+                      proj="self_attn.out_proj", fc1="mlp.fc1", fc2="mlp.fc2", norm1="layer_norm1",
+                      norm2="layer_norm2")
+
+
+def _count(state_dict: Mapping[str, Any], start: str) -> int:
+    indices = {int(k[len(start):].split(".")[0]) for k in state_dict if k.startswith(start)}
+    if not indices:
+        raise ValueError(f"not a CLIPModel state dict: no {start}* keys")
+    return max(indices) + 1
+
+
+def _tower_blocks(sd: _StateDict, width: int, num_heads: int, scan: bool) -> dict:
+    names = _HF_CLIP_LAYER
+    depth = _count(sd.arrays, sd.prefix + "encoder.layers.")
+    mlp_dim = sd.get(names["layer"].format(0) + names["fc1"] + ".weight", (None, width)).shape[0]
+    shapes = dict(q=(width, width), k=(width, width), v=(width, width), proj=(width, width), fc1=(mlp_dim, width),
+                  fc2=(width, mlp_dim))
+
+    def layer(i):
+        at = names["layer"].format(i)
+        linear = lambda role: _linear(sd, at + names[role], shapes[role])
+        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
+
+    return _encoder([layer(i) for i in range(depth)], scan)
+
+
+def from_hf_clip(state_dict: Mapping[str, Any], vision_heads: int, text_heads: int, scan: bool = True) -> dict:
+    vision = _StateDict(state_dict, "vision_model.", "CLIPModel vision tower")
+    cls = vision.get("embeddings.class_embedding", (None,))
+    width = cls.shape[0]
+    patch = vision.get("embeddings.patch_embedding.weight", (width, 3, None, None))
+    visual = {
+        "cls_token": cls.reshape(1, 1, width),
+        "patch_embed": {"kernel": patch.transpose(2, 3, 1, 0)},
+        "pos_embed": vision.get("embeddings.position_embedding.weight", (None, width))[None],
+        "norm_pre": _norm(*_layer_norm(vision, "pre_layrnorm", width)),
+        "encoder": _tower_blocks(vision, width, vision_heads, scan),
+        "norm": _norm(*_layer_norm(vision, "post_layernorm", width)),
+    }
+    text = _StateDict(state_dict, "text_model.", "CLIPModel text tower")
+    tokens = text.get("embeddings.token_embedding.weight", (None, None))
+    text_width = tokens.shape[1]
+    text_params = {
+        "token_embedding": {"embedding": tokens},
+        "position_embedding": text.get("embeddings.position_embedding.weight", (None, text_width)),
+        "encoder": _tower_blocks(text, text_width, text_heads, scan),
+        "final_norm": _norm(*_layer_norm(text, "final_layer_norm", text_width)),
+    }
+    root = _StateDict(state_dict, "", "CLIPModel")
+    params = {
+        "visual": visual,
+        "text": text_params,
+        "visual_projection": {"kernel": root.get("visual_projection.weight", (None, width)).T},
+        "text_projection": {"kernel": root.get("text_projection.weight", (None, text_width)).T},
+        "logit_scale": root.get("logit_scale", ()),
+    }
+    used = vision.used | text.used | root.used
+    leftover = sorted(k for k in state_dict if k not in used and not k.endswith("position_ids"))
+    if leftover:
+        raise ValueError(f"unexpected keys in the CLIPModel state dict: {leftover}")
+    return params
