@@ -95,3 +95,19 @@ def test_converter_names_missing_and_unexpected_keys(hf_model):
     wrong = dict(state, **{"visual_projection.weight": np.zeros((24, 31), np.float32)})
     with pytest.raises(ValueError, match=r"'visual_projection\.weight' has shape \(24, 31\), expected \('\*', 32\)"):
         convert_clip.from_hf_clip(wrong, vision_heads=2, text_heads=4)
+
+
+def test_convert_command_reads_a_clipmodel_safetensors_file(hf_model, tmp_path):
+    from safetensors.torch import save_file
+
+    from jaxemo.convert import __main__ as convert_command
+    from jaxemo.train import checkpoint
+
+    path = str(tmp_path / "model.safetensors")
+    save_file({k: v.contiguous() for k, v in hf_model.state_dict().items()}, path)
+    convert_command.main(["clip_hf", path, str(tmp_path / "clip"), "--num_heads=2", "--text_heads=4"])
+    loaded = checkpoint.load_params(str(tmp_path / "clip"))
+    expected = convert_clip.from_hf_clip(hf_model.state_dict(), vision_heads=2, text_heads=4)
+    assert jax.tree.structure(loaded) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

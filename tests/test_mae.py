@@ -166,3 +166,30 @@ def test_reference_decoder_slice_keeps_the_cls_prediction():
     with pytest.raises(ValueError, match="decoder_slice='cls'"):
         mae.MAE(**SIZES, decoder_slice="cls").init({"params": jax.random.key(0), "masking": jax.random.key(1)},
                                                    images)
+
+
+def test_convert_command_writes_checkpoints_that_load_params_reads(tmp_path):
+    from safetensors.torch import save_file
+
+    from jaxemo.convert import __main__ as convert_command
+    from jaxemo.train import checkpoint
+
+    hf = hf_model(False)
+    expected = convert_mae.from_hf_mae(hf.state_dict(), num_heads=2, decoder_heads=2)
+    safetensors_path = str(tmp_path / "model.safetensors")
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, safetensors_path)
+    out = str(tmp_path / "hf")
+    convert_command.main(["mae_hf", safetensors_path, out, "--num_heads=2", "--decoder_heads=2"])
+    assert_trees_equal(checkpoint.load_params(out), expected)
+
+    pth = str(tmp_path / "mae_visualize.pth")
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in timm_named(hf.state_dict()).items()}}, pth)
+    out = str(tmp_path / "official")
+    convert_command.main(["mae", pth, out, "--num_heads=2", "--decoder_heads=2"])
+    assert_trees_equal(checkpoint.load_params(out), expected)
+    with pytest.raises(FileExistsError, match="already exists"):
+        convert_command.main(["mae", pth, out, "--num_heads=2", "--decoder_heads=2"])
+    with pytest.raises(FileNotFoundError, match="nope.pth: no such checkpoint file"):
+        convert_command.main(["mae", str(tmp_path / "nope.pth"), str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="no default head count for a ViT of width 32"):
+        convert_command.main(["mae", pth, str(tmp_path / "y")])

@@ -363,3 +363,18 @@ def test_pretrained_encoders_report_mismatches(template):
     del audiomae["blocks.3.norm1.weight"]
     with pytest.raises(ValueError, match=r"'blocks\.3\.norm1\.weight'"):
         from_pretrained_encoders(mae_face, audiomae, template)
+
+
+def test_convert_command_reads_the_reference_checkpoint(state, tmp_path):
+    from jaxemo.convert import __main__ as convert_command
+    from jaxemo.train import checkpoint
+
+    path = str(tmp_path / "model_best.pth")
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, path)
+    convert_command.main(["mma_dfer", path, str(tmp_path / "out"), f"--num_heads={HEADS}",
+                          f"--temporal_heads={T_HEADS}"])
+    expected, _ = from_reference_checkpoint(state, num_heads=HEADS, temporal_heads=T_HEADS)
+    loaded = checkpoint.load_params(str(tmp_path / "out"))
+    assert jax.tree.structure(loaded) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

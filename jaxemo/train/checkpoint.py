@@ -154,6 +154,20 @@ def step_directory(path: str, step: Optional[int] = None) -> str:
     return os.path.join(path, str(step if step is not None else steps[-1]))
 
 
+def save_params(path: str, params, step: int = 0, overwrite: bool = False) -> str:
+    """`params` as step `step` of a jaxemo checkpoint directory (`<path>/<step>/params`, what `load_params`
+    reads); returns the step's directory. An existing one is an error unless `overwrite`."""
+    target = os.path.join(os.path.abspath(path), str(step), "params")
+    if os.path.exists(target):
+        if not overwrite:
+            raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
+        shutil.rmtree(target)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(target, params)
+    checkpointer.wait_until_finished()
+    return os.path.dirname(target)
+
+
 def load_params(path: str, step: Optional[int] = None, sharding: Optional[jax.sharding.Sharding] = None) -> dict:
     """The params of a jaxemo checkpoint as a plain nested dict of arrays.
 

@@ -1,0 +1,143 @@
+"""`python -m jaxemo.convert <kind> <input> <output_dir>`: a PyTorch checkpoint -> a jaxemo Orbax checkpoint.
+
+    python -m jaxemo.convert mae mae_visualize_vit_large.pth runs/mae_l16          # official MAE naming
+    python -m jaxemo.convert mae_hf model.safetensors runs/vit_mae_base             # transformers ViTMAEForPreTraining
+    python -m jaxemo.convert clip_hf model.safetensors runs/clip_b16                # transformers CLIPModel
+    python -m jaxemo.convert vit_hf model.safetensors runs/vit_b16                  # transformers ViT(ForImageClassification)
+    python -m jaxemo.convert vit_timm mae_pretrain_vit_base.pth runs/vit_b16        # timm / MAE / AudioMAE encoder
+    python -m jaxemo.convert mma_dfer DFEW-set1-model_best.pth runs/mma_dfer_fold1  # the reference's trained model
+
+The params are written as step 0 of a jaxemo checkpoint directory (`<output_dir>/0/params`), which
+`jaxemo.train.checkpoint.load_params(output_dir)` and every recipe's `init_params` read. Inputs: `.safetensors`
+(read with safetensors), TorchScript archives (`torch.jit.load`) or `.pth` / `.bin` / `.pt` files
+(`torch.load(weights_only=True)`); nothing else is unpickled. Head counts are not stored in the weights: they
+default by width (ViT 192/384/768/1024/1280 -> 3/6/12/16/16 heads, MAE decoder 512 -> 16, CLIP text
+512/768 -> 8/12) and `--num_heads`, `--decoder_heads`, `--text_heads` override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import zipfile
+
+import jax
+import numpy as np
+
+from jaxemo.convert import clip as convert_clip, mae as convert_mae, mma_dfer as convert_mma_dfer
+from jaxemo.convert import vit as convert_vit
+
+VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+DECODER_HEADS = {512: 16}
+TEXT_HEADS = {512: 8, 768: 12}
+KINDS = ("mae", "mae_hf", "clip_hf", "vit_hf", "vit_timm", "mma_dfer")
+
+
+def read_state_dict(path: str) -> dict:
+    """{name: array or tensor} from a `.safetensors`, TorchScript or `torch.save` file (weights only)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except Exception as error:
+            raise ValueError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from error
+    if _is_torchscript(path):
+        import torch
+
+        try:
+            return dict(torch.jit.load(path, map_location="cpu").state_dict())
+        except Exception as error:
+            raise ValueError(f"{path}: not a readable TorchScript archive ({type(error).__name__}: {error})") from error
+    from jaxemo.convert import load_torch_state_dict
+
+    return load_torch_state_dict(path)
+
+
+def _is_torchscript(path: str) -> bool:
+    """A TorchScript archive is a zip holding `<name>/constants.pkl` (a `torch.save` zip holds `data.pkl` only)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _heads(table: dict, width: int, override, what: str) -> int:
+    if override:
+        return int(override)
+    if width not in table:
+        raise ValueError(f"no default head count for a {what} of width {width}: pass it ({sorted(table)} known)")
+    return table[width]
+
+
+def _width(state_dict: dict, *keys: str) -> int:
+    for key in keys:
+        if key in state_dict:
+            return int(np.shape(state_dict[key])[-1])
+    raise ValueError(f"cannot find the width: none of {list(keys)} is in the state dict")
+
+
+def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
+    """(params, keys left unused) for `kind`."""
+    if kind == "mae":
+        heads = _heads(VIT_HEADS, _width(state_dict, "cls_token"), args.num_heads, "ViT")
+        decoder = _width(state_dict, "mask_token") if "mask_token" in state_dict else 512
+        return convert_mae.from_timm_mae(state_dict, heads, _heads(DECODER_HEADS, decoder, args.decoder_heads,
+                                                                   "MAE decoder"))
+    if kind == "mae_hf":
+        heads = _heads(VIT_HEADS, _width(state_dict, "vit.embeddings.cls_token"), args.num_heads, "ViT")
+        decoder = _heads(DECODER_HEADS, _width(state_dict, "decoder.mask_token"), args.decoder_heads, "MAE decoder")
+        return convert_mae.from_hf_mae(state_dict, heads, decoder), []
+    if kind == "clip_hf":
+        heads = _heads(VIT_HEADS, _width(state_dict, "vision_model.embeddings.class_embedding"), args.num_heads,
+                       "CLIP image tower")
+        text = _heads(TEXT_HEADS, _width(state_dict, "text_model.final_layer_norm.weight"), args.text_heads,
+                      "CLIP text tower")
+        return convert_clip.from_hf_clip(state_dict, heads, text), []
+    if kind == "vit_hf":
+        prefix = "vit." if any(k.startswith("vit.") for k in state_dict) else ""
+        width = _width(state_dict, prefix + "embeddings.cls_token")
+        depth = max(convert_mae._layer_count(state_dict, prefix + "encoder.layer."),
+                    convert_mae._layer_count(state_dict, prefix + "layers."))
+        return convert_vit.from_hf_vit(state_dict, depth, _heads(VIT_HEADS, width, args.num_heads, "ViT"),
+                                       prefix=prefix), []
+    if kind == "vit_timm":
+        return convert_vit.from_timm_vit(state_dict, _heads(VIT_HEADS, _width(state_dict, "cls_token"),
+                                                            args.num_heads, "ViT"))
+    if kind == "mma_dfer":
+        return convert_mma_dfer.from_reference_checkpoint(state_dict, num_heads=args.num_heads or 12,
+                                                          temporal_heads=args.temporal_heads)
+    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m jaxemo.convert", description=__doc__.split("\n")[0])
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("input", help="the PyTorch checkpoint (.pth, .bin, .pt, TorchScript or .safetensors)")
+    p.add_argument("output_dir", help="the jaxemo checkpoint directory to create (its step 0)")
+    p.add_argument("--num_heads", type=int, default=None, help="(image) encoder heads; default by width")
+    p.add_argument("--decoder_heads", type=int, default=None, help="MAE decoder heads; default by width")
+    p.add_argument("--text_heads", type=int, default=None, help="CLIP text tower heads; default by width")
+    p.add_argument("--temporal_heads", type=int, default=8, help="MMA-DFER temporal transformer heads")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output checkpoint")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from jaxemo.train import checkpoint
+
+    params, unused = convert(args.kind, read_state_dict(args.input), args)
+    path = checkpoint.save_params(args.output_dir, params, overwrite=args.overwrite)
+    count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    print(f"{args.input} -> {path}: {count:,} parameters ({args.kind})")
+    if unused:
+        print(f"unused keys ({len(unused)}): {', '.join(unused[:20])}{' ...' if len(unused) > 20 else ''}")
+    return params
+
+
+if __name__ == "__main__":
+    main()
