@@ -111,3 +111,62 @@ def test_convert_command_reads_a_clipmodel_safetensors_file(hf_model, tmp_path):
     assert jax.tree.structure(loaded) == jax.tree.structure(expected)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def openai_named(hf_state) -> dict:
+    """The same weights under OpenAI's CLIP names (fused in_proj), as its TorchScript archives hold them."""
+    s = {k: v.numpy() for k, v in hf_state.items()}
+    out = {"visual.class_embedding": s["vision_model.embeddings.class_embedding"],
+           "visual.conv1.weight": s["vision_model.embeddings.patch_embedding.weight"],
+           "visual.positional_embedding": s["vision_model.embeddings.position_embedding.weight"],
+           "visual.proj": s["visual_projection.weight"].T, "text_projection": s["text_projection.weight"].T,
+           "token_embedding.weight": s["text_model.embeddings.token_embedding.weight"],
+           "positional_embedding": s["text_model.embeddings.position_embedding.weight"],
+           "logit_scale": s["logit_scale"], "input_resolution": np.array(32), "context_length": np.array(16),
+           "vocab_size": np.array(99), "attn_mask": np.zeros((16, 16), np.float32)}
+    for theirs, ours in (("vision_model.pre_layrnorm", "visual.ln_pre"), ("vision_model.post_layernorm", "visual.ln_post"),
+                         ("text_model.final_layer_norm", "ln_final")):
+        out[ours + ".weight"], out[ours + ".bias"] = s[theirs + ".weight"], s[theirs + ".bias"]
+    for tower, prefix in (("vision_model", "visual."), ("text_model", "")):
+        for i in range(2):
+            a, b = f"{tower}.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+            for part in ("weight", "bias"):
+                out[b + f"attn.in_proj_{part}"] = np.concatenate([s[a + f"self_attn.{p}_proj.{part}"] for p in "qkv"])
+                for theirs, ours in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
+                                     ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                    out[b + f"{ours}.{part}"] = s[a + f"{theirs}.{part}"]
+    return out
+
+
+def torchscript_archive(state: dict, path: str) -> None:
+    """A TorchScript archive whose state dict is `state` (as OpenAI's `ViT-B-16.pt`)."""
+    root = torch.nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for name in parents:
+            if not hasattr(module, name):
+                module.add_module(name, torch.nn.Module())
+            module = getattr(module, name)
+        module.register_parameter(leaf, torch.nn.Parameter(torch.from_numpy(np.asarray(value)).float(),
+                                                           requires_grad=False))
+    torch.jit.save(torch.jit.script(root), path)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+def test_openai_naming_and_torchscript_archives(hf_model, tmp_path):
+    from jaxemo.convert import __main__ as convert_command
+    from jaxemo.train import checkpoint
+
+    expected = convert_clip.from_hf_clip(hf_model.state_dict(), vision_heads=2, text_heads=4)
+    state = openai_named(hf_model.state_dict())
+    params = convert_clip.from_openai_clip(state, vision_heads=2, text_heads=4)
+    path = str(tmp_path / "ViT-tiny.pt")
+    torchscript_archive(state, path)
+    convert_command.main(["clip", path, str(tmp_path / "out"), "--num_heads=2", "--text_heads=4"])
+    for got in (params, checkpoint.load_params(str(tmp_path / "out"))):
+        assert jax.tree.structure(got) == jax.tree.structure(expected)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="ResNet image towers are not supported"):
+        convert_clip.from_openai_clip({"visual.layer1.0.conv1.weight": np.zeros(1)}, 2, 4)

@@ -2,6 +2,7 @@
 
     python -m jaxemo.convert mae mae_visualize_vit_large.pth runs/mae_l16          # official MAE naming
     python -m jaxemo.convert mae_hf model.safetensors runs/vit_mae_base             # transformers ViTMAEForPreTraining
+    python -m jaxemo.convert clip ViT-B-16.pt runs/clip_b16                         # OpenAI (TorchScript) / open_clip
     python -m jaxemo.convert clip_hf model.safetensors runs/clip_b16                # transformers CLIPModel
     python -m jaxemo.convert vit_hf model.safetensors runs/vit_b16                  # transformers ViT(ForImageClassification)
     python -m jaxemo.convert vit_timm mae_pretrain_vit_base.pth runs/vit_b16        # timm / MAE / AudioMAE encoder
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 import zipfile
 
 import jax
@@ -31,7 +33,7 @@ from jaxemo.convert import vit as convert_vit
 VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 DECODER_HEADS = {512: 16}
 TEXT_HEADS = {512: 8, 768: 12}
-KINDS = ("mae", "mae_hf", "clip_hf", "vit_hf", "vit_timm", "mma_dfer")
+KINDS = ("mae", "mae_hf", "clip", "clip_hf", "vit_hf", "vit_timm", "mma_dfer")
 
 
 def read_state_dict(path: str) -> dict:
@@ -49,7 +51,9 @@ def read_state_dict(path: str) -> dict:
         import torch
 
         try:
-            return dict(torch.jit.load(path, map_location="cpu").state_dict())
+            with warnings.catch_warnings():  # OpenAI's checkpoints are TorchScript; torch deprecates the format
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return dict(torch.jit.load(path, map_location="cpu").state_dict())
         except Exception as error:
             raise ValueError(f"{path}: not a readable TorchScript archive ({type(error).__name__}: {error})") from error
     from jaxemo.convert import load_torch_state_dict
@@ -91,6 +95,10 @@ def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
         heads = _heads(VIT_HEADS, _width(state_dict, "vit.embeddings.cls_token"), args.num_heads, "ViT")
         decoder = _heads(DECODER_HEADS, _width(state_dict, "decoder.mask_token"), args.decoder_heads, "MAE decoder")
         return convert_mae.from_hf_mae(state_dict, heads, decoder), []
+    if kind == "clip":
+        heads = _heads(VIT_HEADS, _width(state_dict, "visual.class_embedding"), args.num_heads, "CLIP image tower")
+        text = _heads(TEXT_HEADS, _width(state_dict, "ln_final.weight"), args.text_heads, "CLIP text tower")
+        return convert_clip.from_openai_clip(state_dict, heads, text), []
     if kind == "clip_hf":
         heads = _heads(VIT_HEADS, _width(state_dict, "vision_model.embeddings.class_embedding"), args.num_heads,
                        "CLIP image tower")

@@ -1,15 +1,21 @@
 """CLIP checkpoints -> `jaxemo.models.clip.CLIP` params.
 
     params = from_hf_clip(hf_model.state_dict(), vision_heads=12, text_heads=8)    # transformers' CLIPModel
+    params = from_openai_clip(torch.jit.load("ViT-B-16.pt").state_dict(), 12, 8)   # OpenAI / open_clip
 
 transformers' `CLIPModel` names (`vision_model.*`, `text_model.*`, `visual_projection`, `text_projection`,
-`logit_scale`), as its hub files and its in-memory state dicts hold them. Every key must be used: a missing
-one is named, a leftover one listed, a shape mismatch names the key and both shapes.
+`logit_scale`), as its hub files and its in-memory state dicts hold them; OpenAI's and open_clip's names
+(`visual.conv1`, `visual.transformer.resblocks.{i}.attn.in_proj_weight` (fused q/k/v), `visual.proj`,
+`transformer.resblocks.{i}`, `ln_final`, `text_projection`, ...), as the TorchScript `.pt` archives and
+open_clip's `.bin` / `.safetensors` files hold them. Every key must be used: a missing one is named, a
+leftover one listed, a shape mismatch names the key and both shapes.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+import numpy as np
 
 from jaxemo.convert.vit import _StateDict, _block, _encoder, _layer_norm, _linear, _norm
 
@@ -74,4 +80,66 @@ def from_hf_clip(state_dict: Mapping[str, Any], vision_heads: int, text_heads: i
     leftover = sorted(k for k in state_dict if k not in used and not k.endswith("position_ids"))
     if leftover:
         raise ValueError(f"unexpected keys in the CLIPModel state dict: {leftover}")
+    return params
+
+
+_OPENAI_LAYER = dict(layer="transformer.resblocks.{}.", qkv="attn.in_proj", proj="attn.out_proj", fc1="mlp.c_fc",
+                     fc2="mlp.c_proj", norm1="ln_1", norm2="ln_2")
+# Entries of OpenAI's TorchScript archives and open_clip's state dicts that are not weights.
+_OPENAI_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def _openai_blocks(sd: _StateDict, width: int, num_heads: int, scan: bool) -> dict:
+    names = _OPENAI_LAYER
+    depth = _count(sd.arrays, sd.prefix + "transformer.resblocks.")
+    mlp_dim = sd.get(names["layer"].format(0) + names["fc1"] + ".weight", (None, width)).shape[0]
+
+    def layer(i):
+        at = names["layer"].format(i)
+        weight = sd.get(at + names["qkv"] + "_weight", (3 * width, width))
+        bias = sd.get(at + names["qkv"] + "_bias", (3 * width,))
+        q_k_v = dict(zip("qkv", zip(np.split(weight, 3), np.split(bias, 3))))
+        shapes = dict(proj=(width, width), fc1=(mlp_dim, width), fc2=(width, mlp_dim))
+        linear = lambda role: q_k_v[role] if role in q_k_v else _linear(sd, at + names[role], shapes[role])
+        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
+
+    return _encoder([layer(i) for i in range(depth)], scan)
+
+
+def from_openai_clip(state_dict: Mapping[str, Any], vision_heads: int, text_heads: int, scan: bool = True) -> dict:
+    """OpenAI CLIP / open_clip state dict (ViT image tower) -> `CLIP` params."""
+    if "visual.conv1.weight" not in state_dict:
+        raise ValueError("not an OpenAI / open_clip ViT CLIP state dict: no 'visual.conv1.weight' (ResNet image "
+                         "towers are not supported)")
+    vision = _StateDict(state_dict, "visual.", "OpenAI CLIP image tower")
+    cls = vision.get("class_embedding", (None,))
+    width = cls.shape[0]
+    visual = {
+        "cls_token": cls.reshape(1, 1, width),
+        "patch_embed": {"kernel": vision.get("conv1.weight", (width, 3, None, None)).transpose(2, 3, 1, 0)},
+        "pos_embed": vision.get("positional_embedding", (None, width))[None],
+        "norm_pre": _norm(*_layer_norm(vision, "ln_pre", width)),
+        "encoder": _openai_blocks(vision, width, vision_heads, scan),
+        "norm": _norm(*_layer_norm(vision, "ln_post", width)),
+    }
+    root = _StateDict(state_dict, "", "OpenAI CLIP")
+    tokens = root.get("token_embedding.weight", (None, None))
+    text_width = tokens.shape[1]
+    text = {
+        "token_embedding": {"embedding": tokens},
+        "position_embedding": root.get("positional_embedding", (None, text_width)),
+        "encoder": _openai_blocks(root, text_width, text_heads, scan),
+        "final_norm": _norm(*_layer_norm(root, "ln_final", text_width)),
+    }
+    params = {
+        "visual": visual,
+        "text": text,
+        "visual_projection": {"kernel": vision.get("proj", (width, None))},
+        "text_projection": {"kernel": root.get("text_projection", (text_width, None))},
+        "logit_scale": root.get("logit_scale", ()),
+    }
+    used = vision.used | root.used
+    leftover = sorted(k for k in state_dict if k not in used and k.split(".")[-1] not in _OPENAI_NOT_WEIGHTS)
+    if leftover:
+        raise ValueError(f"unexpected keys in the OpenAI CLIP state dict: {leftover}")
     return params
