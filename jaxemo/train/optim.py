@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -89,6 +90,52 @@ def make_schedule(config, total_steps: int, steps_per_epoch: int) -> Callable:
     return lambda step: config.learning_rate * shape(step)
 
 
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def layer_decay_factor(name: str, leaf, decay: float, depth: int) -> jax.Array | float:
+    """The learning-rate factor of one parameter under layer-wise decay (BEiT / MAE fine-tuning): layer id 0 for
+    the embeddings (`cls_token`, `pos_embed`, `patch_embed`, prompts), i + 1 for block i, depth + 1 for the
+    rest (final norm, head); factor = decay ** (depth + 1 - id). A scanned stack (`.../layers/...`, blocks on
+    the leading axis) gets one factor per block, broadcast over the block's dims."""
+    if re.search(r"(^|/)layers/", name):
+        ids = 1 + np.arange(np.shape(leaf)[0])
+        return jnp.asarray(decay ** (depth + 1 - ids), jnp.float32).reshape((-1,) + (1,) * (np.ndim(leaf) - 1))
+    match = re.search(r"(^|/)layers_(\d+)/", name)
+    if match:
+        return decay ** (depth - int(match.group(2)))
+    if re.search(r"(^|/)(cls_token|pos_embed|patch_embed|prompts|norm_pre)($|/)", name):
+        return decay ** (depth + 1)
+    return 1.0
+
+
+def scale_by_layer_decay(decay: float, depth: int) -> optax.GradientTransformation:
+    """Scales each update by `layer_decay_factor` (placed before the learning rate, so it scales AdamW's decay
+    term too, as torch's per-group `lr_scale` does)."""
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * layer_decay_factor(_path_name(path), u, decay, depth), updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def decay_mask(exclude: Sequence[str] | None) -> Callable | None:
+    """AdamW's weight-decay mask: every parameter except those whose path matches a regex in `exclude`
+    (e.g. `("bias$", "scale$")`: no decay on biases and norms, as timm's `add_weight_decay`)."""
+    if not exclude:
+        return None
+    matches = path_matcher(exclude)
+
+    def mask(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: not matches(_path_name(path).split("/")), params)
+
+    return mask
+
+
 INJECTED = ("learning_rate", "weight_decay")  # hyperparameters that live in the optimizer state
 
 
@@ -129,6 +176,8 @@ def with_hyperparams(opt_state, **hyperparams):
 
 def make_optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
     """`Optimizer` from `config.optimizer`: name in {adamw, adam, sgd}, learning_rate, schedule, clip_norm, ...
+    AdamW also takes `decay_exclude` (regexes of parameters without weight decay, `decay_mask`) and
+    `layer_decay` with `layer_decay_depth` (layer-wise learning-rate decay over a ViT, `layer_decay_factor`).
 
     This is the one optimizer factory: the trainer, test-time adaptation and population training all call it.
     """
@@ -146,8 +195,16 @@ def make_optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
     if config.name == "adamw":
         hyperparams["weight_decay"] = float(config.get("weight_decay", 0.0))
 
+        mask = decay_mask(config.get("decay_exclude"))
+        layer_decay = config.get("layer_decay")
+
         def build(learning_rate, weight_decay):
-            return clipped(optax.adamw(scheduled(learning_rate), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+            parts = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                     optax.add_decayed_weights(weight_decay, mask)]
+            if layer_decay:
+                parts.append(scale_by_layer_decay(float(layer_decay), int(config.layer_decay_depth)))
+            parts.append(optax.scale_by_learning_rate(scheduled(learning_rate)))
+            return clipped(optax.chain(*parts))
     elif config.name == "adam":
         def build(learning_rate):
             return clipped(optax.adam(scheduled(learning_rate), b1=b1, b2=b2, eps=eps))
