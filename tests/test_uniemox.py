@@ -88,3 +88,82 @@ def test_bad_views_and_fusion_names(two_views):
     with pytest.raises(ValueError, match="fusion='sum'"):
         uniemox.UniEmoX(STUDENT, fusion="sum").init({"params": jax.random.key(0), "masking": jax.random.key(1)},
                                                     scene, person)
+
+
+# ------------------------------------------------------------------------------ prompts, tokens, text features
+
+
+def test_prompts_follow_the_reference_template():
+    from jaxemo.systems import uniemox as system
+
+    full = {"scene": "beach", "object": "dog ball toy", "brightness": "0.6", "colorfulness": "0.4",
+            "facial_expression": "happy", "human_action": "running"}
+    assert system.emotion_prompt(full, "amusement") == (
+        "The scene type of this photo is beach. The main subjects are dog, ball and toy. The image has a "
+        "brightness of 0.6 and color saturation of 0.4. Human facial expression is happy. The action being "
+        "performed is running. The overall emotion conveyed is amusement.")
+    sparse = {"scene": "-1", "object": "dog ball", "facial_expression": "-1"}
+    assert system.emotion_prompt(sparse, "awe") == ("The main subjects are dog and ball. The overall emotion "
+                                                    "conveyed is awe.")
+    assert system.emotion_prompt({"object": "cat"}, "fear") == ("The main subjects are cat. The overall emotion "
+                                                                "conveyed is fear.")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    """A tiny byte-pair tokenizer with CLIP's special tokens, trained here (nothing is downloaded)."""
+    import tokenizers
+    from tokenizers import models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<|startoftext|>", "<|endoftext|>"])
+    corpus = ["The scene type of this photo is beach.", "The main subjects are dog, ball and toy.",
+              "The overall emotion conveyed is amusement.", "Human facial expression is happy."] * 5
+    tokenizer.train_from_iterator(corpus, trainer)
+    path = str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.json")
+    tokenizer.save(path)
+    return path
+
+
+def test_clip_tokenizer_rows(tokenizer_file, tmp_path):
+    from jaxemo.data import text
+
+    tokenizer = text.ClipTokenizer(tokenizer_file, context_length=24)
+    ids = tokenizer(["The scene type of this photo is beach.", "Amusement"])
+    assert ids.shape == (2, 24) and ids.dtype == np.int32
+    assert (ids[:, 0] == tokenizer.start_id).all()
+    for row in ids:
+        end = int(np.argmax(row == tokenizer.end_id))
+        assert end > 1 and (row[end + 1:] == 0).all()
+    with pytest.raises(ValueError, match="text 0 has .* more than the context length 24"):
+        tokenizer(["the scene " * 20])
+    with pytest.raises(FileNotFoundError, match="nope.json: no such tokenizer file"):
+        text.ClipTokenizer(str(tmp_path / "nope.json"))
+    with pytest.raises(ValueError, match=r"no \['<\|sot\|>'\] token"):
+        text.ClipTokenizer(tokenizer_file, start="<|sot|>")
+
+
+def test_text_features_are_cached_per_teacher(tokenizer_file, tmp_path):
+    from jaxemo.data import text
+    from jaxemo.models import clip
+    from jaxemo.systems import uniemox as system
+
+    tokenizer = text.ClipTokenizer(tokenizer_file, context_length=24)
+    model = clip.CLIP(image_size=16, patch_size=8, vision_width=16, vision_depth=1, vision_heads=2,
+                      vision_mlp_dim=32, embed_dim=8, vocab_size=tokenizer.tokenizer.get_vocab_size(),
+                      context_length=24, text_width=16, text_depth=1, text_heads=2, text_mlp_dim=32,
+                      eot_token_id=tokenizer.end_id)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), tokenizer(["x"]))["params"]
+    prompts = [system.emotion_prompt({"scene": "beach"}, e) for e in ("awe", "fear", "anger")]
+    features = system.text_features(model, params, tokenizer, prompts, str(tmp_path), teacher_id="a", batch_size=2)
+    assert features.shape == (3, 8)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, rtol=1e-5)
+    direct = clip.normalize(model.apply({"params": params}, tokenizer(prompts), method=clip.CLIP.encode_text))
+    np.testing.assert_allclose(features, direct, atol=1e-6)
+    assert len(list(tmp_path.glob("text_features-*.npy"))) == 1
+    again = system.text_features(model, None, tokenizer, prompts, str(tmp_path), teacher_id="a")  # from the cache
+    np.testing.assert_array_equal(again, features)
+    system.text_features(model, params, tokenizer, prompts, str(tmp_path), teacher_id="b")
+    assert len(list(tmp_path.glob("text_features-*.npy"))) == 2  # another teacher: its own file
