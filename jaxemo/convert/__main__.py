@@ -108,8 +108,8 @@ def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
     if kind == "vit_hf":
         prefix = "vit." if any(k.startswith("vit.") for k in state_dict) else ""
         width = _width(state_dict, prefix + "embeddings.cls_token")
-        depth = max(convert_mae._layer_count(state_dict, prefix + "encoder.layer."),
-                    convert_mae._layer_count(state_dict, prefix + "layers."))
+        depth = max(convert_vit.layer_count(state_dict, prefix + "encoder.layer."),
+                    convert_vit.layer_count(state_dict, prefix + "layers."))
         return convert_vit.from_hf_vit(state_dict, depth, _heads(VIT_HEADS, width, args.num_heads, "ViT"),
                                        prefix=prefix), []
     if kind == "vit_timm":

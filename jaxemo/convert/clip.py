@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
-
-from jaxemo.convert.vit import _StateDict, _block, _encoder, _layer_norm, _linear, _norm
+from jaxemo.convert.vit import _StateDict, _layer_norm, _norm, layer_count, stacked_blocks
 
 _HF_CLIP_LAYER = dict(layer="encoder.layers.{}.", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
                       proj="self_attn.out_proj", fc1="mlp.fc1", fc2="mlp.fc2", norm1="layer_norm1",
@@ -25,25 +23,15 @@ _HF_CLIP_LAYER = dict(layer="encoder.layers.{}.", q="self_attn.q_proj", k="self_
 
 
 def _count(state_dict: Mapping[str, Any], start: str) -> int:
-    indices = {int(k[len(start):].split(".")[0]) for k in state_dict if k.startswith(start)}
-    if not indices:
-        raise ValueError(f"not a CLIPModel state dict: no {start}* keys")
-    return max(indices) + 1
+    depth = layer_count(state_dict, start)
+    if not depth:
+        raise ValueError(f"not a CLIP state dict: no {start}* keys")
+    return depth
 
 
 def _tower_blocks(sd: _StateDict, width: int, num_heads: int, scan: bool) -> dict:
-    names = _HF_CLIP_LAYER
     depth = _count(sd.arrays, sd.prefix + "encoder.layers.")
-    mlp_dim = sd.get(names["layer"].format(0) + names["fc1"] + ".weight", (None, width)).shape[0]
-    shapes = dict(q=(width, width), k=(width, width), v=(width, width), proj=(width, width), fc1=(mlp_dim, width),
-                  fc2=(width, mlp_dim))
-
-    def layer(i):
-        at = names["layer"].format(i)
-        linear = lambda role: _linear(sd, at + names[role], shapes[role])
-        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
-
-    return _encoder([layer(i) for i in range(depth)], scan)
+    return stacked_blocks(sd, _HF_CLIP_LAYER, depth, width, num_heads, scan)
 
 
 def from_hf_clip(state_dict: Mapping[str, Any], vision_heads: int, text_heads: int, scan: bool = True) -> dict:
@@ -83,27 +71,16 @@ def from_hf_clip(state_dict: Mapping[str, Any], vision_heads: int, text_heads: i
     return params
 
 
-_OPENAI_LAYER = dict(layer="transformer.resblocks.{}.", qkv="attn.in_proj", proj="attn.out_proj", fc1="mlp.c_fc",
+_OPENAI_LAYER = dict(layer="transformer.resblocks.{}.", qkv_weight="attn.in_proj_weight",
+                     qkv_bias="attn.in_proj_bias", proj="attn.out_proj", fc1="mlp.c_fc",
                      fc2="mlp.c_proj", norm1="ln_1", norm2="ln_2")
 # Entries of OpenAI's TorchScript archives and open_clip's state dicts that are not weights.
 _OPENAI_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 def _openai_blocks(sd: _StateDict, width: int, num_heads: int, scan: bool) -> dict:
-    names = _OPENAI_LAYER
     depth = _count(sd.arrays, sd.prefix + "transformer.resblocks.")
-    mlp_dim = sd.get(names["layer"].format(0) + names["fc1"] + ".weight", (None, width)).shape[0]
-
-    def layer(i):
-        at = names["layer"].format(i)
-        weight = sd.get(at + names["qkv"] + "_weight", (3 * width, width))
-        bias = sd.get(at + names["qkv"] + "_bias", (3 * width,))
-        q_k_v = dict(zip("qkv", zip(np.split(weight, 3), np.split(bias, 3))))
-        shapes = dict(proj=(width, width), fc1=(mlp_dim, width), fc2=(width, mlp_dim))
-        linear = lambda role: q_k_v[role] if role in q_k_v else _linear(sd, at + names[role], shapes[role])
-        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
-
-    return _encoder([layer(i) for i in range(depth)], scan)
+    return stacked_blocks(sd, _OPENAI_LAYER, depth, width, num_heads, scan, fused_qkv=True)
 
 
 def from_openai_clip(state_dict: Mapping[str, Any], vision_heads: int, text_heads: int, scan: bool = True) -> dict:

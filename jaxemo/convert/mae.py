@@ -22,14 +22,10 @@ import numpy as np
 
 from jaxemo import vit
 from jaxemo.convert import vit as convert_vit
-from jaxemo.convert.vit import _StateDict, _block, _dense, _encoder, _layer_norm, _linear, _norm
+from jaxemo.convert.vit import _StateDict, _dense, _layer_norm, _linear, _norm
 
-_TIMM_DECODER = dict(convert_vit._TIMM, layer="decoder_blocks.{}.")
-
-
-def _layer_count(state_dict: Mapping[str, Any], start: str) -> int:
-    indices = {int(k[len(start):].split(".")[0]) for k in state_dict if k.startswith(start)}
-    return max(indices) + 1 if indices else 0
+_TIMM_DECODER = dict(convert_vit._TIMM, layer="decoder_blocks.{}.", qkv_weight="attn.qkv.weight",
+                     qkv_bias="attn.qkv.bias")
 
 
 def _check_sincos(table, width: int, name: str) -> None:
@@ -57,25 +53,6 @@ def _decoder_head(sd: _StateDict, width: int, names: dict) -> dict:
     }
 
 
-def _decoder_blocks(sd: _StateDict, names: dict, depth: int, width: int, num_heads: int, scan: bool,
-                    fused_qkv: bool) -> dict:
-    mlp_dim = sd.get(names["layer"].format(0) + names["fc1"] + ".weight", (None, width)).shape[0]
-    shapes = dict(q=(width, width), k=(width, width), v=(width, width), qkv=(3 * width, width),
-                  proj=(width, width), fc1=(mlp_dim, width), fc2=(width, mlp_dim))
-
-    def layer(i):
-        at = names["layer"].format(i)
-        if fused_qkv:
-            weight, bias = _linear(sd, at + names["qkv"], shapes["qkv"])
-            q_k_v = dict(zip("qkv", zip(np.split(weight, 3), np.split(bias, 3))))
-            linear = lambda role: q_k_v[role] if role in q_k_v else _linear(sd, at + names[role], shapes[role])
-        else:
-            linear = lambda role: _linear(sd, at + names[role], shapes[role])
-        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
-
-    return _encoder([layer(i) for i in range(depth)], scan)
-
-
 def from_timm_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: int = 16,
                   scan: bool = True) -> tuple[dict, list[str]]:
     """Official MAE / timm-named state dict -> (`MAE` params, unused keys). Without `decoder_*` keys the
@@ -86,14 +63,14 @@ def from_timm_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: 
     encoder.pop("head", None)
     params = {"encoder": encoder}
     sd = _StateDict(state_dict, "", "official MAE")
-    depth = _layer_count(state_dict, "decoder_blocks.")
+    depth = convert_vit.layer_count(state_dict, "decoder_blocks.")
     if depth:
         head = _decoder_head(sd, width, dict(embed="decoder_embed", mask_token="mask_token", norm="decoder_norm",
                                              pred="decoder_pred"))
         decoder_width = head["mask_token"].shape[-1]
         _check_sincos(sd.get("decoder_pos_embed", (1, None, decoder_width)), decoder_width, "decoder_pos_embed")
         params.update(head)
-        params["decoder"] = _decoder_blocks(sd, _TIMM_DECODER, depth, decoder_width, decoder_heads, scan,
+        params["decoder"] = convert_vit.stacked_blocks(sd, _TIMM_DECODER, depth, decoder_width, decoder_heads, scan,
                                             fused_qkv=True)
     encoder_keys = {k for k in state_dict if k.startswith(("blocks.", "patch_embed.", "cls_token", "pos_embed",
                                                            "norm.", "fc_norm.", "head."))}
@@ -102,7 +79,7 @@ def from_timm_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: 
 
 def from_hf_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: int, scan: bool = True) -> dict:
     """transformers `ViTMAEForPreTraining` state dict (hub or transformers >= 5 names) -> `MAE` params."""
-    depth = max(_layer_count(state_dict, "vit.encoder.layer."), _layer_count(state_dict, "vit.layers."))
+    depth = max(convert_vit.layer_count(state_dict, "vit.encoder.layer."), convert_vit.layer_count(state_dict, "vit.layers."))
     if not depth:
         raise ValueError("not a ViTMAEForPreTraining state dict: no vit.encoder.layer.* or vit.layers.* keys")
     encoder = convert_vit.from_hf_vit(state_dict, depth, num_heads, scan, prefix="vit.")
@@ -116,9 +93,9 @@ def from_hf_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: in
     _check_sincos(sd.get("decoder_pos_embed", (1, None, decoder_width)), decoder_width, "decoder.decoder_pos_embed")
     v5 = any(k.startswith("decoder.decoder_layers.0.attention.q_proj") for k in state_dict)
     names = dict(convert_vit._HF_V5 if v5 else convert_vit._HF_CHECKPOINT, layer="decoder_layers.{}.")
-    decoder_depth = _layer_count(state_dict, "decoder.decoder_layers.")
+    decoder_depth = convert_vit.layer_count(state_dict, "decoder.decoder_layers.")
     params.update(head)
-    params["decoder"] = _decoder_blocks(sd, names, decoder_depth, decoder_width, decoder_heads, scan,
+    params["decoder"] = convert_vit.stacked_blocks(sd, names, decoder_depth, decoder_width, decoder_heads, scan,
                                         fused_qkv=False)
     leftover = [k for k in sd.unused() if not k.startswith("vit.")]  # the encoder's are checked by from_hf_vit
     if leftover:

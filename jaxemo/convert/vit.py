@@ -206,12 +206,39 @@ def from_hf_vit(state_dict: Mapping[str, Any], depth: int, num_heads: int, scan:
     return params
 
 
-def _timm_depth(state_dict: Mapping[str, Any], prefix: str) -> int:
-    start = prefix + "blocks."
+def stacked_blocks(sd: _StateDict, names: dict, depth: int, width: int, num_heads: int, scan: bool,
+                   fused_qkv: bool = False) -> dict:
+    """`depth` `EncoderBlock`s under `names` (role -> module name under `names["layer"].format(i)`); with
+    `fused_qkv`, q/k/v come from the full keys `names["qkv_weight"]` / `names["qkv_bias"]`, split in order."""
+    mlp_dim = sd.get(names["layer"].format(0) + names["fc1"] + ".weight", (None, width)).shape[0]
+    shapes = dict(q=(width, width), k=(width, width), v=(width, width), proj=(width, width), fc1=(mlp_dim, width),
+                  fc2=(width, mlp_dim))
+
+    def layer(i):
+        at = names["layer"].format(i)
+        linear = lambda role: _linear(sd, at + names[role], shapes[role])
+        if fused_qkv:
+            weight = sd.get(at + names["qkv_weight"], (3 * width, width))
+            bias = sd.get(at + names["qkv_bias"], (3 * width,))
+            q_k_v = dict(zip("qkv", zip(np.split(weight, 3), np.split(bias, 3))))
+            linear = lambda role: q_k_v[role] if role in q_k_v else _linear(sd, at + names[role], shapes[role])
+        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
+
+    return _encoder([layer(i) for i in range(depth)], scan)
+
+
+def layer_count(state_dict: Mapping[str, Any], start: str) -> int:
+    """1 + the largest i of the `start{i}.*` keys (0 when there are none): a stack's depth."""
     indices = {int(k[len(start):].split(".")[0]) for k in state_dict if k.startswith(start)}
-    if not indices:
-        raise ValueError(f"state dict has no {start!r}* keys (expected the timm ViT layout, prefix={prefix!r})")
-    return max(indices) + 1
+    return max(indices) + 1 if indices else 0
+
+
+def _timm_depth(state_dict: Mapping[str, Any], prefix: str) -> int:
+    depth = layer_count(state_dict, prefix + "blocks.")
+    if not depth:
+        raise ValueError(f"state dict has no {prefix + 'blocks.'!r}* keys (expected the timm ViT layout, "
+                         f"prefix={prefix!r})")
+    return depth
 
 
 def from_timm_vit(state_dict: Mapping[str, Any], num_heads: int, scan: bool = True,
