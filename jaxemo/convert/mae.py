@@ -70,8 +70,8 @@ def from_timm_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: 
         decoder_width = head["mask_token"].shape[-1]
         _check_sincos(sd.get("decoder_pos_embed", (1, None, decoder_width)), decoder_width, "decoder_pos_embed")
         params.update(head)
-        params["decoder"] = convert_vit.stacked_blocks(sd, _TIMM_DECODER, depth, decoder_width, decoder_heads, scan,
-                                            fused_qkv=True)
+        params["decoder"] = convert_vit.stacked_blocks(sd, _TIMM_DECODER, depth, decoder_width, decoder_heads,
+                                                       scan, fused_qkv=True)
     encoder_keys = {k for k in state_dict if k.startswith(("blocks.", "patch_embed.", "cls_token", "pos_embed",
                                                            "norm.", "fc_norm.", "head."))}
     return params, [k for k in sd.unused() if k not in encoder_keys]
@@ -95,8 +95,7 @@ def from_hf_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: in
     names = dict(convert_vit._HF_V5 if v5 else convert_vit._HF_CHECKPOINT, layer="decoder_layers.{}.")
     decoder_depth = convert_vit.layer_count(state_dict, "decoder.decoder_layers.")
     params.update(head)
-    params["decoder"] = convert_vit.stacked_blocks(sd, names, decoder_depth, decoder_width, decoder_heads, scan,
-                                        fused_qkv=False)
+    params["decoder"] = convert_vit.stacked_blocks(sd, names, decoder_depth, decoder_width, decoder_heads, scan)
     leftover = [k for k in sd.unused() if not k.startswith("vit.")]  # the encoder's are checked by from_hf_vit
     if leftover:
         raise ValueError(f"unexpected keys in the ViTMAEForPreTraining state dict: {leftover}")
