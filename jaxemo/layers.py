@@ -1,8 +1,9 @@
 """Transformer building blocks shared by every jaxemo model.
 
 Every parameter carries logical axis names (see `jaxemo.train.sharding.DEFAULT_RULES`), so one rules table
-decides how a model is laid out over a device mesh. No module constrains activation shardings: a hard-coded
-batch sharding inside a module breaks `jax.vmap` (per-sample test-time adaptation).
+decides how a model is laid out over a device mesh. No module hard-codes an activation sharding (that would
+break `jax.vmap`, e.g. per-sample test-time adaptation): `constrain` pins the residual stream by logical names
+only inside the trainer's and evaluator's sharded steps (`activation_sharding`) and does nothing elsewhere.
 """
 
 from __future__ import annotations
