@@ -1,0 +1,1 @@
+"""One-off measurements behind the explanations in BENCHMARKS.md (run from the repository root)."""
