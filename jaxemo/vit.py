@@ -112,8 +112,9 @@ class ViT(nn.Module):
     """Vision Transformer over `[..., H, W, C]` inputs (any leading batch axes).
 
     Returns `(out, aux)`: `out` is the logits if `num_classes` is set, else the pooled feature; `aux` holds
-    `tokens` (after the final LayerNorm), `embeddings` (the input to the first block), `pre_logits` and, if
-    asked for, `hidden_states` (`[depth, ..., tokens, D]`, every block's output before the final norm).
+    `tokens` (after the final LayerNorm; un-normalised with `fc_norm`, which normalises the pooled feature
+    instead), `embeddings` (the input to the first block), `pre_logits` and, if asked for, `hidden_states`
+    (`[depth, ..., tokens, D]`, every block's output before the final norm).
     """
 
     image_size: Sequence[int] = (224, 224)
@@ -125,6 +126,7 @@ class ViT(nn.Module):
     mlp_dim: int = 3072
     num_classes: Optional[int] = None
     pool: str = "token"  # "token" (CLS) or "gap" (mean of patch tokens)
+    fc_norm: bool = False  # MAE fine-tuning: no final norm on the tokens; LayerNorm `fc_norm` after pooling
     pos_embedding: str = "learned"  # "learned" or "sincos" (fixed)
     class_token: bool = True
     num_prompts: int = 0
@@ -205,7 +207,10 @@ class ViT(nn.Module):
             remat_policy=self.remat_policy,
             drop_path_rate=self.drop_path_rate,
         )
-        self.norm = layers.layer_norm(self.layer_norm_eps, self.dtype, "norm")
+        if self.fc_norm:
+            self.fc_norm_layer = layers.layer_norm(self.layer_norm_eps, self.dtype, "fc_norm")
+        else:
+            self.norm = layers.layer_norm(self.layer_norm_eps, self.dtype, "norm")
         if self.num_classes:
             self.head = nn.Dense(
                 self.num_classes,
@@ -252,8 +257,10 @@ class ViT(nn.Module):
         x = self.embed(images.reshape((-1, *images.shape[-3:])))
         embeddings = x
         x, hidden = self.encoder(x, deterministic=deterministic, return_hidden_states=return_hidden_states)
-        tokens = self.norm(x)
+        tokens = x if self.fc_norm else self.norm(x)
         pooled = self.pool_tokens(tokens)
+        if self.fc_norm:
+            pooled = self.fc_norm_layer(pooled)
         out = self.head(pooled) if self.num_classes else pooled
         unflat = lambda a, lead=(): a.reshape((*lead, *batch_shape, *a.shape[len(lead) + 1 :]))
         aux = {"tokens": unflat(tokens), "embeddings": unflat(embeddings), "pre_logits": unflat(pooled)}

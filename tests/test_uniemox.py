@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxemo.data import text as text_lib
 from jaxemo.models import mae, uniemox
 
 torch = pytest.importorskip("torch")
@@ -112,19 +113,9 @@ def test_prompts_follow_the_reference_template():
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory):
     """A tiny byte-pair tokenizer with CLIP's special tokens, trained here (nothing is downloaded)."""
-    import tokenizers
-    from tokenizers import models, normalizers, pre_tokenizers, trainers
-
-    tokenizer = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<|startoftext|>", "<|endoftext|>"])
     corpus = ["The scene type of this photo is beach.", "The main subjects are dog, ball and toy.",
               "The overall emotion conveyed is amusement.", "Human facial expression is happy."] * 5
-    tokenizer.train_from_iterator(corpus, trainer)
-    path = str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.json")
-    tokenizer.save(path)
-    return path
+    return text_lib.train_bpe_tokenizer(corpus, str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"), 120)
 
 
 def test_clip_tokenizer_rows(tokenizer_file, tmp_path):

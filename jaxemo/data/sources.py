@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
+
 from jaxemo.data import builders
 
 # name -> "module:function"; each function is `make(data_config, split, seed) -> random-access source`.
@@ -21,8 +23,28 @@ SYNTHETIC = {
 }
 
 
+class ConcatSource:
+    """Random access over several sources in order (`len`, `[i]`), e.g. EmoSet's train and val splits."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part][index - int(self.offsets[part])]
+
+
 def make_source(data_config, split: str, seed: int):
-    """One split's source: synthetic splits are generated; builder splits are read (and built once)."""
+    """One split's source: synthetic splits are generated; builder splits are read (and built once).
+    `"train+val"` is the concatenation of both splits."""
+    if "+" in split:
+        return ConcatSource(make_source(data_config, part, seed) for part in split.split("+"))
     name = data_config.name
     if name in SYNTHETIC:
         module, function = SYNTHETIC[name].split(":")

@@ -68,9 +68,12 @@ class SyntheticImages:
 
 def split_size_and_seed(data_config, split: str, seed: int) -> tuple[int, int]:
     """Synthetic splits: `train` uses `train_size` and the run's seed; any other split `eval_size` and a
-    different seed, so evaluation never sees a training sample (the class patterns stay the same)."""
+    different seed, so evaluation never sees a training sample (the class patterns stay the same). A
+    validation split (`val`, `validation`) has a third seed: it is not the test split."""
     if split == "train":
         return data_config.train_size, seed
+    if split in ("val", "validation"):
+        return data_config.eval_size, seed + 2_000_003
     return data_config.eval_size, seed + 1_000_003
 
 

@@ -53,3 +53,22 @@ class ClipTokenizer:
                                  f"length {self.context_length}: {text[:80]!r}")
             out[row, :len(ids)] = ids
         return out
+
+
+def train_bpe_tokenizer(texts: Sequence[str], path: str, vocab_size: int = 512) -> str:
+    """Trains a lowercasing byte-pair tokenizer with CLIP's special tokens on `texts` and saves it to `path`
+    (a `tokenizers` file `ClipTokenizer` reads). For synthetic data and tests, where no CLIP tokenizer file is
+    available; real runs use the teacher's own tokenizer.json."""
+    import tokenizers
+    from tokenizers import models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", START, END], show_progress=False)
+    tokenizer.train_from_iterator(list(texts), trainer)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    tokenizer.save(tmp)
+    os.replace(tmp, path)
+    return path

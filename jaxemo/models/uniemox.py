@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxemo import layers
-from jaxemo.models import mae
+from jaxemo.models import clip, mae
 
 FUSIONS = ("easyfusion", "none")
 
@@ -82,6 +82,23 @@ class UniEmoX(nn.Module):
                                 "mask": scene_aux["mask"], "pred": scene_aux["pred"]}
 
 
+class Pretrainer(nn.Module):
+    """The student (`UniEmoX`) and the teacher's image tower in one module, so the trainer sees one parameter
+    tree: `uniemox/...` trains, `teacher/...` (`visual`, `visual_projection`, `logit_scale` of a `clip.CLIP`)
+    is frozen by the task and may be stored and run in bf16. `__call__(scene, person, teacher_scene)` returns
+    the student's `(reconstruction, aux)` with `clip_image` (the teacher's embedding of `teacher_scene`, the
+    same crop normalised for CLIP) and `logit_scale` added, both without gradient."""
+
+    uniemox: UniEmoX
+    teacher: clip.CLIP
+
+    def __call__(self, scene, person, teacher_scene, deterministic: bool = True):
+        reconstruction, aux = self.uniemox(scene, person, deterministic)
+        clip_image = self.teacher.encode_image(teacher_scene.astype(self.teacher.dtype))
+        teacher = {"clip_image": clip_image.astype(jnp.float32), "logit_scale": self.teacher.logit_scale}
+        return reconstruction, {**aux, **jax.lax.stop_gradient(teacher)}
+
+
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
     reconstruction: float = 1.0
@@ -95,17 +112,20 @@ def _unit(x: jax.Array) -> jax.Array:
 
 
 def pretraining_losses(reconstruction, fused, clip_image, text_embeds, logit_scale,
-                       weights: LossWeights = LossWeights()) -> dict:
+                       weights: LossWeights = LossWeights(), valid: Optional[jax.Array] = None) -> dict:
     """UniEmoX's three terms and their weighted sum (`total`). `clip_image` `[B, E]`: the teacher's image
     embeddings of the scene crops; `text_embeds` `[B, E]`: the batch's prompt embeddings (cached);
-    `logit_scale`: CLIP's stored log scale. The teacher's inputs get no gradient."""
+    `logit_scale`: CLIP's stored log scale. The teacher's inputs get no gradient. `valid` `[B]` (1 = a real
+    row) leaves padding rows out of both means and out of the prompts the rows are compared over."""
     clip_image, text_embeds = jax.lax.stop_gradient((clip_image, text_embeds))
     scale = jnp.exp(jax.lax.stop_gradient(logit_scale)).astype(jnp.float32)
-    student, teacher, text = _unit(fused), _unit(clip_image), _unit(text_embeds)
-    similarity = 1.0 - jnp.mean(jnp.sum(student * teacher, axis=-1))
+    valid = jnp.ones(fused.shape[:1], jnp.float32) if valid is None else valid.astype(jnp.float32)
+    mean = lambda x: (x * valid).sum() / jnp.maximum(valid.sum(), 1.0)
+    student, teacher, text = _unit(fused), _unit(clip_image), _unit(text_embeds) * valid[:, None]
+    similarity = 1.0 - mean(jnp.sum(student * teacher, axis=-1))
     student_rows = scale * student @ text.T
     teacher_rows = scale * teacher @ text.T
-    contrastive = 1.0 - jnp.mean(jnp.sum(_unit(student_rows) * _unit(teacher_rows), axis=-1))
+    contrastive = 1.0 - mean(jnp.sum(_unit(student_rows) * _unit(teacher_rows), axis=-1))
     total = (weights.reconstruction * reconstruction + weights.similarity * similarity
              + weights.contrastive * contrastive)
     return {"total": total, "reconstruction": reconstruction, "similarity": similarity, "contrastive": contrastive}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-SYSTEMS = ("vit_classifier", "mma_dfer", "casp")
+SYSTEMS = ("vit_classifier", "mma_dfer", "casp", "uniemox")
 
 
 def get(name: str):

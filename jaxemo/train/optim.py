@@ -63,15 +63,21 @@ def schedule_shape(config, total_steps: int, steps_per_epoch: int) -> Callable:
     that the (injected, per-run) peak multiplies. `config.schedule` in `SCHEDULES`:
 
         constant        1
-        warmup_cosine   linear 0 -> 1 over `warmup_steps` (or `warmup_fraction` of the run), cosine to `final_lr`
+        warmup_cosine   linear 0 -> 1 over `warmup_steps` (or `warmup_fraction` of the run, or `warmup_epochs`
+                        epochs), then a half cosine to `final_lr` at the last step (MAE's per-iteration schedule)
         warmup_linear   linear 0 -> 1 over the warm-up, then linear to 0 at the last step (transformers'
                         `get_linear_schedule_with_warmup`)
         epoch_cosine    `epoch_cosine_schedule`: cosine over epochs, constant inside one
     """
     lr = float(config.learning_rate)
     final = float(config.get("final_lr", 0.0)) / lr if lr else 0.0
-    fraction = config.get("warmup_fraction")
-    warmup = int(round(fraction * total_steps)) if fraction else int(config.get("warmup_steps", 0))
+    fraction, epochs = config.get("warmup_fraction"), config.get("warmup_epochs")
+    if fraction:
+        warmup = int(round(fraction * total_steps))
+    elif epochs:
+        warmup = int(round(epochs * steps_per_epoch))
+    else:
+        warmup = int(config.get("warmup_steps", 0))
     if config.schedule == "constant":
         return optax.constant_schedule(1.0)
     if config.schedule == "warmup_cosine":

@@ -105,6 +105,10 @@ class ClassificationTask(SupervisedTask):
     By default uint8 inputs become floats in [0, 1] on the device. `preprocess(rng, inputs, train) -> inputs`,
     if given, replaces that: it gets the stored arrays (a dict keyed like `input_keys`) and does the
     conversion and, when `train`, the on-device augmentation (`rng` is None in evaluation).
+
+    `mixing(rng, inputs, labels) -> (inputs, soft targets [B, num_classes])`, if given, mixes the
+    preprocessed training batch (e.g. `augment.mixup_cutmix`, which also smooths the labels; then
+    `label_smoothing` is not applied again). `top_k` adds `top<k>_accuracy` to the evaluation metrics.
     """
 
     model: nn.Module
@@ -117,6 +121,8 @@ class ClassificationTask(SupervisedTask):
     train_transform: Optional[Callable] = None
     eval_transform: Optional[Callable] = None
     flops_per_example: Optional[int] = None
+    mixing: Optional[Callable] = None
+    top_k: Sequence[int] = ()
 
     def inputs(self, batch, rng=None, train: bool = False) -> list:
         inputs = {k: batch[k] for k in self.input_keys}
@@ -126,20 +132,29 @@ class ClassificationTask(SupervisedTask):
             inputs = {k: _to_float(v) for k, v in inputs.items()}
         return [inputs[k] for k in self.input_keys]
 
-    def logits(self, params, batch, rng=None, train=False):
-        if train:
-            preprocess_rng, dropout_rng = jax.random.split(rng)
-            inputs, rngs = self.inputs(batch, preprocess_rng, train=True), {"dropout": dropout_rng}
-        else:
-            inputs, rngs = self.inputs(batch), None
-        logits, _ = self.model.apply({"params": params}, *inputs, deterministic=not train, rngs=rngs)
+    def _apply(self, params, inputs, dropout_rng=None):
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        logits, _ = self.model.apply({"params": params}, *inputs, deterministic=dropout_rng is None, rngs=rngs)
         return logits.astype(jnp.float32)
 
+    def logits(self, params, batch, rng=None, train=False):
+        if not train:
+            return self._apply(params, self.inputs(batch))
+        preprocess_rng, dropout_rng = jax.random.split(rng)
+        return self._apply(params, self.inputs(batch, preprocess_rng, train=True), dropout_rng)
+
     def loss(self, params, batch, rng, train=True):
-        logits = self.logits(params, batch, rng, train)
-        targets = optax.smooth_labels(jax.nn.one_hot(batch[self.label_key], self.num_classes), self.label_smoothing)
+        labels = batch[self.label_key]
+        if train and self.mixing is not None:
+            preprocess_rng, mixing_rng, dropout_rng = jax.random.split(rng, 3)
+            inputs = self.inputs(batch, preprocess_rng, train=True)
+            inputs, targets = self.mixing(mixing_rng, inputs, labels)
+            logits = self._apply(params, inputs, dropout_rng)
+        else:
+            logits = self.logits(params, batch, rng, train)
+            targets = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes), self.label_smoothing)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
-        accuracy = (logits.argmax(-1) == batch[self.label_key]).mean()
+        accuracy = (logits.argmax(-1) == labels).mean()
         return loss, {"accuracy": accuracy}
 
     def eval_stats(self, params, batch):
@@ -148,16 +163,22 @@ class ClassificationTask(SupervisedTask):
         mask = batch.get("mask", jnp.ones(labels.shape, bool)).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         confusion = metrics_lib.confusion_matrix(labels, logits.argmax(-1), self.num_classes, mask)
-        return {"loss_sum": (nll * mask).sum(), "confusion": confusion}
+        stats = {"loss_sum": (nll * mask).sum(), "confusion": confusion}
+        if self.top_k:
+            # rank of the true class: how many classes score strictly higher
+            rank = (logits > jnp.take_along_axis(logits, labels[:, None], axis=-1)).sum(-1)
+            for k in self.top_k:
+                stats[f"top{k}_correct"] = ((rank < k) * mask).sum()
+        return stats
 
     def summarize(self, stats) -> dict:
         """Scalar metrics; the summed statistics themselves (e.g. `confusion`) stay in `stats`."""
         confusion = np.asarray(stats["confusion"])
         count = max(float(confusion.sum()), 1.0)
-        return {
-            "loss": float(stats["loss_sum"]) / count,
-            **metrics_lib.classification_metrics(confusion),
-        }
+        metrics = {"loss": float(stats["loss_sum"]) / count, **metrics_lib.classification_metrics(confusion)}
+        for k in self.top_k:
+            metrics[f"top{k}_accuracy"] = float(stats[f"top{k}_correct"]) / count
+        return metrics
 
 
 def _to_float(x):

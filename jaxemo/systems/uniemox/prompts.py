@@ -1,5 +1,4 @@
-"""UniEmoX's home: its prompts, the teacher's text features (computed once and cached), and (to come) its
-pretraining and fine-tuning tasks.
+"""UniEmoX's prompts and the teacher's text features of them (computed once and cached).
 
 Prompts follow the reference's `ClipSematicModel._generate_prompt`: one sentence per EmoSet attribute the image
 has (scene, objects, brightness, colourfulness, facial expression, human action; an attribute of "-1" or absent
@@ -32,24 +31,45 @@ ATTRIBUTE_SENTENCES = (
 )
 EMOTION_SENTENCE = "The overall emotion conveyed is {}."
 MISSING = "-1"
+OBJECT_SEPARATOR = "|"  # how the EmoSet builder stores an image's objects
 
 
-def _objects(value: str) -> str:
-    """"dog ball toy" -> "dog, ball and toy" (the reference splits on whitespace)."""
-    objects = str(value).split()
+def _objects(value) -> str:
+    """"dog ball toy" or ["dog", "ball", "toy"] -> "dog, ball and toy" (the reference splits on whitespace)."""
+    objects = list(value) if isinstance(value, (list, tuple)) else str(value).split()
     return objects[0] if len(objects) == 1 else f"{', '.join(objects[:-1])} and {objects[-1]}"
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def emotion_prompt(attributes: Mapping[str, object], emotion: str) -> str:
-    """The reference's prompt for one image from its attributes (values as EmoSet stores them) and emotion."""
+    """The reference's prompt for one image from its attributes (values as EmoSet stores them) and emotion.
+    An attribute that is absent, empty or "-1" is skipped."""
     sentences = []
     for key, sentence in ATTRIBUTE_SENTENCES:
         value = attributes.get(key)
-        if value is None or str(value) == MISSING:
+        if value is None or (not isinstance(value, (list, tuple)) and _text(value) in (MISSING, "")):
             continue
+        value = value if isinstance(value, (list, tuple)) else _text(value)
         sentences.append(sentence.format(_objects(value) if key == "object" else value))
     sentences.append(EMOTION_SENTENCE.format(emotion))
     return " ".join(sentences)
+
+
+def example_prompt(example: Mapping[str, object], class_names: Sequence[str]) -> str:
+    """The prompt of a stored EmoSet-like element (the builder's or `synthetic_scenes`'): its attributes as
+    text (objects joined by "|") and the name of its label."""
+    attributes = {key: example[key] for key, _ in ATTRIBUTE_SENTENCES if key in example}
+    if "object" in attributes:
+        attributes["object"] = [o for o in _text(attributes["object"]).split(OBJECT_SEPARATOR) if o]
+        attributes["object"] = attributes["object"] or None
+    label = int(example["label"])
+    if not 0 <= label < len(class_names):
+        raise ValueError(f"element {_text(example.get('id', '?'))!r}: label {label} is outside the "
+                         f"{len(class_names)} classes {list(class_names)}")
+    return emotion_prompt(attributes, class_names[label])
 
 
 def text_features(model: clip.CLIP, params, tokenizer: text_lib.ClipTokenizer, prompts: Sequence[str],
