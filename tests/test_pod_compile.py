@@ -11,9 +11,10 @@ def mesh():
     return pod_compile.topology_mesh("v5e:2x2")
 
 
-@pytest.mark.parametrize("system", sorted(pod_compile.PAPER))
-def test_tiny_train_step_compiles_for_a_tpu_slice(mesh, system):
-    row = pod_compile.compile_step(system, "tiny", mesh, "v5e:2x2", per_chip_batch=2, remat="none")
+@pytest.mark.parametrize("system,variant", [(s, "tiny") for s in sorted(pod_compile.PAPER)]
+                         + [("uniemox", "finetune-tiny")])
+def test_tiny_train_step_compiles_for_a_tpu_slice(mesh, system, variant):
+    row = pod_compile.compile_step(system, variant, mesh, "v5e:2x2", per_chip_batch=2, remat="none")
     assert not row.error, row.error
     assert 0 < row.memory_bytes < pod_compile.TOPOLOGIES["v5e:2x2"][1]
     assert row.flops_per_chip > 0

@@ -188,3 +188,40 @@ def test_pretraining_flops_match_xla_on_the_matmuls():
     cost = cost[0] if isinstance(cost, list) else cost
     counted = pretrain.flops(model)["forward"] * 4
     assert 0.85 * cost["flops"] < counted < 1.05 * cost["flops"]  # XLA also counts the elementwise work
+
+
+def test_pretraining_starts_from_converted_mae_and_clip_checkpoints(pretraining, tmp_path):
+    """The paper's starts: `pretrained.mae` and `teacher.checkpoint` + `teacher.tokenizer` (as `python -m
+    jaxemo.convert` writes them) become the student's and the teacher's initial params."""
+    from experiments import uniemox as experiment
+    from jaxemo.data import text as text_lib
+    from jaxemo.train import checkpoint
+
+    config = tiny_config()
+    prompts = [uniemox.emotion_prompt({"scene": "beach"}, e) for e in recipe.EMOSET_CLASSES]
+    tokenizer_path = text_lib.train_bpe_tokenizer(prompts, str(tmp_path / "tokenizer.json"), 64)
+    tokenizer = text_lib.ClipTokenizer(tokenizer_path)
+    clip_model = pretrain.build_teacher(config, tokenizer.tokenizer.get_vocab_size(), tokenizer.end_id)
+    clip_params = nn.unbox(clip_model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)), tokenizer(prompts[:1])))
+    checkpoint.save_params(str(tmp_path / "clip"), clip_params["params"])
+    student = pretrain.build_student(config).student
+    mae_params = nn.unbox(student.init({"params": jax.random.key(4), "masking": jax.random.key(5)},
+                                       jnp.zeros((1, 16, 16, 3))))["params"]
+    checkpoint.save_params(str(tmp_path / "mae"), mae_params)
+    config.teacher.update(checkpoint=str(tmp_path / "clip"), tokenizer=tokenizer_path)
+    config.pretrained.mae = str(tmp_path / "mae")
+
+    model, params, loaded_tokenizer, teacher_id = experiment.teacher(config, str(tmp_path / "run"), None, None, [])
+    assert teacher_id == str(tmp_path / "clip") and loaded_tokenizer.end_id == tokenizer.end_id
+    features = uniemox.text_features(model, params, loaded_tokenizer, prompts)
+    assert features.shape == (8, 16) and np.isfinite(features).all()
+    template = jax.device_get(pretraining["first"].params)
+    out = experiment.pretrain_init(config, params)(template)
+    np.testing.assert_array_equal(out["uniemox"]["student"]["decoder_pred"]["kernel"],
+                                  mae_params["decoder_pred"]["kernel"])
+    np.testing.assert_array_equal(out["teacher"]["visual"]["patch_embed"]["kernel"],
+                                  clip_params["params"]["visual"]["patch_embed"]["kernel"])
+    np.testing.assert_array_equal(out["uniemox"]["fuse"]["proj"]["kernel"], template["uniemox"]["fuse"]["proj"]["kernel"])
+    config.teacher.tokenizer = ""
+    with pytest.raises(ValueError, match="teacher.checkpoint needs teacher.tokenizer"):
+        experiment.teacher(config, str(tmp_path / "run"), None, None, [])

@@ -113,6 +113,8 @@ BENCHMARK = bench.SystemBenchmark(
     notes=("Random uint8 images at the model's size, person boxes (a quarter without a person) and unit prompt "
            "features; one batch reused. Pretraining: the scene and person views, the masked student on both, "
            "its decoder on the scene, the frozen CLIP image tower on the scene, the three losses. Fine-tuning: "
-           "RandAugment, random erasing, mixup/cutmix and the classifier.",
+           "random resized crop, flip, RandAugment, random erasing, mixup/cutmix and the classifier; the PyTorch "
+           "twin has no RandAugment (torchvision and timm cannot be installed beside torch 2.13.0), so its "
+           "fine-tuning rows do slightly less work.",
            "GFLOP/image: pretraining `uniemox.pretrain.flops` (3x the student's forward, 1x the teacher's); "
            "fine-tuning `bench.vit_forward_flops` x 3. Matmuls only."))
