@@ -26,7 +26,6 @@ import os
 import jax
 
 from jaxemo import cli
-from jaxemo.convert import mae as mae_convert
 from jaxemo.data import builders, sources, text as text_lib
 from jaxemo.models import uniemox as uniemox_model
 from jaxemo.systems import uniemox
@@ -49,13 +48,7 @@ def teacher(config, workdir: str, train_source, eval_source, prompts: list[str])
     (None if that training was interrupted)."""
     t = config.teacher
     if t.checkpoint:
-        if not t.tokenizer:
-            raise ValueError("teacher.checkpoint needs teacher.tokenizer (the CLIP tokenizer.json)")
-        tokenizer = text_lib.ClipTokenizer(t.tokenizer, t.context_length)
-        model = pretrain.build_teacher(config, tokenizer.tokenizer.get_vocab_size(), tokenizer.end_id)
-        params = checkpoint.load_params(t.checkpoint)
-        pretrain.teacher_image_params(params)  # fails early, naming what is missing
-        return model, params, tokenizer, os.path.abspath(t.checkpoint)
+        return pretrain.load_teacher(config)
     folder = os.path.join(workdir, "teacher")
     path = os.path.join(folder, "tokenizer.json")
     if not os.path.exists(path):
@@ -69,25 +62,6 @@ def teacher(config, workdir: str, train_source, eval_source, prompts: list[str])
         return None
     logging.info("teacher: image-to-prompt retrieval %s", result.eval_metrics)
     return model, jax.device_get(result.state.params), tokenizer, f"{folder}@{int(result.state.step)}"
-
-
-def pretrain_init(config, teacher_params):
-    """`params -> params`: the teacher's image tower and, with `pretrained.mae`, the MAE checkpoint's parts."""
-    mae_params = checkpoint.load_params(config.pretrained.mae) if config.pretrained.mae else None
-    if mae_params is not None:
-        logging.info("student starts from %s (%s)", config.pretrained.mae, ", ".join(sorted(mae_params)))
-        if "decoder" not in mae_params:
-            logging.info("the MAE checkpoint has no decoder: the decoder starts from random weights")
-
-    def init(template):
-        out = dict(template)
-        out["teacher"] = pretrain.teacher_image_params(teacher_params)
-        if mae_params is not None:
-            student = mae_convert.merge_encoder(template["uniemox"]["student"], jax.device_get(mae_params))
-            out["uniemox"] = {**template["uniemox"], "student": student}
-        return out
-
-    return init
 
 
 def run_pretraining(config, workdir: str, train_source, eval_source, results: dict):
@@ -110,7 +84,7 @@ def run_pretraining(config, workdir: str, train_source, eval_source, results: di
     task = pretrain.PretrainTask(model, host, uniemox_model.LossWeights(**config.loss_weights),
                                  config.teacher.input, tuple(config.data.crop_scale),
                                  flops_per_example=pretrain.flops(model)["train"])
-    init = pretrain_init(config, clip_params)
+    init = pretrain.init_params(config, clip_params)
     folder = os.path.join(workdir, "pretrain")
     start_path = os.path.join(workdir, "pretrain_start.json")
     if eval_source is not None and _json(start_path) is None:

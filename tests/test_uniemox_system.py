@@ -216,7 +216,7 @@ def test_pretraining_starts_from_converted_mae_and_clip_checkpoints(pretraining,
     features = uniemox.text_features(model, params, loaded_tokenizer, prompts)
     assert features.shape == (8, 16) and np.isfinite(features).all()
     template = jax.device_get(pretraining["first"].params)
-    out = experiment.pretrain_init(config, params)(template)
+    out = pretrain.init_params(config, params)(template)
     np.testing.assert_array_equal(out["uniemox"]["student"]["decoder_pred"]["kernel"],
                                   mae_params["decoder_pred"]["kernel"])
     np.testing.assert_array_equal(out["teacher"]["visual"]["patch_embed"]["kernel"],

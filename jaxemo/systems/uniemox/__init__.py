@@ -63,8 +63,8 @@ def finetune_batch(batch_size: int, image_size: int, num_classes: int, seed: int
 
 
 def benchmark_case(variant: str, batch_size: int, options: bench.CaseOptions) -> bench.StepCase:
-    """`pretrain-B/16`, `pretrain-L/16` (the student's ViT with the `paper` config's CLIP-B/16 teacher, bf16
-    teacher weights unless --frozen_dtype says otherwise), `finetune-B/16`, `finetune-L/16` (8 classes, the
+    """`pretrain-B/16`, `pretrain-L/16` (the student's ViT with the `paper` config's CLIP-B/16 teacher, which
+    computes in --dtype and is stored in --frozen_dtype), `finetune-B/16`, `finetune-L/16` (8 classes, the
     paper recipe), and `tiny` / `finetune-tiny` (the `tiny` config's sizes). Stochastic depth and dropout off,
     as in the PyTorch twin."""
     stage, _, size = variant.partition("-") if variant != bench.TINY else ("pretrain", "", bench.TINY)
@@ -81,7 +81,7 @@ def benchmark_case(variant: str, batch_size: int, options: bench.CaseOptions) ->
     image = config.model.image_size
     if stage == "pretrain":
         config = stage_config(config, "pretrain")
-        config.frozen_dtype = options.frozen_dtype if options.frozen_dtype != "float32" else config.teacher.dtype
+        config.teacher.dtype, config.frozen_dtype = options.dtype, options.frozen_dtype
         model = pretrain.build_pretrainer(config)
         counts = pretrain.flops(model)
         task = pretrain.PretrainTask(model, flops_per_example=counts["train"])

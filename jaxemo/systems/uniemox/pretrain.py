@@ -18,6 +18,8 @@ EmoSet.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -26,10 +28,11 @@ import numpy as np
 import optax
 
 from jaxemo import bench, vit
-from jaxemo.data import augment
+from jaxemo.convert import mae as mae_convert
+from jaxemo.data import augment, text as text_lib
 from jaxemo.models import clip, mae, uniemox
 from jaxemo.systems.uniemox import prompts as prompts_lib
-from jaxemo.train import state as state_lib
+from jaxemo.train import checkpoint, state as state_lib
 from jaxemo.train import tasks
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -86,6 +89,40 @@ def teacher_image_params(clip_params: Mapping) -> dict:
     if missing:
         raise KeyError(f"the CLIP parameters lack {missing}; they have {sorted(clip_params)}")
     return {k: clip_params[k] for k in ("visual", "visual_projection", "logit_scale")}
+
+
+def load_teacher(config):
+    """(CLIP model, its full params, tokenizer, cache id) from `teacher.checkpoint` (a jaxemo checkpoint, as
+    `python -m jaxemo.convert clip|clip_hf` writes it) and `teacher.tokenizer` (CLIP's tokenizer.json)."""
+    t = config.teacher
+    if not t.tokenizer:
+        raise ValueError("teacher.checkpoint needs teacher.tokenizer (the CLIP tokenizer.json)")
+    tokenizer = text_lib.ClipTokenizer(t.tokenizer, t.context_length)
+    model = build_teacher(config, tokenizer.tokenizer.get_vocab_size(), tokenizer.end_id)
+    params = checkpoint.load_params(t.checkpoint)
+    teacher_image_params(params)  # fails early, naming what is missing
+    return model, params, tokenizer, os.path.abspath(t.checkpoint)
+
+
+def init_params(config, teacher_params):
+    """`params -> params` for the pretraining run: the teacher's image tower from `teacher_params` (a full CLIP
+    tree) and, with `pretrained.mae`, every part of that MAE checkpoint (an encoder-only one keeps the
+    initialised decoder; the fusion always starts from its initialisation)."""
+    mae_params = checkpoint.load_params(config.pretrained.mae) if config.pretrained.mae else None
+    if mae_params is not None:
+        logging.info("student starts from %s (%s)", config.pretrained.mae, ", ".join(sorted(mae_params)))
+        if "decoder" not in mae_params:
+            logging.info("the MAE checkpoint has no decoder: the decoder starts from random weights")
+
+    def init(template):
+        out = dict(template)
+        out["teacher"] = teacher_image_params(teacher_params)
+        if mae_params is not None:
+            student = mae_convert.merge_encoder(template["uniemox"]["student"], jax.device_get(mae_params))
+            out["uniemox"] = {**template["uniemox"], "student": student}
+        return out
+
+    return init
 
 
 # ------------------------------------------------------------------------------------------------ views
