@@ -147,7 +147,8 @@ def measure(args) -> list[dict]:
 
 
 def write(results: list[dict], args) -> None:
-    key = f"pod-compile{'-tiny' if args.tiny else ''}-{'+'.join(args.topologies)}:tpu-bfloat16"
+    systems_part = "" if set(args.systems) == set(PAPER) else "-" + "+".join(args.systems)
+    key = f"pod-compile{'-tiny' if args.tiny else ''}{systems_part}-{'+'.join(args.topologies)}:tpu-bfloat16"
     bench.write_section(args.benchmarks_file, key, section_body(results, args, args.argv))
 
 
