@@ -225,3 +225,23 @@ def test_pretraining_starts_from_converted_mae_and_clip_checkpoints(pretraining,
     config.teacher.tokenizer = ""
     with pytest.raises(ValueError, match="teacher.checkpoint needs teacher.tokenizer"):
         experiment.teacher(config, str(tmp_path / "run"), None, None, [])
+
+
+def test_finetuning_shards_with_fsdp_and_trains():
+    config = uniemox.stage_config(tiny_config(), "finetune")
+    config.update(batch_size=8)
+    config.mesh.update(data=4, fsdp=2)
+    config.sharding.min_sharded_size = 1024
+    config.finetune.update(mixup=0.8, cutmix=1.0, rand_augment=True, random_erasing=0.25)
+    task = finetune.build_task(config, 8)
+    batch = uniemox.finetune_batch(8, 24, 8)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    example = state_lib.example_batch_like(batch)
+    setup = loop.setup_train_step(config, task, example, mesh, 10, 5)
+    state, _ = state_lib.create_train_state(task, setup.tx, example, jax.random.key(0), mesh, setup.rules)
+    fc1 = lambda s: s.trainable["encoder"]["layers"]["block"]["mlp"]["fc1"]["kernel"]
+    assert fc1(state).sharding.spec == P(None, "fsdp", "tensor")
+    before = np.asarray(fc1(state))
+    for _ in range(2):  # the warm-up's first learning rate is 0
+        state, metrics = setup.train_step(state, sharding.shard_batch(batch, mesh))
+    assert np.isfinite(float(metrics["loss"])) and not np.allclose(before, np.asarray(fc1(state)))
