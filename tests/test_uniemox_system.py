@@ -241,7 +241,9 @@ def test_finetuning_shards_with_fsdp_and_trains():
     state, _ = state_lib.create_train_state(task, setup.tx, example, jax.random.key(0), mesh, setup.rules)
     fc1 = lambda s: s.trainable["encoder"]["layers"]["block"]["mlp"]["fc1"]["kernel"]
     assert fc1(state).sharding.spec == P(None, "fsdp", "tensor")
-    before = np.asarray(fc1(state))
+    before, head = np.asarray(fc1(state)), np.asarray(state.trainable["head"]["kernel"])
     for _ in range(2):  # the warm-up's first learning rate is 0
         state, metrics = setup.train_step(state, sharding.shard_batch(batch, mesh))
-    assert np.isfinite(float(metrics["loss"])) and not np.allclose(before, np.asarray(fc1(state)))
+    assert np.isfinite(float(metrics["loss"]))
+    assert not np.allclose(head, np.asarray(state.trainable["head"]["kernel"]))  # zero-initialised, as MAE's
+    assert not np.array_equal(before, np.asarray(fc1(state)))
