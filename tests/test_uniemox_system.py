@@ -170,6 +170,15 @@ def test_stage_configs_scale_the_learning_rate_and_span_the_student():
     assert "batch_size" not in config and "optimizer" not in config  # the recipe itself is left as it was
     with pytest.raises(ValueError, match="stage 'decode'"):
         uniemox.stage_config(config, "decode")
+    from experiments import uniemox as experiment
+    from jaxemo.data import builders
+
+    assert set(config.finetune.datasets) <= set(builders.REGISTRY) and config.data.name in builders.REGISTRY
+    config.finetune.manual_dirs.emotion6 = "/data/Emotion6"
+    data, classes, _ = experiment.finetune_data(config, "emotion6")
+    assert (data.name, data.manual_dir, classes) == ("emotion6", "/data/Emotion6", 6)
+    with pytest.raises(ValueError, match="set --config.finetune.manual_dirs.heco=<folder>"):
+        experiment.finetune_data(config, "heco")
 
 
 def test_pretraining_flops_match_xla_on_the_matmuls():

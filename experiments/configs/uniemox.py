@@ -30,7 +30,7 @@ from ml_collections import config_dict
 from experiments.configs import common
 
 EMOSET_CLASSES = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
-FINETUNE_DATASETS = ("emotion6", "fi", "unbiasedemo", "caer_s", "heco", "emo8")
+FINETUNE_DATASETS = ("emotion6", "fi", "unbiased_emo", "caer_s", "heco", "emo8")
 
 
 def _adamw(base_lr, warmup_epochs, **extra):
