@@ -241,7 +241,7 @@ def test_finetuning_shards_with_fsdp_and_trains():
     config.update(batch_size=8)
     config.mesh.update(data=4, fsdp=2)
     config.sharding.min_sharded_size = 1024
-    config.finetune.update(mixup=0.8, cutmix=1.0, rand_augment=True, random_erasing=0.25)
+    config.finetune.update(mixup=0.8, cutmix=1.0, rand_augment=False, random_erasing=0.25)  # RandAugment: above
     task = finetune.build_task(config, 8)
     batch = uniemox.finetune_batch(8, 24, 8)
     mesh = sharding.make_mesh(dict(config.mesh))
