@@ -13,8 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {
     "model.width": 32, "model.depth": 2, "model.num_heads": 2, "model.mlp_dim": 64, "model.decoder_width": 16,
     "model.decoder_depth": 1, "teacher.vision_width": 32, "teacher.vision_depth": 1, "teacher.vision_mlp_dim": 64,
-    "teacher.embed_dim": 16, "teacher.text_width": 16, "teacher.text_depth": 1, "teacher.train.num_epochs": 3,
-    "data.train_size": 512, "data.eval_size": 64, "pretrain.num_epochs": 3, "finetune.train.num_epochs": 2,
+    "teacher.embed_dim": 16, "teacher.text_width": 16, "teacher.text_depth": 1, "teacher.train.num_epochs": 2,
+    "data.train_size": 512, "data.eval_size": 64, "pretrain.num_epochs": 2, "finetune.train.num_epochs": 2,
     "finetune.synthetic.train_size": 64, "finetune.synthetic.eval_size": 64,
 }
 

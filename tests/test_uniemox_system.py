@@ -184,7 +184,7 @@ def test_stage_configs_scale_the_learning_rate_and_span_the_student():
 def test_pretraining_flops_match_xla_on_the_matmuls():
     config = tiny_config()
     # unrolled: XLA's cost analysis counts a scanned loop's body once
-    config.model.update(image_size=32, width=64, mlp_dim=256, decoder_width=32, decoder_mlp_dim=128,
+    config.model.update(image_size=32, width=64, depth=1, mlp_dim=256, decoder_width=32, decoder_mlp_dim=128,
                         scan_layers=False)
     config.teacher.update(vision_width=64, vision_mlp_dim=256, embed_dim=32)
     model = pretrain.build_pretrainer(config, vocab_size=64, eot_token_id=2)
