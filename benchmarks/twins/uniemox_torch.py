@@ -360,15 +360,20 @@ def pretrain_steps(torch, case) -> dict:
         contrastive = 1.0 - (_unit(torch, student_rows) * _unit(torch, teacher_rows)).sum(-1).mean()
         loss = (weights.reconstruction * reconstruction + weights.similarity * similarity
                 + weights.contrastive * contrastive)
-        loss.backward()
-        if o.get("clip_norm"):
-            torch.nn.utils.clip_grad_norm_(trainable, o.clip_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return update(torch, loss, trainable, optimizer, o.get("clip_norm"))
 
     train.student, train.teacher, train.fusion = student, teacher, fusion  # for tests
     return {"train": train}
+
+
+def update(torch, loss, trainable, optimizer, clip_norm) -> "torch.Tensor":
+    """Backward, optional clipping, the optimizer's step: the end of both twins' steps."""
+    loss.backward()
+    if clip_norm:
+        torch.nn.utils.clip_grad_norm_(trainable, clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def finetune_steps(torch, case) -> dict:
@@ -397,12 +402,7 @@ def finetune_steps(torch, case) -> dict:
             targets = one_hot_smoothed(torch, labels, num_classes, float(f.label_smoothing))
         logits = model(x)
         loss = -(targets * torch.nn.functional.log_softmax(logits, dim=-1)).sum(-1).mean()
-        loss.backward()
-        if o.get("clip_norm"):
-            torch.nn.utils.clip_grad_norm_(trainable, o.clip_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return update(torch, loss, trainable, optimizer, o.get("clip_norm"))
 
     train.model = model  # for tests
     return {"train": train}
