@@ -167,7 +167,7 @@ def two_views(rng, images, person_boxes, has_person, size: int, crop_scale=(0.2,
 @dataclasses.dataclass(frozen=True)
 class PromptFeatures:
     """Host transform: each element's cached prompt embedding (`text_feature`) and its person box, from the
-    prompts `prompts.example_prompt` builds. `features` maps a prompt to its row of `table` (picklable)."""
+    prompts `prompts.example_prompt` builds. `rows` maps a prompt to its row of `table` (picklable)."""
 
     rows: Mapping[str, int]
     table: np.ndarray
@@ -177,7 +177,7 @@ class PromptFeatures:
         prompt = prompts_lib.example_prompt(example, self.class_names)
         row = self.rows.get(prompt)
         if row is None:
-            raise KeyError(f"element {prompts_lib._text(example.get('id', '?'))!r}: its prompt has no cached text "
+            raise KeyError(f"element {prompts_lib.as_text(example.get('id', '?'))!r}: its prompt has no cached text "
                            f"feature (the features were computed for another dataset): {prompt[:120]!r}")
         return {"image": np.asarray(example["image"]), "person_box": np.asarray(example["person_box"], np.float32),
                 "has_person": np.bool_(example["has_person"]), "text_feature": self.table[row]}

@@ -40,7 +40,8 @@ def _objects(value) -> str:
     return objects[0] if len(objects) == 1 else f"{', '.join(objects[:-1])} and {objects[-1]}"
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+    """A stored text field (bytes, as TFDS gives it, or str) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -50,9 +51,9 @@ def emotion_prompt(attributes: Mapping[str, object], emotion: str) -> str:
     sentences = []
     for key, sentence in ATTRIBUTE_SENTENCES:
         value = attributes.get(key)
-        if value is None or (not isinstance(value, (list, tuple)) and _text(value) in (MISSING, "")):
+        if value is None or (not isinstance(value, (list, tuple)) and as_text(value) in (MISSING, "")):
             continue
-        value = value if isinstance(value, (list, tuple)) else _text(value)
+        value = value if isinstance(value, (list, tuple)) else as_text(value)
         sentences.append(sentence.format(_objects(value) if key == "object" else value))
     sentences.append(EMOTION_SENTENCE.format(emotion))
     return " ".join(sentences)
@@ -63,11 +64,11 @@ def example_prompt(example: Mapping[str, object], class_names: Sequence[str]) ->
     text (objects joined by "|") and the name of its label."""
     attributes = {key: example[key] for key, _ in ATTRIBUTE_SENTENCES if key in example}
     if "object" in attributes:
-        attributes["object"] = [o for o in _text(attributes["object"]).split(OBJECT_SEPARATOR) if o]
+        attributes["object"] = [o for o in as_text(attributes["object"]).split(OBJECT_SEPARATOR) if o]
         attributes["object"] = attributes["object"] or None
     label = int(example["label"])
     if not 0 <= label < len(class_names):
-        raise ValueError(f"element {_text(example.get('id', '?'))!r}: label {label} is outside the "
+        raise ValueError(f"element {as_text(example.get('id', '?'))!r}: label {label} is outside the "
                          f"{len(class_names)} classes {list(class_names)}")
     return emotion_prompt(attributes, class_names[label])
 
