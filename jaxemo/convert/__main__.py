@@ -7,13 +7,20 @@
     python -m jaxemo.convert vit_hf model.safetensors runs/vit_b16                  # transformers ViT(ForImageClassification)
     python -m jaxemo.convert vit_timm mae_pretrain_vit_base.pth runs/vit_b16        # timm / MAE / AudioMAE encoder
     python -m jaxemo.convert mma_dfer DFEW-set1-model_best.pth runs/mma_dfer_fold1  # the reference's trained model
+    python -m jaxemo.convert wav2vec2 wav2vec2-base/ runs/w2v2_base                 # transformers Wav2Vec2*: a
+    python -m jaxemo.convert hubert hubert-large-ll60k/ runs/hubert_large           #   directory with config.json
 
 The params are written as step 0 of a jaxemo checkpoint directory (`<output_dir>/0/params`), which
-`jaxemo.train.checkpoint.load_params(output_dir)` and every recipe's `init_params` read. Inputs: `.safetensors`
-(read with safetensors), TorchScript archives (`torch.jit.load`) or `.pth` / `.bin` / `.pt` files
-(`torch.load(weights_only=True)`); nothing else is unpickled. Head counts are not stored in the weights: they
-default by width (ViT 192/384/768/1024/1280 -> 3/6/12/16/16 heads, MAE decoder 512 -> 16, CLIP text
-512/768 -> 8/12) and `--num_heads`, `--decoder_heads`, `--text_heads` override them.
+`jaxemo.train.checkpoint.load_params(output_dir)` and every recipe's `init_params` read. wav2vec2 / HuBERT
+take a weights file or a directory holding config.json and the weights (without config.json the layout is
+inferred from the weights, and the CLI says what it assumed); they also write the model config
+(`<output_dir>/0/model_config.json`): `jaxemo.convert.wav2vec2.load(output_dir)` returns (config, params).
+
+Inputs: `.safetensors` (read with safetensors), TorchScript archives (`torch.jit.load`) or `.pth` / `.bin` /
+`.pt` files (`torch.load(weights_only=True)`); nothing else is unpickled. Head counts are not stored in the
+weights: they default by width (ViT 192/384/768/1024/1280 -> 3/6/12/16/16 heads, MAE decoder 512 -> 16, CLIP
+text 512/768 -> 8/12, wav2vec2 / HuBERT without config.json 768/1024 -> 12/16) and `--num_heads`,
+`--decoder_heads`, `--text_heads` override them.
 """
 
 from __future__ import annotations
@@ -28,12 +35,12 @@ import jax
 import numpy as np
 
 from jaxemo.convert import clip as convert_clip, mae as convert_mae, mma_dfer as convert_mma_dfer
-from jaxemo.convert import vit as convert_vit
+from jaxemo.convert import vit as convert_vit, wav2vec2 as convert_wav2vec2
 
 VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 DECODER_HEADS = {512: 16}
 TEXT_HEADS = {512: 8, 768: 12}
-KINDS = ("mae", "mae_hf", "clip", "clip_hf", "vit_hf", "vit_timm", "mma_dfer")
+KINDS = ("mae", "mae_hf", "clip", "clip_hf", "vit_hf", "vit_timm", "mma_dfer", "wav2vec2", "hubert")
 
 
 def read_state_dict(path: str) -> dict:
@@ -124,7 +131,8 @@ def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m jaxemo.convert", description=__doc__.split("\n")[0])
     p.add_argument("kind", choices=KINDS)
-    p.add_argument("input", help="the PyTorch checkpoint (.pth, .bin, .pt, TorchScript or .safetensors)")
+    p.add_argument("input", help="the PyTorch checkpoint (.pth, .bin, .pt, TorchScript or .safetensors); "
+                   "wav2vec2 / hubert: also a directory holding config.json and the weights")
     p.add_argument("output_dir", help="the jaxemo checkpoint directory to create (its step 0)")
     p.add_argument("--num_heads", type=int, default=None, help="(image) encoder heads; default by width")
     p.add_argument("--decoder_heads", type=int, default=None, help="MAE decoder heads; default by width")
@@ -138,6 +146,13 @@ def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from jaxemo.train import checkpoint
 
+    if args.kind in ("wav2vec2", "hubert"):
+        params = convert_wav2vec2.convert_checkpoint(args.input, args.output_dir, args.kind, read_state_dict,
+                                                     num_heads=args.num_heads, overwrite=args.overwrite)
+        count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+        print(f"{args.input} -> {os.path.join(os.path.abspath(args.output_dir), '0')}: {count:,} parameters "
+              f"({args.kind})")
+        return params
     params, unused = convert(args.kind, read_state_dict(args.input), args)
     path = checkpoint.save_params(args.output_dir, params, overwrite=args.overwrite)
     count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
