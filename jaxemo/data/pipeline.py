@@ -235,15 +235,19 @@ def train_dataset(source, global_batch_size: int, seed: int, process_index: int 
                   read_options: grain.ReadOptions | None = None) -> Batches:
     """Endless, reshuffled-every-epoch batches of this process's rows (dicts of numpy arrays).
 
-    `transform(example, rng)` runs per example with a generator seeded from (seed, position in the shuffled
-    stream); `pad_spec` pads/crops variable-length fields and adds their masks and lengths (see module
+    A source with a true `orders_itself` attribute is read in its own order (it shuffles itself, e.g. whole
+    batches of one corpus); every other source is reshuffled every epoch. `transform(example, rng)` runs per
+    example with a generator seeded from (seed, position in the shuffled stream); `pad_spec` pads/crops variable-length fields and adds their masks and lengths (see module
     docstring). `worker_count` > 0 reads, transforms and batches in that many grain worker processes
     (the transform and the source must pickle). Iterators' `get_state`/`set_state` resume exactly, also
     with another worker or process count (`BatchIterator`). `read_options` sets the threads and look-ahead
     (in batches) of each reading process.
     """
     process_index, process_count, local = _processes(process_index, process_count, global_batch_size)
-    examples = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    examples = grain.MapDataset.source(source)
+    if not getattr(source, "orders_itself", False):  # e.g. a multi-corpus source that shuffles whole batches
+        examples = examples.shuffle(seed=seed)
+    examples = examples.repeat()
     examples = _per_example(examples, transform, pad_spec, seed)
     rows = _ProcessRows(examples, global_batch_size, process_index, process_count)
     batches = rows.batch(local, drop_remainder=True, batch_fn=stack_examples)

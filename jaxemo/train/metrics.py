@@ -27,16 +27,26 @@ def classification_metrics(confusion: np.ndarray) -> dict:
     present = support > 0
     recall = np.diag(confusion)[present] / support[present]
     war = np.trace(confusion) / max(confusion.sum(), 1.0)
-    return {"accuracy": float(war), "war": float(war), "uar": float(recall.mean()) if present.any() else 0.0}
+    return {"accuracy": float(war), "war": float(war), "uar": float(recall.mean()) if present.any() else 0.0,
+            "macro_f1": _macro_f1(confusion), "weighted_f1": _weighted_f1(confusion)}
+
+
+def _per_class_f1(confusion: np.ndarray) -> np.ndarray:
+    tp = np.diag(confusion)
+    denominator = 2 * tp + (confusion.sum(axis=0) - tp) + (confusion.sum(axis=1) - tp)
+    return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+
+
+def _macro_f1(confusion: np.ndarray) -> float:
+    """sklearn's `f1_score(average="macro")`: the mean F1 over the classes that occur as a label or a prediction."""
+    seen = (confusion.sum(axis=0) + confusion.sum(axis=1)) > 0
+    return float(_per_class_f1(confusion)[seen].mean()) if seen.any() else 0.0
 
 
 def _weighted_f1(confusion: np.ndarray) -> float:
     """sklearn's `f1_score(average="weighted")` from a `[true, predicted]` confusion matrix."""
-    tp = np.diag(confusion)
     support = confusion.sum(axis=1)
-    denominator = 2 * tp + (confusion.sum(axis=0) - tp) + (support - tp)
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return float((f1 * support).sum() / max(support.sum(), 1.0))
+    return float((_per_class_f1(confusion) * support).sum() / max(support.sum(), 1.0))
 
 
 def sentiment_stats(predictions, labels, weights=None) -> dict:

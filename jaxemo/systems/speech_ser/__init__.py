@@ -1,0 +1,120 @@
+"""Pre-finetuned few-shot speech emotion recognition (Chen & Yu, Interspeech 2023).
+
+wav2vec 2.0 (`jaxemo/models/wav2vec2.py`) is first pre-finetuned on emotional speech corpora with one head per
+corpus (`prefinetune`), then fine-tuned per ESD speaker to detect one emotion from k shots (`fewshot`): 20
+speakers x 5 emotions x 7 values of k x 3 trials = 2,100 trials per starting model, 33,600 for the plain start
+and the 15 pre-finetuned ones. The trials run as population groups (`jaxemo.train.population`).
+
+    corpora     the corpora (real builders or synthetic stand-ins), subsets, the multi-corpus source, views
+    task        the classifier (backbone, projector, one head per corpus) and its task
+    prefinetune the multi-corpus stage
+    fewshot     shot sampling, the protocol as populations, the report (CSV, JSON, F1-vs-k plot)
+
+Recipes: `experiments/configs/prefinetune_ser.py`, `experiments/configs/fewshot_ser.py`; runs:
+`python -m experiments.prefinetune_ser`, `python -m experiments.fewshot_ser`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from jaxemo.models import wav2vec2
+from jaxemo.systems.speech_ser.task import SpeechEmotionClassifier, SpeechEmotionTask
+from jaxemo.train import checkpoint
+
+__all__ = ["model_config", "build_task", "start_params", "SpeechEmotionClassifier", "SpeechEmotionTask"]
+
+START_PARTS = ("backbone", "projector")  # what a starting model gives a new classifier; heads are new
+
+
+def model_config(model) -> wav2vec2.Wav2Vec2Config:
+    """The backbone's config: a converted checkpoint's own (`model.checkpoint`), else `model.preset`; then
+    `model.overrides` (e.g. dropout, LayerDrop, masking) and `model.dtype`."""
+    if model.get("checkpoint"):
+        config, _ = wav2vec2.load(model.checkpoint, params=False)
+    else:
+        config = wav2vec2.Wav2Vec2Config.preset(model.preset)
+    overrides = dict(model.get("overrides") or {})
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+        raise ValueError(f"model.overrides {unknown} are not Wav2Vec2Config fields")
+    if model.get("dtype"):
+        overrides["dtype"] = model.dtype
+    return dataclasses.replace(config, **overrides)
+
+
+def max_samples(config) -> int:
+    return int(round(config.max_seconds * config.sample_rate))
+
+
+def build_task(config, heads, scale_by_log_classes: bool = False, trainable_patterns=None) -> SpeechEmotionTask:
+    """The task of a classifier with `heads` ((name, classes), ...) on `config.model`'s backbone."""
+    backbone = model_config(config.model)
+    model = SpeechEmotionClassifier(backbone, tuple((str(n), int(c)) for n, c in heads),
+                                    normalize=bool(config.model.get("normalize", True)))
+    samples = max_samples(config)
+    flops = wav2vec2.flops(backbone, samples, train=True) + 3 * 2 * backbone.hidden_size * \
+        backbone.classifier_proj_size * int(wav2vec2.conv_output_length(backbone, samples))
+    return SpeechEmotionTask(model, samples, scale_by_log_classes, trainable_patterns, flops)
+
+
+def start_params(config, path: str = "") -> dict:
+    """A starting model's backbone and projector as host arrays: from `path` (a pre-finetuned run's
+    `checkpoints_best`, or any jaxemo checkpoint of the classifier or of a converted wav2vec2), else from
+    `config.model.checkpoint`, else a random initialisation from `config.seed` (the synthetic runs' plain
+    start). A converted backbone without a projector keeps a random projector, as transformers does when it
+    adds a classification head to `facebook/wav2vec2-base`."""
+    task = build_task(config, (("target", 2),))
+    samples = task.max_samples
+    example = {"waveform": np.zeros((1, samples), np.float32), "waveform_mask": np.ones((1, samples), bool)}
+    init = jax.jit(lambda key: task.init(key, example))
+    params = jax.device_get(_unbox(init(jax.random.key(config.seed))["params"]))
+    path = path or config.model.get("checkpoint") or ""
+    if path:
+        loaded = checkpoint.load_params(path)
+        missing = [k for k in ("backbone",) if k not in loaded]
+        if missing:
+            raise ValueError(f"{path}: the checkpoint has no {missing} (it has {sorted(loaded)}); expected a "
+                             f"converted wav2vec2/HuBERT (python -m jaxemo.convert wav2vec2) or a jaxemo run")
+        for part in START_PARTS:
+            if part in loaded:
+                _check_shapes(params[part], loaded[part], f"{path}: {part}")
+                params[part] = jax.device_get(loaded[part])
+    return {k: params[k] for k in START_PARTS}
+
+
+def _unbox(tree):
+    import flax.linen as nn
+
+    return nn.unbox(tree)
+
+
+def _check_shapes(expected, found, where: str) -> None:
+    from flax import traverse_util
+
+    e, f = traverse_util.flatten_dict(expected), traverse_util.flatten_dict(found)
+    missing, extra = sorted(set(e) - set(f)), sorted(set(f) - set(e))
+    if missing or extra:
+        raise ValueError(f"{where}: parameters missing {['/'.join(k) for k in missing][:5]}, unexpected "
+                         f"{['/'.join(k) for k in extra][:5]}: the checkpoint's model differs from config.model")
+    for key in e:
+        if tuple(e[key].shape) != tuple(f[key].shape):
+            raise ValueError(f"{where}/{'/'.join(key)}: shape {tuple(f[key].shape)} in the checkpoint, "
+                             f"{tuple(e[key].shape)} for config.model")
+
+
+def with_start(params: dict, start: dict) -> dict:
+    """`params` (a classifier's) with the backbone and projector of `start`; the heads stay as they are."""
+    return {**params, **{k: start[k] for k in START_PARTS}}
+
+
+def write_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
