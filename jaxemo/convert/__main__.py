@@ -134,7 +134,8 @@ def parse_args(argv):
     p.add_argument("input", help="the PyTorch checkpoint (.pth, .bin, .pt, TorchScript or .safetensors); "
                    "wav2vec2 / hubert: also a directory holding config.json and the weights")
     p.add_argument("output_dir", help="the jaxemo checkpoint directory to create (its step 0)")
-    p.add_argument("--num_heads", type=int, default=None, help="(image) encoder heads; default by width")
+    p.add_argument("--num_heads", type=int, default=None,
+                   help="(image / speech) encoder heads; default by width (wav2vec2 / hubert: config.json first)")
     p.add_argument("--decoder_heads", type=int, default=None, help="MAE decoder heads; default by width")
     p.add_argument("--text_heads", type=int, default=None, help="CLIP text tower heads; default by width")
     p.add_argument("--temporal_heads", type=int, default=8, help="MMA-DFER temporal transformer heads")

@@ -6,7 +6,7 @@
     hidden, aux = Wav2Vec2Model(config).apply({"params": params["backbone"]}, waveform)
 
     python -m jaxemo.convert wav2vec2 facebook-wav2vec2-base/ runs/w2v2_base     # a directory with config.json
-    config, params = load("runs/w2v2_base")
+    config, params = load("runs/w2v2_base")                       # = jaxemo.models.wav2vec2.load
 
 Keys may be `Wav2Vec2Model` / `HubertModel`'s (no prefix) or prefixed `wav2vec2.` / `hubert.` (the
 ForSequenceClassification, ForCTC and ForPreTraining models). Pretraining- and CTC-only weights (quantizer,
@@ -28,14 +28,13 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from jaxemo.convert.vit import _StateDict, _dense, _encoder, _heads_in, _heads_out, _norm, layer_count
-from jaxemo.models.wav2vec2 import Wav2Vec2Config
+from jaxemo.models.wav2vec2 import CONFIG_FILE, Wav2Vec2Config, load  # noqa: F401 (load: re-exported)
 
 logger = logging.getLogger(__name__)
 
 PREFIXES = ("wav2vec2.", "hubert.")
 # Weights of pretraining / CTC heads that no jaxemo wav2vec2 module uses (relative to the model's root).
 DROPPED = ("quantizer.", "project_q.", "project_hid.", "final_proj.", "label_embeddings_concat", "lm_head.")
-CONFIG_FILE = "model_config.json"
 HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16, 1920: 16}
 _POS_CONV = "encoder.pos_conv_embed.conv."
 _WEIGHT_NORM_NAMES = (("weight_g", "weight_v"), ("parametrizations.weight.original0",
@@ -223,21 +222,3 @@ def convert_checkpoint(path: str, output_dir: str, model_type: str, read: Callab
     with open(os.path.join(step_dir, CONFIG_FILE), "w") as f:
         json.dump(config.to_dict(), f, indent=1)
     return params
-
-
-def load(output_dir: str, step: Optional[int] = None, **overrides) -> tuple[Wav2Vec2Config, dict]:
-    """(config, params) of a converted checkpoint; `overrides` replace config fields (a different
-    `scan_layers` also converts the layer layout)."""
-    from jaxemo import layers
-    from jaxemo.train import checkpoint
-
-    step_dir = checkpoint.step_directory(output_dir, step)
-    with open(os.path.join(step_dir, CONFIG_FILE)) as f:
-        stored = Wav2Vec2Config(**json.load(f))
-    config = stored.replace(**overrides)
-    params = checkpoint.load_params(step_dir)
-    if config.scan_layers != stored.scan_layers:
-        blocks = params["backbone"]["encoder"]["blocks"]
-        convert = layers.loop_to_scan if config.scan_layers else layers.scan_to_loop
-        params["backbone"]["encoder"]["blocks"] = convert(blocks, config.num_hidden_layers)
-    return config, params

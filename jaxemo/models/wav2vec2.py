@@ -46,6 +46,7 @@ ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False), "gelu_new"
 # from_hf fills keys missing from a config.json with these, as transformers would.
 _HF_CLASS_DEFAULTS = dict(activation_dropout=0.1, feat_proj_dropout=0.0)
 _JAXEMO_ONLY = {"dtype", "scan_layers", "remat"}
+CONFIG_FILE = "model_config.json"  # a converted checkpoint's config, beside <step>/params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +136,9 @@ class Wav2Vec2Config:
             raise ValueError("wav2vec2 adapters (add_adapter / adapter_attn_dim) are not supported")
         names = {f.name for f in dataclasses.fields(cls)} - _JAXEMO_ONLY  # HF's "dtype" is torch's, not ours
         values = {**_HF_CLASS_DEFAULTS, **{k: v for k, v in hf.items() if k in names}, **overrides}
-        if values.get("model_type") not in MODEL_TYPES:
-            values["model_type"] = "hubert" if "hubert" in str(values.get("model_type", "")) else "wav2vec2"
+        values.setdefault("model_type", "wav2vec2")
+        if values["model_type"] not in MODEL_TYPES:  # wavlm, data2vec-audio, ... differ in their layers
+            raise ValueError(f"model_type={values['model_type']!r} is not supported; expected one of {MODEL_TYPES}")
         return cls(**values)
 
     @classmethod
@@ -183,11 +185,13 @@ def frame_mask(config: Wav2Vec2Config, sample_mask: jax.Array) -> jax.Array:
 
 
 def masked_mean(hidden: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
-    """Mean over frames `[B, F, D] -> [B, D]`, over the valid frames of `mask` `[B, F]` when given."""
+    """Mean over frames `[B, F, D] -> [B, D]`, over the valid frames of `mask` `[B, F]` when given (an example
+    without any, e.g. batch padding, pools to 0 rather than NaN)."""
     if mask is None:
         return hidden.mean(axis=1)
-    total = jnp.sum(jnp.where(mask[..., None], hidden, 0), axis=1)
-    return total / jnp.sum(mask, axis=1, keepdims=True).astype(hidden.dtype)
+    total = jnp.sum(jnp.where(mask[..., None], hidden, 0), axis=1, dtype=jnp.float32)
+    count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1)
+    return (total / count).astype(hidden.dtype)
 
 
 def max_spans(length: int, prob: float, span: int, min_masks: int) -> int:
@@ -475,6 +479,33 @@ class Wav2Vec2ForSequenceClassification(nn.Module):
         projected = self.projector(hidden)
         pooled = masked_mean(projected, None if sample_mask is None else aux["frame_mask"])
         return self.classifier(pooled), {**aux, "pooled": pooled, "projected": projected}
+
+
+def load(path: str, step: Optional[int] = None, params: bool = True, **overrides):
+    """(config, params) of a checkpoint written by `python -m jaxemo.convert wav2vec2|hubert` (its
+    `<step>/model_config.json` beside `<step>/params`); `params=False` reads the config only (params None).
+    `overrides` replace config fields; a different `scan_layers` also converts the layer layout."""
+    import json
+    import os
+
+    from jaxemo.train import checkpoint
+
+    step_dir = checkpoint.step_directory(path, step)
+    config_path = os.path.join(step_dir, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path}: no wav2vec2 config (write one with python -m jaxemo.convert "
+                                f"wav2vec2 / hubert)")
+    with open(config_path) as f:
+        stored = Wav2Vec2Config(**json.load(f))
+    config = stored.replace(**overrides)
+    if not params:
+        return config, None
+    tree = checkpoint.load_params(step_dir)
+    if config.scan_layers != stored.scan_layers:
+        convert = layers.loop_to_scan if config.scan_layers else layers.scan_to_loop
+        blocks = tree["backbone"]["encoder"]["blocks"]
+        tree["backbone"]["encoder"]["blocks"] = convert(blocks, config.num_hidden_layers)
+    return config, tree
 
 
 def create(name_or_config, num_labels: Optional[int] = None, **overrides) -> nn.Module:
