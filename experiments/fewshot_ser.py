@@ -62,7 +62,7 @@ def run(config, workdir: str) -> dict | None:
     os.makedirs(workdir, exist_ok=True)
     # Every (start, k) population compiles its step; the same k of another start compiles the same program.
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     starts = start_models(config, workdir)
     if starts is None:
         return None

@@ -196,6 +196,13 @@ def test_components_match(models):
     ours = jax.jit(wav2vec2.PositionalConvEmbedding(config).apply)({"params": backbone["encoder"]["pos_conv_embed"]},
                                                                    hidden)
     close(ours, pos, "position conv")
+    # the im2col implementation (population training) on the same weights
+    taps = config.replace(conv_impl="matmul")
+    ours = jax.jit(wav2vec2.FeatureEncoder(taps).apply)({"params": backbone["feature_extractor"]}, wave)
+    close(ours, features, "feature encoder, conv_impl=matmul")
+    ours = jax.jit(wav2vec2.PositionalConvEmbedding(taps).apply)({"params": backbone["encoder"]["pos_conv_embed"]},
+                                                                 hidden)
+    close(ours, pos, "position conv, conv_impl=matmul")
 
 
 def test_frame_mask_matches_transformers(models):

@@ -32,6 +32,6 @@ def base_config() -> config_dict.ConfigDict:
     # mesh.fsdp > 1, a parameter of at least `min_sharded_size` elements left replicated is an error.
     config.sharding = config_dict.ConfigDict(dict(rules=(), min_sharded_size=1 << 20))
     # Population training (jaxemo.train.population): trials per group (0: as many as fit `memory_fraction` of
-    # the device memory by XLA's estimate).
-    config.population = config_dict.ConfigDict(dict(group_size=0, memory_fraction=0.7))
+    # the device memory by XLA's estimate); `read_threads` grain threads per trial's reader (0: none).
+    config.population = config_dict.ConfigDict(dict(group_size=0, memory_fraction=0.7, read_threads=0))
     return config

@@ -77,9 +77,10 @@ def training_config(variant: str) -> config_dict.ConfigDict:
     """Batch, optimizer, schedule and early stopping of pre-finetuning (the trainer's top-level fields)."""
     paper = variant == "paper"
     return config_dict.ConfigDict(dict(
-        batch_size=4, eval_batch_size=8 if paper else 32, num_epochs=200 if paper else 6, eval_every_epochs=1,
+        batch_size=4 if paper else 16, eval_batch_size=8 if paper else 64, num_epochs=200 if paper else 8,
+        eval_every_epochs=1,
         log_every_steps=100 if paper else 50, cache_audio=not paper,
-        optimizer=dict(name="adamw", learning_rate=3e-5 if paper else 1e-3, weight_decay=0.0, b1=0.9, b2=0.999,
+        optimizer=dict(name="adamw", learning_rate=3e-5 if paper else 3e-3, weight_decay=0.0, b1=0.9, b2=0.999,
                        eps=1e-8, schedule="warmup_linear", warmup_fraction=0.1, clip_norm=1.0,
                        grad_accum_steps=4 if paper else 1),
         best=dict(metric="accuracy", mode="max", min_delta=0.02, patience=3),
@@ -92,7 +93,7 @@ def get_config(arg: str | None = None):
     config.variant = variant
     config.subset = subset
     config.sample_rate = 16_000
-    config.max_seconds = 5.0 if variant == "paper" else 0.5
+    config.max_seconds = 5.0 if variant == "paper" else 0.25
     config.model = model_config(variant)
     config.corpora = corpora_config(variant)
     config.heads = "all"  # "reference": the heads stay at their random initialisation, as the released code

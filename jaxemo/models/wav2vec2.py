@@ -40,6 +40,7 @@ import numpy as np
 from jaxemo import layers
 
 MODEL_TYPES = ("wav2vec2", "hubert")
+CONV_IMPLS = ("xla", "matmul")
 ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False), "gelu_new": nn.gelu, "relu": nn.relu,
                "swish": nn.silu, "silu": nn.silu}
 # transformers' class defaults where they differ from facebook/wav2vec2-base's config.json (our defaults):
@@ -87,6 +88,11 @@ class Wav2Vec2Config:
     # jaxemo only
     dtype: str = "float32"  # compute dtype; "bfloat16" on accelerators (params stay float32)
     scan_layers: bool = True
+    # "xla": lax.conv for the feature encoder and the position conv; "matmul": the same convolutions as
+    # strided slices and one einsum (im2col). Both are exact; "matmul" is the fast one when the weights carry a
+    # vmapped axis (population training: XLA turns a vmapped conv into a grouped conv, slow on the CPU), at the
+    # cost of the position conv's patches (num_conv_pos_embeddings x the hidden states) in memory.
+    conv_impl: str = "xla"
     remat: Any = False  # False / True (= "full") or a `layers.REMAT_POLICIES` name
 
     def __post_init__(self):
@@ -97,6 +103,8 @@ class Wav2Vec2Config:
                              f"{self.conv_dim}, {self.conv_kernel}, {self.conv_stride}")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type={self.model_type!r}: expected one of {MODEL_TYPES}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl={self.conv_impl!r}: expected one of {CONV_IMPLS}")
         if self.feat_extract_norm not in ("group", "layer"):
             raise ValueError(f"feat_extract_norm={self.feat_extract_norm!r}: expected 'group' or 'layer'")
         for name in ("hidden_act", "feat_extract_activation"):
@@ -239,6 +247,45 @@ def _dense(features: int, axes: tuple, dtype, name: str, use_bias: bool = True) 
 # ------------------------------------------------------------------------------------------ modules
 
 
+def conv1d_taps(x: jax.Array, kernel: jax.Array, stride: int = 1, groups: int = 1) -> jax.Array:
+    """VALID 1-D convolution `[B, L, Cin] * [K, Cin / groups, Cout] -> [B, L_out, Cout]` as K strided slices
+    and one einsum: under `vmap` over the weights it is a batched matmul, not a grouped convolution."""
+    k, cin_per_group, cout = kernel.shape
+    out = (x.shape[1] - k) // stride + 1
+    patches = jnp.stack([jax.lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride, axis=1) for i in range(k)],
+                        axis=2)  # [B, L_out, K, Cin]
+    patches = patches.reshape(*patches.shape[:3], groups, cin_per_group)
+    weights = kernel.reshape(k, cin_per_group, groups, cout // groups)
+    return jnp.einsum("blkgc,kcgo->blgo", patches, weights).reshape(*patches.shape[:2], cout)
+
+
+class Conv1d(nn.Module):
+    """`nn.Conv` (VALID, one spatial axis; the same `kernel` [K, Cin, Cout] and `bias` params) computed by
+    `lax.conv` or, with impl="matmul", by `conv1d_taps`."""
+
+    features: int
+    kernel_size: int
+    stride: int
+    use_bias: bool
+    dtype: Any
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", layers.with_axes(nn.initializers.he_normal(), None, None, "embed"),
+                            (self.kernel_size, x.shape[-1], self.features))
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if self.impl == "matmul":
+            y = conv1d_taps(x, kernel, self.stride)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (self.stride,), "VALID",
+                                             dimension_numbers=("NWC", "WIO", "NWC"))
+        if self.use_bias:
+            y = y + self.param("bias", layers.with_axes(nn.initializers.zeros, "embed"),
+                               (self.features,)).astype(self.dtype)
+        return y
+
+
 class FeatureEncoder(nn.Module):
     """Waveform `[B, T]` -> conv features `[B, F, conv_dim[-1]]`."""
 
@@ -250,9 +297,7 @@ class FeatureEncoder(nn.Module):
         activation = ACTIVATIONS[c.feat_extract_activation]
         x = waveform.astype(dtype)[..., None]
         for i, (dim, kernel, stride) in enumerate(zip(c.conv_dim, c.conv_kernel, c.conv_stride)):
-            x = nn.Conv(dim, (kernel,), (stride,), padding="VALID", use_bias=c.conv_bias, dtype=dtype,
-                        kernel_init=layers.with_axes(nn.initializers.he_normal(), None, None, "embed"),
-                        bias_init=layers.with_axes(nn.initializers.zeros, "embed"), name=f"conv_{i}")(x)
+            x = Conv1d(dim, kernel, stride, c.conv_bias, dtype, c.conv_impl, name=f"conv_{i}")(x)
             if c.feat_extract_norm == "layer":
                 x = layers.layer_norm(1e-5, dtype, f"norm_{i}")(x)  # torch's default eps, not layer_norm_eps
             elif i == 0:
@@ -294,9 +339,13 @@ class PositionalConvEmbedding(nn.Module):
         g = self.param("weight_g", layers.with_axes(lambda *_: norm_of_v(), None), (k,))
         bias = self.param("bias", layers.with_axes(nn.initializers.zeros, "embed"), (d,))
         kernel = v * (g / norm_of_v())[:, None, None]
-        out = jax.lax.conv_general_dilated(
-            x.astype(dtype), kernel.astype(dtype), window_strides=(1,), padding=[(k // 2, k // 2)],
-            dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
+        if c.conv_impl == "matmul":
+            padded = jnp.pad(x.astype(dtype), ((0, 0), (k // 2, k // 2), (0, 0)))
+            out = conv1d_taps(padded, kernel.astype(dtype), 1, groups)
+        else:
+            out = jax.lax.conv_general_dilated(
+                x.astype(dtype), kernel.astype(dtype), window_strides=(1,), padding=[(k // 2, k // 2)],
+                dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
         out = out + bias.astype(dtype)
         if k % 2 == 0:
             out = out[:, :-1]

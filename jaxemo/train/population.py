@@ -41,6 +41,7 @@ import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,6 +161,7 @@ class Population:
                              out_shardings=(self.state_shardings, self.trial_sharding))
         self._eval = jax.jit(self._population_eval, out_shardings=self.trial_sharding)
         self._keep = jax.jit(_where_trials, donate_argnums=(2,))
+        self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # one program, not one per leaf shape
         unboxed = lambda seed: nn.unbox(self._init(jax.random.key(seed)))
         self._init_trials = jax.jit(jax.vmap(lambda seed: unboxed(seed).replace(frozen={})),
                                     out_shardings=self.state_shardings)
@@ -167,6 +169,10 @@ class Population:
         self._set_hyperparams = jax.jit(lambda opt_state, values: optim.with_hyperparams(opt_state, **values),
                                         out_shardings=self.trial_sharding)
         self.group_size = self._group_size()
+        # Each trial reads its own small source every step: by default in the calling thread (grain's
+        # prefetch threads, one pool per trial, cost more than they save for hundreds of trials).
+        threads = int((config.get("population") or {}).get("read_threads") or 0)
+        self.read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
 
     # ---------------------------------------------------------------------------------------- set-up
 
@@ -293,7 +299,8 @@ class Population:
             if id(source) not in cache:
                 cache[id(source)] = list(pipeline.eval_batches(
                     source, self.config.eval_batch_size, process_index=0, process_count=1,
-                    transform=self.task.host_transform(False), pad_spec=self.task.pad_spec))
+                    transform=self.task.host_transform(False), pad_spec=self.task.pad_spec,
+                    read_options=self.read_options))
         per_trial = [cache[id(sources[i])] for i in local]
         count = max(len(b) for b in per_trial)
         padded = [b + [{**b[-1], "mask": np.zeros_like(b[-1]["mask"])}] * (count - len(b)) for b in per_trial]
@@ -319,12 +326,12 @@ class Population:
         iterators = {i: iter(pipeline.train_dataset(
             group[i].train, self.config.batch_size, group[i].seed, process_index=0, process_count=1,
             worker_count=self.config.get("data_workers", 0), transform=self.task.host_transform(True),
-            pad_spec=self.task.pad_spec)) for i in local}
+            pad_spec=self.task.pad_spec, read_options=self.read_options)) for i in local}
         eval_batches = self._eval_batches(group, [t.eval for t in group], local) if self.has_eval else None
         tracker = early_stopping.BestTracker(self.best, size)
         active = np.arange(size) < real
         nonfinite = np.zeros(size, bool)
-        selected = jax.tree.map(jnp.copy, state.trainable) if self.best.enabled else None
+        selected = self._copy(state.trainable) if self.best.enabled else None
         eval_rows: list = [None] * size
         last_batch: dict = {}
         max_streak = int(self.config.get("max_consecutive_nonfinite", 10))

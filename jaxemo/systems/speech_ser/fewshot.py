@@ -149,12 +149,18 @@ def make_trials(config, data: SpeakerData, k: int, start: str) -> list[populatio
 
 
 def stage_config(config, k: int):
-    """The population's config for trials with k shots."""
+    """The population's config for trials with k shots. A batch holds at most the k shots (k = 2: one update
+    from the 2 shots, as transformers accumulates what an epoch has: 2 micro-batches of 1)."""
     out = config.copy_and_resolve_references()
     epochs, patience = schedule(config.protocol, k)
     with out.unlocked():
         out.num_epochs = epochs
         out.best.patience = patience
+        if 0 < k < out.batch_size:
+            accum = int(out.optimizer.get("grad_accum_steps", 1))
+            micro = out.batch_size // accum
+            out.batch_size = max(micro, k - k % micro)
+            out.optimizer.grad_accum_steps = out.batch_size // micro
     return out
 
 
