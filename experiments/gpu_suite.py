@@ -10,6 +10,8 @@ Runs, each as its own process with its own time limit (a failure is reported and
   casp       CASP's source train and inference steps at MOSI size (`--system=casp`)
   tta        test-time adaptation latency, episodic vmap vs per-sample loop (`experiments.tta_latency`)
   population trials per hour, vmapped groups vs one at a time (`experiments.population_benchmark`)
+  fewshot    few-shot SER trials per hour, wav2vec2-base on 5 s clips, population vs one at a time, and the
+             projected wall time of the 33,600 trials (`experiments.fewshot_benchmark`)
   uniemox    UniEmoX pretraining (ViT-L/16 student + CLIP-B/16 teacher, batch 128) and fine-tuning (ViT-L/16,
              batch 64) steps, bf16 (`--system=uniemox`)
 Attention goes through `jax.nn.dot_product_attention`, which picks cuDNN's fused kernel on the GPU.
@@ -31,21 +33,24 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {
     "vit": ("experiments.benchmark",
             ["--system=vit_classifier", "--variants=B/16", "--dtype=bfloat16", "--batch_size=256", "--notorch"],
-            ["--system=vit_classifier", "--tiny", "--notorch"], 75),
+            ["--system=vit_classifier", "--tiny", "--notorch"], 60),
     "mma_dfer": ("experiments.benchmark",
                  ["--system=mma_dfer", "--variants=dfew", "--dtype=bfloat16", "--frozen_dtype=bfloat16",
                   "--batch_size=8,32,64", "--remat_policy=none,none,full", "--notorch"],
-                 ["--system=mma_dfer", "--tiny", "--notorch"], 150),
+                 ["--system=mma_dfer", "--tiny", "--notorch"], 135),
     "casp": ("experiments.benchmark", ["--system=casp", "--batch_size=1024", "--notorch"],
              ["--system=casp", "--tiny", "--notorch"], 45),
     "tta": ("experiments.tta_latency", ["--batches=1,256,4096", "--chunk=4096", "--notorch"],
-            ["--tiny", "--batches=1,4", "--steps=1", "--notorch", "--nooffline"], 75),
+            ["--tiny", "--batches=1,4", "--steps=1", "--notorch", "--nooffline"], 60),
     "population": ("experiments.population_benchmark",
-                   ["--trials=512", "--group_size=256", "--sequential_trials=8", "--steps=100"], ["--tiny"], 60),
+                   ["--trials=512", "--group_size=256", "--sequential_trials=8", "--steps=100"], ["--tiny"], 50),
     "uniemox": ("experiments.benchmark",
                 ["--system=uniemox", "--variants=pretrain-L/16,finetune-L/16", "--dtype=bfloat16",
                  "--frozen_dtype=bfloat16", "--batch_size=128,64", "--notorch"],
-                ["--system=uniemox", "--tiny", "--notorch"], 75),
+                ["--system=uniemox", "--tiny", "--notorch"], 70),
+    "fewshot": ("experiments.fewshot_benchmark",
+                ["--preset=base", "--seconds=5", "--dtype=bfloat16", "--trials=100", "--group_size=50",
+                 "--sequential_trials=2", "--epochs=2", "--k=8"], ["--tiny"], 60),
 }
 
 

@@ -456,3 +456,20 @@ def test_flops_match_xla_cost_analysis():
     # wav2vec2-base on 1 s of 16 kHz audio (49 frames): 4.90 G in the conv encoder, 0.47 G in the position
     # conv, 8.41 G in the 12 layers, 0.06 G in the projection
     assert wav2vec2.flops(wav2vec2.Wav2Vec2Config.preset("base"), 16000) == pytest.approx(13.82e9, rel=1e-3)
+
+
+def test_masked_feature_norm_makes_padding_invisible():
+    """feature_norm_mask: a zero-padded clip gives the unpadded clip's hidden states on its real frames."""
+    config = wav2vec2.Wav2Vec2Config.preset("tiny", feature_norm_mask=True, conv_impl="matmul")
+    model = wav2vec2.Wav2Vec2Model(config)
+    wave = np.random.default_rng(3).standard_normal((1, 1200)).astype(np.float32)
+    padded = np.pad(wave, ((0, 0), (0, 800)))
+    mask = np.arange(2000)[None] < 1200
+    params = model.init(jax.random.key(0), padded, mask)
+    alone, _ = jax.jit(model.apply)(params, wave)
+    ours, aux = jax.jit(model.apply)(params, padded, mask)
+    frames = int(aux["frame_mask"].sum())
+    assert frames == alone.shape[1]
+    np.testing.assert_allclose(np.asarray(ours)[:, :frames], np.asarray(alone), atol=2e-5, rtol=2e-5)
+    plain, _ = jax.jit(wav2vec2.Wav2Vec2Model(config.replace(feature_norm_mask=False)).apply)(params, padded, mask)
+    assert not np.allclose(np.asarray(plain)[:, :frames], np.asarray(alone), atol=1e-3)

@@ -16,7 +16,9 @@ subsets of iemocap, podcast (MSP-Podcast), improv (MSP-Improv), mandarin (Mandar
   warm-up then linear decay over 200 epochs, evaluation every epoch, early stopping on the pooled validation
   accuracy (patience 3, threshold 0.02), the best epoch kept. Audio resampled to 16 kHz by the builders (the
   reference feeds every corpus at its native rate as if it were 16 kHz) and truncated to 5 s.
-  `heads="reference"` reproduces the released code's untrained heads.
+  `heads="reference"` reproduces the released code's untrained heads. The reference trains with batch 1, so
+  its clips are never padded; here every clip is padded to 5 s (static shapes) with `feature_norm_mask`, so
+  the first conv layer's group norm sees only the real samples and a padded clip computes what it alone would.
 - `tiny`: the same stage on synthetic stand-ins for the four corpora (their own voices and label sets), with
   a small random backbone, for a 2-core CPU.
 """
@@ -55,11 +57,11 @@ def parse_arg(arg: str | None) -> tuple[str, str]:
 def model_config(variant: str) -> config_dict.ConfigDict:
     """The backbone: a converted checkpoint (`checkpoint`) or a preset, with config overrides."""
     if variant == "paper":
-        overrides = {}
+        overrides = dict(feature_norm_mask=True)  # clips padded to 5 s normalise as the reference's unpadded ones
         preset = "base"
     else:  # the synthetic runs train from a random start: no SpecAugment/LayerDrop, light dropout
         overrides = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-                         layerdrop=0.0, mask_time_prob=0.0)
+                         layerdrop=0.0, mask_time_prob=0.0, feature_norm_mask=True)
         preset = "tiny"
     return config_dict.ConfigDict(dict(preset=preset, checkpoint="", overrides=overrides, dtype="float32",
                                        normalize=True))

@@ -93,6 +93,10 @@ class Wav2Vec2Config:
     # vmapped axis (population training: XLA turns a vmapped conv into a grouped conv, slow on the CPU), at the
     # cost of the position conv's patches (num_conv_pos_embeddings x the hidden states) in memory.
     conv_impl: str = "xla"
+    # The first conv layer's group norm ("group" layout) takes its statistics over the real samples' frames
+    # only, so a zero-padded clip gives the same features as the clip alone (the reference fine-tunes with
+    # batch 1, unpadded). transformers normalises over the padding too (False: its behaviour, for parity).
+    feature_norm_mask: bool = False
     remat: Any = False  # False / True (= "full") or a `layers.REMAT_POLICIES` name
 
     def __post_init__(self):
@@ -292,7 +296,7 @@ class FeatureEncoder(nn.Module):
     config: Wav2Vec2Config
 
     @nn.compact
-    def __call__(self, waveform: jax.Array) -> jax.Array:
+    def __call__(self, waveform: jax.Array, sample_mask: Optional[jax.Array] = None) -> jax.Array:
         c, dtype = self.config, _dtype(self.config)
         activation = ACTIVATIONS[c.feat_extract_activation]
         x = waveform.astype(dtype)[..., None]
@@ -301,9 +305,14 @@ class FeatureEncoder(nn.Module):
             if c.feat_extract_norm == "layer":
                 x = layers.layer_norm(1e-5, dtype, f"norm_{i}")(x)  # torch's default eps, not layer_norm_eps
             elif i == 0:
+                valid = None
+                if c.feature_norm_mask and sample_mask is not None:
+                    lengths = (jnp.sum(sample_mask.astype(jnp.int32), axis=-1) - kernel) // stride + 1
+                    valid = (jnp.arange(x.shape[1]) < lengths[:, None])[..., None]
                 x = nn.GroupNorm(num_groups=dim, epsilon=1e-5, dtype=dtype, use_fast_variance=False,
                                  scale_init=layers.with_axes(nn.initializers.ones, "embed"),
-                                 bias_init=layers.with_axes(nn.initializers.zeros, "embed"), name="norm_0")(x)
+                                 bias_init=layers.with_axes(nn.initializers.zeros, "embed"), name="norm_0")(
+                    x, mask=None if valid is None else jnp.broadcast_to(valid, x.shape))
             x = activation(x)
         return x
 
@@ -454,7 +463,7 @@ class Wav2Vec2Model(nn.Module):
                  output_hidden_states: bool = True):
         c = self.config
         frames = _check_inputs(c, waveform, sample_mask, mask_time)
-        features = FeatureEncoder(c, name="feature_extractor")(waveform)
+        features = FeatureEncoder(c, name="feature_extractor")(waveform, sample_mask)
         frames_valid = None if sample_mask is None else frame_mask(c, sample_mask)
         hidden, normed = FeatureProjection(c, name="feature_projection")(features, deterministic)
         hidden, mask_time = self.spec_augment(hidden, frames_valid, deterministic, mask_time)

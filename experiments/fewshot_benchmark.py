@@ -1,0 +1,224 @@
+"""Few-shot SER trials per hour: wav2vec 2.0 trials as population groups against one trial at a time, and the
+projected wall time of the paper's 33,600 trials.
+
+    python -m experiments.fewshot_benchmark --write                       # CPU: a reduced encoder, 1 s clips
+    python -m experiments.fewshot_benchmark --preset=base --seconds=5 --dtype=bfloat16 --trials=256 \
+        --group_size=64 --write                                           # GPU: wav2vec2-base, 5 s clips
+    python -m experiments.fewshot_benchmark --tiny                        # seconds: tests
+
+Every trial is a few-shot trial of the protocol (`jaxemo.systems.speech_ser.fewshot`): one synthetic ESD
+speaker, one target emotion, k shots (`--k`, balanced), full fine-tuning with a new 2-class head, batch
+min(4, k), AdamW, evaluation every epoch on the speaker's `--eval_clips` evaluation clips (ESD: 100),
+`--epochs` epochs, no early stopping (every trial runs the same steps on both sides). Both sides use the same
+jitted train step (the population vmaps it) and include reading the data and evaluating:
+
+  population    `jaxemo.train.population.Population` groups of `--group_size` trials
+  one at a time the trials in a Python loop with the trainer's jitted step and eval step, compiled once
+
+Compilation is excluded from trials/hour (each side runs once untimed first). FLOPs: the analytic
+wav2vec2 count (`jaxemo.models.wav2vec2.flops`): 3x forward per training clip, 1x per evaluation clip.
+
+Projection: the paper's protocol (k in 2..64, 200 epochs for k <= 8 and 50 above, 100 evaluation clips per
+epoch, 300 trials per k per start, 16 starts) without early stopping, an upper bound, at the population's
+achieved FLOP/s; printed for `--preset=base --seconds=5`, the paper's model and clips. Trials never
+communicate, so a slice of n chips with the `trials` axis sharded (the population's default) takes 1/n of one
+chip's time at the same per-chip rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import shlex
+import sys
+import time
+
+import jax
+import numpy as np
+
+from experiments import population_benchmark
+from jaxemo import bench, cli
+from jaxemo.models import wav2vec2
+from jaxemo.systems import speech_ser
+from jaxemo.systems.speech_ser import fewshot
+from jaxemo.train import population
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTION = "fewshot-trials"
+PAPER_SCHEDULE = {2: 200, 4: 200, 8: 200, 16: 50, 24: 50, 32: 50, 64: 50}  # k -> epochs (no early stopping)
+PAPER_TRIALS_PER_K = 20 * 5 * 3
+PAPER_STARTS = 16
+ESD_EVAL_CLIPS = 100
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.fewshot_benchmark", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="base", help="wav2vec2 preset (base, large, hubert-base, ...)")
+    p.add_argument("--layers", type=int, default=None, help="transformer layers (default: the preset's)")
+    p.add_argument("--hidden", type=int, default=None, help="hidden size (heads = hidden / 64)")
+    p.add_argument("--conv_dim", type=int, default=None, help="channels of every feature-encoder conv")
+    p.add_argument("--seconds", type=float, default=5.0, help="clip length (padded/truncated)")
+    p.add_argument("--conv_impl", default="matmul", choices=wav2vec2.CONV_IMPLS)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--eval_clips", type=int, default=ESD_EVAL_CLIPS, help="evaluation clips per trial")
+    p.add_argument("--trials", type=int, default=64)
+    p.add_argument("--group_size", type=int, default=32)
+    p.add_argument("--sequential_trials", type=int, default=4)
+    p.add_argument("--peak_size", type=int, default=None)
+    p.add_argument("--cpu", action="store_true", help="the CPU defaults: a reduced encoder (2 layers, hidden "
+                   "128, conv 64), 1 s clips, 32 trials in groups of 16")
+    p.add_argument("--tiny", action="store_true", help="4 trials of the tiny preset: seconds")
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
+    args = p.parse_args(argv)
+    chosen = any(a.startswith("--preset") for a in argv)
+    if args.cpu or (jax.default_backend() == "cpu" and not args.tiny and not chosen):
+        args.cpu = True
+        args.layers, args.hidden, args.conv_dim, args.seconds = args.layers or 2, args.hidden or 128, \
+            args.conv_dim or 64, 1.0
+        args.trials, args.group_size = min(args.trials, 32), min(args.group_size, 16)
+    if args.tiny:
+        args.preset, args.seconds, args.trials, args.group_size, args.sequential_trials = "tiny", 0.1, 4, 4, 2
+        args.epochs, args.eval_clips, args.k = 2, 10, 4
+    args.peak_size = args.peak_size or (256 if args.tiny else 2048 if jax.default_backend() == "cpu" else 8192)
+    return args
+
+
+def make_config(args):
+    config = cli.load_config("fewshot_ser", "tiny")
+    overrides = dict(conv_impl=args.conv_impl, hidden_dropout=0.1, attention_dropout=0.1, feat_proj_dropout=0.1,
+                     layerdrop=0.0, mask_time_prob=0.05 if args.seconds >= 1 else 0.0)
+    if args.layers:
+        overrides["num_hidden_layers"] = args.layers
+    if args.hidden:
+        overrides.update(hidden_size=args.hidden, num_attention_heads=max(1, args.hidden // 64),
+                         intermediate_size=4 * args.hidden)
+    if args.conv_dim:
+        overrides["conv_dim"] = (args.conv_dim,) * 7
+    config.model.update(preset=args.preset, overrides=overrides, dtype=args.dtype)
+    config.max_seconds = args.seconds
+    per_emotion = max(1, math.ceil(args.eval_clips / 5))
+    config.data.update(num_speakers=max(1, math.ceil(args.trials / 5)), train_per_emotion=max(8, args.k),
+                       eval_per_emotion=per_emotion, test_per_emotion=1, min_seconds=min(1.0, args.seconds),
+                       max_seconds=args.seconds)
+    config.protocol.update(k_values=(args.k,), trials=1, small_epochs=args.epochs, large_epochs=args.epochs,
+                           small_patience=0, large_patience=0)
+    config.optimizer.update(learning_rate=3e-5, grad_accum_steps=1)
+    args.eval_clips = per_emotion * 5
+    config.eval_batch_size = min(32, args.eval_clips)
+    config.population.group_size = args.group_size
+    config.log_every_steps = 10_000
+    return fewshot.stage_config(config, args.k)
+
+
+def make_trials(config, args) -> list[population.Trial]:
+    data = fewshot.SpeakerData(config)
+    trials = fewshot.make_trials(config, data, args.k, "plain")[:args.trials]
+    return [dataclasses.replace(t, test=None) for t in trials]
+
+
+def protocol_flops(task) -> float:
+    """FLOPs of one starting model's 2,100 trials at the paper's schedule without early stopping."""
+    train, forward = task.flops_per_example, task.flops_per_example / 3
+    per_trial_set = sum(epochs * (max(k, 1) * train + ESD_EVAL_CLIPS * forward)
+                        for k, epochs in PAPER_SCHEDULE.items())
+    return PAPER_TRIALS_PER_K * per_trial_set
+
+
+def measure(args) -> dict:
+    config = make_config(args)
+    task = speech_ser.build_task(config, (("target", 2),))
+    trials = make_trials(config, args)
+    peak = bench.matmul_peak_flops(bench.jax_matmul(args.peak_size, np.float32), args.peak_size)
+    print(f"peak {peak / 1e12:.3f} TFLOP/s; {len(trials)} trials, {task.flops_per_example / 1e9:.2f} GFLOP per "
+          f"training clip", flush=True)
+    sequential = population_benchmark.run_one_at_a_time(config, task, trials[:args.sequential_trials])
+    print(f"one at a time: {len(sequential['rows'])} trials in {sequential['seconds']:.1f} s "
+          f"(+ {sequential['compile_s']:.1f} s compile)", flush=True)
+    vmapped = population_benchmark.run_population(config, task, trials)
+    print(f"population: {len(vmapped['rows'])} trials in {vmapped['seconds']:.1f} s (+ {vmapped['compile_s']:.1f} s "
+          f"compile), groups of {vmapped['group_size']}", flush=True)
+    return {"config": config, "task": task, "peak": peak, "sequential": sequential, "population": vmapped}
+
+
+def _trial_flops(result, args, steps: float) -> float:
+    """Training (3x forward per clip) and evaluation (1x per clip per epoch) FLOPs of one trial."""
+    task, config = result["task"], result["config"]
+    epochs = steps / max(1, loop_steps_per_epoch(config, args))
+    return steps * config.batch_size * task.flops_per_example + epochs * args.eval_clips * task.flops_per_example / 3
+
+
+def loop_steps_per_epoch(config, args) -> int:
+    return max(args.k // config.batch_size, 1)
+
+
+def section_body(result: dict, args, argv) -> str:
+    task, config = result["task"], result["config"]
+    backbone = task.model.config
+    lines = ["| mode | trials timed | trials/hour | train steps/s | achieved GFLOP/s | MFU % | compile s | group |",
+             "|---|---|---|---|---|---|---|---|"]
+    rates = {}
+    for name, key, group in (("one at a time", "sequential", "1"),
+                             ("population (vmapped groups)", "population", str(result["population"]["group_size"]))):
+        r = result[key]
+        trials = len(r["rows"])
+        flops = sum(_trial_flops(result, args, row["steps_run"]) for row in r["rows"])
+        rates[key] = flops / r["seconds"]
+        lines.append(f"| {name} | {trials} | {population.trials_per_hour(trials, r['seconds']):,.0f} | "
+                     f"{r['steps'] / r['seconds']:.1f} | {rates[key] / 1e9:.2f} | {100 * rates[key] / result['peak']:.1f} | "
+                     f"{r['compile_s']:.1f} | {group} |")
+    seq = result["sequential"]["seconds"] / len(result["sequential"]["rows"])
+    pop = result["population"]["seconds"] / len(result["population"]["rows"])
+    model = (f"wav2vec2 `{args.preset}`" + (f" reduced to {backbone.num_hidden_layers} layers, hidden "
+             f"{backbone.hidden_size}, conv {backbone.conv_dim[0]}" if args.cpu else "") + f", {args.seconds:g} s clips, "
+             f"{args.dtype}, conv_impl={args.conv_impl}")
+    total = protocol_flops(task) * PAPER_STARTS
+    paper_scale = args.preset == "base" and args.seconds == 5.0 and not args.cpu
+    if paper_scale:
+        hours = total / rates["population"] / 3600
+        projection = (f"- Projected wall time of the paper's 33,600 trials (16 starts x 2,100; 200 epochs for k <= 8, "
+                      f"50 above, 100 evaluation clips per epoch, no early stopping: an upper bound) on this device at "
+                      f"the population's rate: **{hours:,.1f} hours** ({total / 1e18:.2f} EFLOP); one at a time: "
+                      f"{total / rates['sequential'] / 3600:,.1f} hours. On n chips with the trials axis sharded: "
+                      f"1/n of one chip's time at its own rate (trials never communicate).")
+    else:
+        projection = (f"- Projection of the 33,600 trials: needs `--preset=base --seconds=5` (the paper's model and "
+                      f"clips; {total / 1e18:.2f} EFLOP without early stopping), measured on an accelerator.")
+    return "\n".join([
+        f"### Few-shot SER trials per hour, {jax.default_backend()}, {model}, k={args.k}",
+        "",
+        *lines,
+        "",
+        f"- Speed-up of the population over one trial at a time: **{seq / pop:.1f}x** per trial "
+        f"({1e3 * seq:.0f} ms vs {1e3 * pop:.0f} ms per trial, compilation excluded).",
+        projection,
+        f"- Command: `python -m experiments.fewshot_benchmark {shlex.join(argv)}`",
+        f"- Machine: {bench.machine_description()}",
+        f"- Date: {bench.today()}",
+        f"- Trials: synthetic ESD speakers x target emotions, k={args.k} shots, batch {config.batch_size}, "
+        f"{args.epochs} epochs of {loop_steps_per_epoch(config, args)} steps, {args.eval_clips} evaluation clips "
+        f"per epoch; {task.flops_per_example / 1e9:.2f} GFLOP per training clip (3x forward, analytic). Achieved "
+        f"FLOP/s counts training and evaluation; MFU against a {args.peak_size}x{args.peak_size} float32 matmul peak "
+        f"of {result['peak'] / 1e12:.3f} TFLOP/s measured in the same run.",
+    ])
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    result = measure(args)
+    body = section_body(result, args, argv)
+    print("\n" + body)
+    if args.write:
+        key = f"{SECTION}{'-tiny' if args.tiny else ''}-{args.preset}{'-cpu' if args.cpu else ''}"
+        bench.write_section(args.benchmarks_file, f"{key}:{jax.default_backend()}-{args.dtype}", body)
+        print(f"\nwrote section {SECTION} of {args.benchmarks_file}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
