@@ -4,6 +4,8 @@ The key properties of episodic adaptation: vmapped equals the sample-by-sample l
 not depend on the other samples of its batch, and one shape compiles once.
 """
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -167,14 +169,25 @@ def test_online_adapts_then_predicts_each_batch(setup):
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(adapted)))
 
 
-def test_casp_offline_takes_the_papers_snapshots(setup):
+def test_casp_offline_takes_the_papers_snapshots(setup, caplog):
     model, frozen, adapted = setup
+    # placed on a device as params restored from a checkpoint are (jax.Arrays committed to it)
+    frozen, adapted = jax.device_put((frozen, adapted), jax.devices()[0])
     data = make_samples(30, seed=6)
-    config = modes.OfflineConfig(epochs=4, snapshot_every=2, pseudo_epochs=1, batch_size=8)
-    result = modes.casp_offline(model, frozen, adapted, data, config, jax.random.key(0))
+    config = modes.OfflineConfig(epochs=4, snapshot_every=2, pseudo_epochs=2, batch_size=8)
+    modes.adapt_epoch.clear_cache()
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="jax"):
+            result = modes.casp_offline(model, frozen, adapted, data, config, jax.random.key(0))
+    finally:
+        jax.config.update("jax_log_compiles", False)
     assert result.snapshots.shape == (3, 30)  # before adaptation and after epochs 2 and 4
     assert result.selected.sum() == np.sum(result.selected) and 25 <= result.selected.sum() <= 29
-    assert len(result.losses) == 4 + 1
+    assert len(result.losses) == 4 + 2
+    # one program per stage (contrastive, pseudo-label), each reused by the stage's later epochs
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(adapt_epoch)")]
+    assert len(compiled) == 2, [m[:200] for m in compiled]
 
 
 def test_feature_alignment_pulls_statistics_towards_the_source(setup):

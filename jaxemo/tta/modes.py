@@ -142,6 +142,10 @@ def _run_epochs(method, model, frozen, adapted, arrays: dict, epochs: int, confi
                 stage: str, on_epoch=None):
     adapted = jax.tree.map(jnp.array, adapted)  # a copy: adapt_epoch donates it, the caller keeps its own
     opt_state = config.optimizer.make().init(adapted)
+    # Both committed to adapted's device, as adapt_epoch's outputs are. Otherwise (params restored from a
+    # checkpoint are committed, the optimizer's fresh step count is not) epoch 2's arguments are placed
+    # differently from epoch 1's and the whole epoch compiles a second time.
+    adapted, opt_state = jax.device_put((adapted, opt_state), jax.tree.leaves(adapted)[0].sharding)
     n = len(arrays["text"])
     batches = batched(arrays, config.batch_size)
     order_rng = np.random.default_rng(int(jax.random.randint(rng, (), 0, 2**31 - 1)))
