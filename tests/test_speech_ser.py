@@ -24,7 +24,10 @@ def small_config():
     """The tiny recipe shrunk for tests: 0.1 s clips, 2 speakers, 2 target emotions, k in (2, 4)."""
     config = fewshot_config.get_config("tiny")
     config.max_seconds = 0.1
-    config.model.overrides.conv_dim = (8,) * 7
+    config.model.overrides.update(dict(  # 4 conv layers, 1 transformer layer: compiles in a fraction of tiny's time
+        conv_dim=(8,) * 4, conv_kernel=(10, 3, 3, 3), conv_stride=(5, 2, 2, 2), hidden_size=16,
+        num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2, classifier_proj_size=8))
     config.data.update(dict(num_speakers=2, train_per_emotion=4, eval_per_emotion=2, test_per_emotion=2,
                             min_seconds=0.1, max_seconds=0.2))
     config.protocol.update(dict(k_values=(2, 4), trials=1, emotions=("Angry", "Sad"), small_epochs=3,
@@ -69,11 +72,11 @@ def test_shots_are_balanced_seeded_and_independent_of_start_and_order():
         config.protocol.emotions = ("Sad", "Angry")  # another order of the same trials
     c = {t.name: t for t in fewshot.make_trials(config, data, 2, "plain")}
     for x, y in zip(a, b):
-        assert x.seed == y.seed and np.array_equal(x.train.rows, y.train.rows)
-        assert c[x.name].seed == x.seed and np.array_equal(c[x.name].train.rows, x.train.rows)
+        assert x.seed == y.seed and np.array_equal(x.train.source.rows, y.train.source.rows)
+        assert c[x.name].seed == x.seed and np.array_equal(c[x.name].train.source.rows, x.train.source.rows)
     assert len({t.seed for t in a}) == len(a)
     row = a[0].train[0]
-    assert row["label"] in (0, 1) and a[0].train.target == fewshot.EMOTIONS.index(a[0].tags["emotion"])
+    assert row["label"] in (0, 1) and a[0].train.source.target == fewshot.EMOTIONS.index(a[0].tags["emotion"])
 
 
 class _Numbers:

@@ -61,7 +61,7 @@ def model_config(variant: str) -> config_dict.ConfigDict:
         preset = "base"
     else:  # the synthetic runs train from a random start: no SpecAugment/LayerDrop, light dropout
         overrides = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-                         layerdrop=0.0, mask_time_prob=0.0, feature_norm_mask=True)
+                         layerdrop=0.0, mask_time_prob=0.0, feature_norm_mask=True, conv_dim=(8,) * 7)
         preset = "tiny"
     return config_dict.ConfigDict(dict(preset=preset, checkpoint="", overrides=overrides, dtype="float32",
                                        normalize=True))

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxemo.data import synthetic_speech
+from jaxemo.data import sources, synthetic_speech
 from jaxemo.systems import speech_ser
 from jaxemo.systems.speech_ser import corpora as corpora_lib
 from jaxemo.train import population
@@ -91,7 +91,7 @@ class SpeakerData:
         self.splits = {split: corpora_lib.make_split(data, split, config.seed)
                        for split in ("train", "evaluation", "test")}
         self.index = {split: corpora_lib.split_index(data, split, source) for split, source in self.splits.items()}
-        found = sorted(set(np.asarray(self.index["train"]["speaker"]).astype(str)))
+        found = sorted({str(s) for s in self.index["train"]["speaker"]})
         wanted = [str(s) for s in (config.protocol.speakers or found)]
         unknown = [s for s in wanted if s not in found]
         if unknown:
@@ -138,9 +138,10 @@ def make_trials(config, data: SpeakerData, k: int, start: str) -> list[populatio
         shots = draw_shots(data.index["train"]["label"][data.rows("train", spec.speaker)], spec.emotion, k, seed,
                            where)
         evaluation, test = data.view("evaluation", spec.speaker), data.view("test", spec.speaker)
+        shots_source = corpora_lib.BinaryTarget(train_view, shots, spec.emotion, f"{spec.name}/train")
         trials.append(population.Trial(
             spec.name, seed,
-            train=corpora_lib.BinaryTarget(train_view, shots, spec.emotion, f"{spec.name}/train"),
+            train=sources.EpochShuffled(shots_source, seed, int(math.ceil(config.num_epochs)) + 1),
             eval=corpora_lib.BinaryTarget(evaluation, np.arange(len(evaluation)), spec.emotion),
             test=corpora_lib.BinaryTarget(test, np.arange(len(test)), spec.emotion),
             tags={"start": start, "speaker": spec.speaker, "emotion": EMOTIONS[spec.emotion], "k": k,
@@ -148,19 +149,22 @@ def make_trials(config, data: SpeakerData, k: int, start: str) -> list[populatio
     return trials
 
 
-def stage_config(config, k: int):
-    """The population's config for trials with k shots. A batch holds at most the k shots (k = 2: one update
-    from the 2 shots, as transformers accumulates what an epoch has: 2 micro-batches of 1)."""
+def stage_config(config, k: int, num_shots: Optional[int] = None):
+    """The population's config for trials with k shots (`num_shots` training utterances: 2 ceil(k/2), or the
+    whole folder for k = -1). A batch holds at most the shots (k = 2: one update from the 2 shots, as
+    transformers accumulates what an epoch has: 2 micro-batches of 1); an epoch is one pass over them."""
     out = config.copy_and_resolve_references()
     epochs, patience = schedule(config.protocol, k)
+    shots = num_shots if num_shots is not None else 2 * math.ceil(k / 2)
     with out.unlocked():
         out.num_epochs = epochs
         out.best.patience = patience
-        if 0 < k < out.batch_size:
+        if shots < out.batch_size:
             accum = int(out.optimizer.get("grad_accum_steps", 1))
             micro = out.batch_size // accum
-            out.batch_size = max(micro, k - k % micro)
+            out.batch_size = max(micro, shots - shots % micro)
             out.optimizer.grad_accum_steps = out.batch_size // micro
+        out.steps_per_epoch = max(shots // out.batch_size, 1)
     return out
 
 
@@ -170,7 +174,7 @@ def run_start(config, workdir: str, data: SpeakerData, start: str, params: dict,
     rows = []
     task = speech_ser.build_task(config, (("target", 2),))
     for k in (k_values or config.protocol.k_values):
-        stage = stage_config(config, int(k))
+        stage = stage_config(config, int(k), _num_shots(data, int(k)))
         trials = make_trials(stage, data, int(k), start)
         pop = population.Population(stage, task, trials, mesh=mesh,
                                      init_params=lambda p: speech_ser.with_start(p, params))
@@ -178,6 +182,16 @@ def run_start(config, workdir: str, data: SpeakerData, start: str, params: dict,
                     pop.group_size, pop.total_steps)
         rows.extend(pop.run(os.path.join(workdir, "trials", _safe(start), f"k{k}")))
     return rows
+
+
+def _num_shots(data: SpeakerData, k: int) -> int:
+    if k != -1:
+        return 2 * math.ceil(k / 2)
+    sizes = {len(data.rows("train", s)) for s in data.speakers}
+    if len(sizes) > 1:
+        raise ValueError(f"k=-1 trains on each speaker's whole train folder, and their sizes differ ({sorted(sizes)}); "
+                         f"population trials share one schedule")
+    return sizes.pop()
 
 
 def _safe(name: str) -> str:
