@@ -37,7 +37,7 @@ def small_config():
     pre = config.prefinetune
     pre.max_seconds = 0.1
     pre.prefinetune.num_epochs = 1
-    pre.prefinetune.batch_size = 4
+    pre.prefinetune.update(dict(batch_size=8, eval_batch_size=8))  # the trainer's batch spans the 8 devices
     for name in pre.corpora:
         pre.corpora[name].update(dict(num_speakers=2, train_per_emotion=2, eval_per_emotion=1, test_per_emotion=1,
                                       min_seconds=0.1, max_seconds=0.2))

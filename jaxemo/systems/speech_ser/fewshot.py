@@ -129,6 +129,8 @@ def trial_specs(config, speakers: Sequence[str], k: int) -> list[TrialSpec]:
 
 
 def make_trials(config, data: SpeakerData, k: int, start: str) -> list[population.Trial]:
+    """The population trials of one k and start; each trial's training set is its shots, reshuffled every epoch."""
+    epochs = int(math.ceil(config.get("num_epochs") or schedule(config.protocol, k)[0]))
     trials = []
     for spec in trial_specs(config, data.speakers, k):
         speaker_index = data.speakers.index(spec.speaker)
@@ -141,7 +143,7 @@ def make_trials(config, data: SpeakerData, k: int, start: str) -> list[populatio
         shots_source = corpora_lib.BinaryTarget(train_view, shots, spec.emotion, f"{spec.name}/train")
         trials.append(population.Trial(
             spec.name, seed,
-            train=sources.EpochShuffled(shots_source, seed, int(math.ceil(config.num_epochs)) + 1),
+            train=sources.EpochShuffled(shots_source, seed, epochs + 1),
             eval=corpora_lib.BinaryTarget(evaluation, np.arange(len(evaluation)), spec.emotion),
             test=corpora_lib.BinaryTarget(test, np.arange(len(test)), spec.emotion),
             tags={"start": start, "speaker": spec.speaker, "emotion": EMOTIONS[spec.emotion], "k": k,
