@@ -1,8 +1,23 @@
-"""Every test sees 8 simulated CPU devices; this must run before JAX initialises its backends."""
+"""Every test sees 8 simulated CPU devices; this must run before JAX initialises its backends.
 
+One persistent XLA compilation cache serves the whole run: both xdist workers (they inherit the variable
+from the controller, which loads this file first) and the experiment subprocesses that tests start. A
+program compiled by several tests (the same train step of the same tiny model, a rerun of an experiment)
+then compiles once per run; the rest load it (XLA's compiles take most of the suite's time). The directory
+is new for every run and removed at its end, so nothing carries over from one run to the next; a
+JAX_COMPILATION_CACHE_DIR set in the environment is used as it is.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="jaxemo-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 
 import jax  # noqa: E402
 
