@@ -60,9 +60,10 @@ def start_models(config, workdir: str) -> dict | None:
 
 def run(config, workdir: str) -> dict | None:
     os.makedirs(workdir, exist_ok=True)
-    # Every (start, k) population compiles its step; the same k of another start compiles the same program.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # Every (start, k) population compiles its programs; the same k of another start compiles the same ones.
+    if not jax.config.jax_compilation_cache_dir:  # unless a cache is already set (JAX_COMPILATION_CACHE_DIR)
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     starts = start_models(config, workdir)
     if starts is None:
         return None
