@@ -33,17 +33,15 @@ import math
 import os
 import shlex
 import sys
-import time
 
 import jax
 import numpy as np
 
-from experiments import population_benchmark
 from jaxemo import bench, cli
 from jaxemo.models import wav2vec2
 from jaxemo.systems import speech_ser
 from jaxemo.systems.speech_ser import fewshot
-from jaxemo.train import population
+from jaxemo.train import population, population_timing
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = "fewshot-trials"
@@ -136,10 +134,10 @@ def measure(args) -> dict:
     peak = bench.matmul_peak_flops(bench.jax_matmul(args.peak_size, np.float32), args.peak_size)
     print(f"peak {peak / 1e12:.3f} TFLOP/s; {len(trials)} trials, {task.flops_per_example / 1e9:.2f} GFLOP per "
           f"training clip", flush=True)
-    sequential = population_benchmark.run_one_at_a_time(config, task, trials[:args.sequential_trials])
+    sequential = population_timing.time_one_at_a_time(config, task, trials[:args.sequential_trials])
     print(f"one at a time: {len(sequential['rows'])} trials in {sequential['seconds']:.1f} s "
           f"(+ {sequential['compile_s']:.1f} s compile)", flush=True)
-    vmapped = population_benchmark.run_population(config, task, trials)
+    vmapped = population_timing.time_population(config, task, trials)
     print(f"population: {len(vmapped['rows'])} trials in {vmapped['seconds']:.1f} s (+ {vmapped['compile_s']:.1f} s "
           f"compile), groups of {vmapped['group_size']}", flush=True)
     return {"config": config, "task": task, "peak": peak, "sequential": sequential, "population": vmapped}

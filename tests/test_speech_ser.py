@@ -7,7 +7,6 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
@@ -17,7 +16,7 @@ from jaxemo.data import pipeline
 from jaxemo.systems import speech_ser
 from jaxemo.systems.speech_ser import corpora, fewshot, prefinetune
 from jaxemo.train import metrics as metrics_lib
-from jaxemo.train import optim, population
+from jaxemo.train import optim
 
 
 def small_config():

@@ -22,7 +22,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxemo.data import builders, sources
-from jaxemo.data.builders.base import Subset
 from jaxemo.data import synthetic_speech
 
 # The four pre-finetuning corpora of Chen & Yu (2023), in the order of the paper's README.
