@@ -33,6 +33,7 @@ import math
 import os
 import shlex
 import sys
+import time
 
 import jax
 import numpy as np
@@ -70,6 +71,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="the CPU defaults: a reduced encoder (2 layers, hidden "
                    "128, conv 64), 1 s clips, 32 trials in groups of 16")
     p.add_argument("--tiny", action="store_true", help="4 trials of the tiny preset: seconds")
+    p.add_argument("--pod", default="", help="instead of timing: compile (not run) the population step for this "
+                   "TPU topology (e.g. v5e:16x16) with the trials sharded over its chips")
+    p.add_argument("--trials_per_chip", default="1,2,4", help="with --pod: trials per chip to compile")
     p.add_argument("--write", action="store_true")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
     args = p.parse_args(argv)
@@ -205,9 +209,68 @@ def section_body(result: dict, args, argv) -> str:
     ])
 
 
+def compile_for_pod(args) -> list[dict]:
+    """The population's train step compiled for a TPU topology, `trials_per_chip` x chips trials per group
+    (the `trials` axis over every chip), with XLA's per-chip memory: how many trials a chip holds."""
+    mesh = bench.topology_mesh(args.pod)
+    label, hbm, _ = bench.TPU_TOPOLOGIES[args.pod]
+    rows = []
+    for per_chip in (int(v) for v in args.trials_per_chip.split(",")):
+        group = per_chip * mesh.size
+        with_group = argparse.Namespace(**{**vars(args), "trials": group, "group_size": group})
+        config = make_config(with_group)
+        with config.unlocked():
+            config.protocol.trials = math.ceil(group / (config.data.num_speakers * 5))
+        config.data.num_speakers = min(config.data.num_speakers, 20)
+        task = speech_ser.build_task(config, (("target", 2),))
+        trials = make_trials(config, with_group)[:group]
+        start = time.perf_counter()
+        try:
+            pop = population.Population(config, task, trials, mesh=mesh)
+            compiled = pop._step.lower(*pop._abstract_step_args(pop.group_size)).compile()
+            memory, error = bench.compiled_memory_bytes(compiled), ""
+        except Exception as exc:  # out of memory is a result here
+            memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
+        rows.append({"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
+                     "memory": memory, "hbm": hbm, "error": error, "compile_s": time.perf_counter() - start})
+        print(f"{label}: {per_chip} trial(s) per chip: "
+              f"{error or f'{memory / bench.GIB:.2f} GiB per chip'} ({rows[-1]['compile_s']:.0f} s)", flush=True)
+    return rows
+
+
+def pod_section(rows: list[dict], args, argv) -> str:
+    lines = ["| topology | trials per group | trials per chip | memory per chip (XLA) | HBM | compile s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        memory = r["error"] or f"{r['memory'] / bench.GIB:.2f} GiB"
+        lines.append(f"| {r['topology']} | {r['group']} | {r['trials_per_chip']} | {memory} | "
+                     f"{r['hbm'] / bench.GIB:.0f} GiB | {r['compile_s']:.0f} |")
+    return "\n".join([
+        f"### Few-shot SER population step compiled for a TPU pod (AOT, on the CPU): wav2vec2 `{args.preset}`, "
+        f"{args.seconds:g} s clips, {args.dtype}, k={args.k}",
+        "",
+        *lines,
+        "",
+        f"- Command: `python -m experiments.fewshot_benchmark {shlex.join(argv)}`",
+        f"- Machine: {bench.machine_description(('jax', 'jaxlib', 'libtpu', 'flax'))}",
+        f"- Date: {bench.today()}",
+        "- The population's vmapped train step (every trial's params, Adam state and batch on its own chip: the "
+        "`trials` axis is sharded over all chips) compiled with `jax.experimental.topologies`; nothing runs. "
+        "Memory is XLA's per-chip estimate. Trials never communicate, so the 33,600 trials on n chips take "
+        "33,600 / (n x trials per chip) group rounds.",
+    ])
+
+
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.pod:
+        rows = compile_for_pod(args)
+        body = pod_section(rows, args, argv)
+        print("\n" + body)
+        if args.write:
+            bench.write_section(args.benchmarks_file, f"{SECTION}-pod-{args.preset}:{args.pod}-{args.dtype}", body)
+        return {"pod": rows}
     result = measure(args)
     body = section_body(result, args, argv)
     print("\n" + body)

@@ -31,13 +31,8 @@ from jaxemo import bench, cli, systems
 from jaxemo.train import loop, sharding, state as state_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIB = 1024**3
-# topology name -> (label, chips' HBM in bytes, mesh axes)
-TOPOLOGIES = {
-    "v5e:16x16": ("TPU v5e-256", 16 * GIB, {"data": 16, "fsdp": 16}),
-    "v5p:4x4x4": ("TPU v5p-128 (64 chips)", 95 * GIB, {"data": 4, "fsdp": 16}),  # axes fit the 4x4x4 torus
-    "v5e:2x2": ("TPU v5e-4", 16 * GIB, {"data": 2, "fsdp": 2}),
-}
+GIB = bench.GIB
+TOPOLOGIES = bench.TPU_TOPOLOGIES
 # system -> its paper-size benchmark variants (the tiny one is `bench.TINY`)
 PAPER = {"vit_classifier": ("B/16",), "mma_dfer": ("dfew",), "casp": ("synthetic",),
          "uniemox": ("pretrain-L/16", "finetune-L/16")}
@@ -76,12 +71,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def topology_mesh(name: str):
-    # libtpu takes a machine-wide lock unless told otherwise; compiling only, several processes may share it
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    from jax.experimental import topologies
-
-    devices = topologies.get_topology_desc(topology_name=name, platform="tpu").devices
-    return sharding.make_mesh(TOPOLOGIES[name][2], devices=devices)
+    return bench.topology_mesh(name)
 
 
 def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch: int, remat: str) -> Compiled:

@@ -429,3 +429,29 @@ def save_line_plot(path: str, series: dict, xlabel: str, ylabel: str, title: str
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ TPU topologies
+
+GIB = 1024**3
+# topology name -> (label, chips' HBM in bytes, mesh axes)
+TPU_TOPOLOGIES = {
+    "v5e:16x16": ("TPU v5e-256", 16 * GIB, {"data": 16, "fsdp": 16}),
+    "v5p:4x4x4": ("TPU v5p-128 (64 chips)", 95 * GIB, {"data": 4, "fsdp": 16}),  # axes fit the 4x4x4 torus
+    "v5e:2x2": ("TPU v5e-4", 16 * GIB, {"data": 2, "fsdp": 2}),
+}
+
+
+def topology_mesh(name: str):
+    """A mesh over the chips of a TPU topology (`jax.experimental.topologies`; needs libtpu): programs compile
+    for it on any machine, nothing runs."""
+    from jaxemo.train import sharding
+
+    # libtpu takes a machine-wide lock unless told otherwise; compiling only, several processes may share it
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    if name not in TPU_TOPOLOGIES:
+        raise ValueError(f"topology {name!r}: expected one of {sorted(TPU_TOPOLOGIES)}")
+    devices = topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+    return sharding.make_mesh(TPU_TOPOLOGIES[name][2], devices=devices)
