@@ -1,0 +1,400 @@
+"""MER2024 fusion models: the MERTools "attention" baseline and the Audio-Guided Transformer (AGT).
+
+Inputs are MERTools' features, one per selected feature name (`modalities`, in order): an utterance-level
+vector [B, D] or a frame-level sequence [B, T, D] padded at the end, with a mask [B, T] (True = a real frame;
+`lengths_to_mask`). Utterance vs frame level is read from each input's rank, so one model serves either
+MER2024 builder config (`utt`, `top1`, `fra`) and the synthetic MER data. Both models return
+`(logits [B, num_classes], aux)`; `aux` holds the fused feature and the fusion weights.
+
+MERToolsAttention (zeroQiaoba/MERTools `MER2024/toolkit/models/attention.py`, `modules/encoder.py`, read
+for this file): per feature an MLPEncoder (Dropout(x) -> ReLU(Linear D->h) -> ReLU(Linear h->h) ->
+ReLU(Linear h->h)); for a frame-level input MERTools' LSTMEncoder instead (one LSTM layer D->h, its final
+hidden state, Dropout, Linear h->h with no activation). Fusion: concat [n h] -> MLPEncoder(n h -> h) ->
+Linear(h -> n) gives raw weights, used WITHOUT a softmax: fused = stack(hidden, -1) @ w [h] -> Linear(h ->
+6). n = 3 is the reference; any number of features works (as its `attention_topn`). Parameter names follow
+the reference (`linear_1..3`, `attention_mlp`, `fc_att`, `fc_out_1`), with `encoder_<feature>` for
+`audio_encoder` etc. Padding: MERTools zero-pads frame sequences *in front* and runs the LSTM over the zeros
+(its final state is then the last real frame's, but the zeros have moved the state). Here the LSTM is masked:
+padded steps leave the state unchanged, so padding changes nothing; `lstm_front_padding=True` reproduces the
+reference (end-padded input is moved to the back and the LSTM runs over leading zeros). Gates are in torch's
+order (i, f, g, o) with one bias (torch's b_ih + b_hh).
+
+AudioGuidedTransformer. Known (the paper's abstract; ../shared/research/casp_agt.md B.1-B.2): HuBERT-large
+audio features "guide" CLIP-large video and Baichuan-13B text features through a "Context-Based Transformer"
+and an "Adaptive Multimodal Fusion", fusing inter- and intra-channel information. Nothing else is public
+(no body text, no code), so every part below is a choice, each behind a config field:
+  * input projection: Dropout(`input_dropout`) then Linear(D -> `width`) per feature; a frame sequence stays
+    a sequence of tokens (+ sinusoidal positions, `frame_positions`), an utterance vector becomes
+    `utt_tokens` tokens (one by default: the form MERTools' strongest features take). With one token per
+    modality, attention over a modality is a projection of that token; `utt_tokens` > 1 gives it more.
+  * intra-channel: `self_depth` pre-LN self-attention blocks per modality (jaxemo.layers.EncoderBlock,
+    GELU FFN of `mlp_ratio` x width), padded frames masked out of the keys.
+  * inter-channel (the context transformer): the guiding modality's tokens are the queries; per other
+    modality a stack of `depth` pre-LN blocks: q + CrossAttn(LN q, LN ctx) then q + FFN(LN q). Branches are
+    parallel (one per context modality, own weights), as MulT's cross-modal transformers, not chained.
+  * `guide`: "audio" (default), "video"/"vision" or "text" (the ablation), or a feature name. A role is
+    matched to a feature name by `roles` if given, else by the name (hubert/wav2vec/... = audio, clip/
+    videomae/... = video, baichuan/bert/... = text).
+  * adaptive gated fusion: each stream (the guide's own, then one per guided branch; with
+    `fuse="all"` also the other modalities' own) is LayerNorm(masked mean over its tokens); a Linear on
+    their concatenation gives one gate per stream, normalised by `gate` = "softmax" (a convex mixture) or
+    "sigmoid" (independent gates); fused = sum_s gate_s stream_s -> Dropout -> Linear(width -> 6).
+Depth is small (1-2 in any plausible recipe), so layers are a Python loop, not `nn.scan`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxemo import layers
+from jaxemo.models.msa import sinusoidal_table
+
+Dtype = Any
+NUM_CLASSES = 6  # MERTools `emos_mer`: neutral, angry, happy, sad, worried, surprise
+ROLE_KEYWORDS = {
+    "audio": ("audio", "hubert", "wav2vec", "wavlm", "whisper", "data2vec", "emotion2vec", "vggish", "egemaps"),
+    "video": ("video", "vision", "visual", "clip", "videomae", "manet", "resnet", "senet", "dinov2", "eva",
+              "openface", "face"),
+    "text": ("text", "baichuan", "bert", "llama", "bloom", "chatglm", "mistral", "qwen", "opt-", "electra",
+             "xlnet", "moss", "deberta", "lert", "pert", "sentence", "t5"),
+}
+
+
+def lengths_to_mask(lengths, max_len: int) -> jax.Array:
+    """[B] valid lengths -> [B, max_len] bool mask, True on the first `length` steps."""
+    return jnp.arange(max_len) < jnp.asarray(lengths)[..., None]
+
+
+def resolve_guide(guide: str, modalities: Sequence[str], roles: Optional[Mapping[str, str]] = None) -> str:
+    """The feature name that guides: `guide` itself if it is one, else the feature of that role."""
+    modalities = tuple(modalities)
+    if guide in modalities:
+        return guide
+    role = "video" if guide == "vision" else guide
+    if role not in ROLE_KEYWORDS:
+        raise ValueError(f"guide={guide!r}: expected one of {modalities} or a role {sorted(ROLE_KEYWORDS)}")
+    if roles and role in roles:
+        if roles[role] not in modalities:
+            raise ValueError(f"roles[{role!r}]={roles[role]!r} is not one of the modalities {modalities}")
+        return roles[role]
+    found = [m for m in modalities if any(k in m.lower() for k in ROLE_KEYWORDS[role])]
+    if len(found) != 1:
+        raise ValueError(f"guide={guide!r}: {len(found)} of the modalities {modalities} look like {role} "
+                         f"({found}); name the feature, or give roles={{{role!r}: name}}")
+    return found[0]
+
+
+def _dense(features: int, name: str, in_axis: Optional[str] = "embed", out_axis: Optional[str] = "mlp",
+           dtype: Dtype = jnp.float32, kernel_init=None) -> nn.Dense:
+    # torch nn.Linear's default init (kaiming-uniform a=sqrt(5), i.e. U(+-1/sqrt(fan_in)), bias likewise) keeps
+    # MERTools' training dynamics; the transformer parts use xavier.
+    kernel_init = kernel_init or nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    return nn.Dense(features, dtype=dtype, name=name, kernel_init=layers.with_axes(kernel_init, in_axis, out_axis),
+                    bias_init=layers.with_axes(nn.initializers.zeros, out_axis))
+
+
+def _masked_mean(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    if mask is None:
+        return x.mean(-2)
+    weights = mask[..., None].astype(x.dtype)
+    return (x * weights).sum(-2) / jnp.maximum(weights.sum(-2), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MERTools baseline
+
+
+class MLPEncoder(nn.Module):
+    """MERTools' MLPEncoder: Dropout(x) -> ReLU(linear_1) -> ReLU(linear_2) -> ReLU(linear_3)."""
+
+    hidden_dim: int
+    dropout: float
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        x = nn.Dropout(self.dropout)(x.astype(self.dtype), deterministic)
+        for i, in_axis in ((1, None), (2, "embed"), (3, "embed")):
+            x = nn.relu(_dense(self.hidden_dim, f"linear_{i}", in_axis, "mlp", self.dtype)(x))
+        return x
+
+
+class LSTM(nn.Module):
+    """One LSTM layer over [B, T, D] (torch gate order i, f, g, o); returns the final hidden state [B, h].
+
+    Masked steps (mask False) leave (h, c) unchanged, so the result is the state after the last real frame.
+    """
+
+    hidden_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask: Optional[jax.Array] = None):
+        h = self.hidden_dim
+        init = nn.initializers.uniform(2 / np.sqrt(h))  # torch: U(-1/sqrt(h), 1/sqrt(h)), shifted below
+        shifted = lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) - 1 / np.sqrt(h)
+        w_in = self.param("input_kernel", layers.with_axes(shifted, None, "mlp"), (x.shape[-1], 4 * h))
+        w_rec = self.param("recurrent_kernel", layers.with_axes(shifted, "embed", "mlp"), (h, 4 * h))
+        bias = self.param("bias", layers.with_axes(shifted, "mlp"), (4 * h,))
+        gates_in = jnp.einsum("btd,dg->tbg", x.astype(self.dtype), w_in.astype(self.dtype)) + bias
+        steps = jnp.ones(x.shape[:2], bool) if mask is None else mask
+        carry = (jnp.zeros((x.shape[0], h), self.dtype),) * 2
+
+        def step(carry, inputs):
+            (h_prev, c_prev), (g_in, valid) = carry, inputs
+            i, f, g, o = jnp.split(g_in + h_prev @ w_rec.astype(self.dtype), 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h_new = jax.nn.sigmoid(o) * jnp.tanh(c)
+            keep = valid[:, None]
+            return (jnp.where(keep, h_new, h_prev), jnp.where(keep, c, c_prev)), None
+
+        (h_last, _), _ = jax.lax.scan(step, carry, (gates_in, steps.T))
+        return h_last
+
+
+def front_pad(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """End-padded [B, T, D] (mask [B, T]) -> the same frames moved to the end, zeros in front (MERTools)."""
+    steps = x.shape[1]
+    lengths = mask.sum(-1)
+    source = jnp.arange(steps)[None, :] - (steps - lengths)[:, None]  # position t holds frame t - (T - len)
+    moved = jnp.take_along_axis(x, jnp.clip(source, 0, steps - 1)[..., None], axis=1)
+    return jnp.where((source >= 0)[..., None], moved, 0.0)
+
+
+class LSTMEncoder(nn.Module):
+    """MERTools' LSTMEncoder: LSTM(D -> h) final hidden state -> Dropout -> linear_1 (h -> h, no activation)."""
+
+    hidden_dim: int
+    dropout: float
+    front_padding: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask: Optional[jax.Array], deterministic: bool):
+        if self.front_padding and mask is not None:
+            x, mask = front_pad(x, mask), None
+        h = LSTM(self.hidden_dim, self.dtype, name="rnn")(x, mask)
+        h = nn.Dropout(self.dropout)(h, deterministic)
+        return _dense(self.hidden_dim, "linear_1", "embed", "mlp", self.dtype)(h)
+
+
+class MERToolsAttention(nn.Module):
+    """The MERTools MER2024 "attention" baseline over `modalities` (feature names, in fusion order)."""
+
+    modalities: tuple
+    hidden_dim: int = 128
+    dropout: float = 0.3
+    num_classes: int = NUM_CLASSES
+    lstm_front_padding: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: Mapping[str, jax.Array], masks: Optional[Mapping[str, jax.Array]] = None,
+                 deterministic: bool = True):
+        _check_inputs(self.modalities, features)
+        masks = masks or {}
+        hidden = []
+        for name in self.modalities:
+            x = features[name]
+            if x.ndim == 3:
+                encoder = LSTMEncoder(self.hidden_dim, self.dropout, self.lstm_front_padding, self.dtype,
+                                      name=f"encoder_{name}")
+                hidden.append(encoder(x, masks.get(name), deterministic))
+            else:
+                hidden.append(MLPEncoder(self.hidden_dim, self.dropout, self.dtype, name=f"encoder_{name}")(
+                    x, deterministic))
+        attention = MLPEncoder(self.hidden_dim, self.dropout, self.dtype, name="attention_mlp")(
+            jnp.concatenate(hidden, axis=-1), deterministic)
+        weights = _dense(len(self.modalities), "fc_att", "embed", None, self.dtype)(attention)  # raw: no softmax
+        fused = jnp.einsum("bhm,bm->bh", jnp.stack(hidden, axis=-1), weights)
+        logits = _dense(self.num_classes, "fc_out_1", "embed", "classes", self.dtype)(fused)
+        return logits.astype(jnp.float32), {"features": fused, "weights": weights}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Audio-Guided Transformer
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries `x` [B, Tq, d] over `context` [B, Tk, d]; `mask` [B, Tk] marks keys."""
+
+    num_heads: int
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context, mask: Optional[jax.Array] = None, deterministic: bool = True):
+        width = x.shape[-1]
+        projection = functools.partial(
+            nn.DenseGeneral, features=(self.num_heads, width // self.num_heads), dtype=self.dtype,
+            kernel_init=layers.with_axes(nn.initializers.xavier_uniform(), "embed", "heads", "kv"),
+            bias_init=layers.with_axes(nn.initializers.zeros, "heads", "kv"))
+        q = projection(name="query")(x)
+        k, v = projection(name="key")(context), projection(name="value")(context)
+        dropout = None
+        if self.dropout_rate > 0.0 and not deterministic:
+            dropout = functools.partial(nn.Dropout(self.dropout_rate), deterministic=False)
+        key_mask = None if mask is None else mask[:, None, None, :]
+        out = layers.dot_product_attention(q, k, v, key_mask, dropout)
+        return nn.DenseGeneral(
+            width, axis=(-2, -1), dtype=self.dtype, name="out",
+            kernel_init=layers.with_axes(nn.initializers.xavier_uniform(), "heads", "kv", "embed"),
+            bias_init=layers.with_axes(nn.initializers.zeros, "embed"))(out)
+
+
+class ContextBlock(nn.Module):
+    """Pre-LN cross block: q + Drop(CrossAttn(LN q, LN ctx)), then q + FFN(LN q)."""
+
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context, context_mask, deterministic: bool):
+        y = CrossAttention(self.num_heads, self.attention_dropout_rate, self.dtype, name="attn")(
+            layers.layer_norm(1e-6, self.dtype, "norm_q")(x), layers.layer_norm(1e-6, self.dtype, "norm_kv")(context),
+            context_mask, deterministic)
+        x = x + nn.Dropout(self.dropout_rate)(y, deterministic)
+        y = layers.Mlp(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype, name="mlp")(
+            layers.layer_norm(1e-6, self.dtype, "norm_mlp")(x), deterministic)
+        return x + y
+
+
+class AudioGuidedTransformer(nn.Module):
+    """AGT over `modalities` (feature names); `guide` is a feature name or a role (see the module docstring)."""
+
+    modalities: tuple
+    guide: str = "audio"
+    roles: Optional[tuple] = None  # ((role, feature name), ...): overrides the name matching
+    width: int = 128
+    depth: int = 1
+    self_depth: int = 1
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    input_dropout: float = 0.1
+    utt_tokens: int = 1
+    frame_positions: bool = True
+    gate: str = "softmax"  # "softmax" | "sigmoid"
+    fuse: str = "guided"  # "guided": guide + guided branches; "all": + the other modalities' own streams
+    num_classes: int = NUM_CLASSES
+    dtype: Dtype = jnp.float32
+
+    def guide_name(self) -> str:
+        return resolve_guide(self.guide, self.modalities, dict(self.roles or ()))
+
+    def stream_names(self) -> tuple:
+        """The fused streams, in gate order: the guide, each guided branch, then (fuse="all") the others."""
+        guide = self.guide_name()
+        others = tuple(m for m in self.modalities if m != guide)
+        return (guide,) + tuple(f"{guide}->{m}" for m in others) + (others if self.fuse == "all" else ())
+
+    def _tokens(self, name, x, mask, deterministic):
+        x = nn.Dropout(self.input_dropout)(x.astype(self.dtype), deterministic)
+        if x.ndim == 2:  # utterance vector -> utt_tokens tokens
+            tokens = _dense(self.utt_tokens * self.width, f"proj_{name}", None, "embed", self.dtype)(x)
+            return tokens.reshape(x.shape[0], self.utt_tokens, self.width), None
+        tokens = _dense(self.width, f"proj_{name}", None, "embed", self.dtype)(x)
+        if self.frame_positions:
+            tokens = tokens + jnp.asarray(sinusoidal_table(x.shape[1] + 1, self.width)[1:], self.dtype)
+        return tokens, mask
+
+    @nn.compact
+    def __call__(self, features: Mapping[str, jax.Array], masks: Optional[Mapping[str, jax.Array]] = None,
+                 deterministic: bool = True):
+        if self.gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"gate={self.gate!r}; expected 'softmax' or 'sigmoid'")
+        if self.width % self.num_heads:
+            raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
+        if self.fuse not in ("guided", "all"):
+            raise ValueError(f"fuse={self.fuse!r}; expected 'guided' or 'all'")
+        _check_inputs(self.modalities, features)
+        guide = self.guide_name()
+        masks = masks or {}
+        mlp_dim = self.mlp_ratio * self.width
+        tokens, token_masks = {}, {}
+        for name in self.modalities:  # intra-channel
+            x, mask = self._tokens(name, features[name], masks.get(name), deterministic)
+            attn_mask = None if mask is None else mask[:, None, None, :]
+            for i in range(self.self_depth):
+                x = layers.EncoderBlock(self.num_heads, mlp_dim, dropout_rate=self.dropout,
+                                        attention_dropout_rate=self.attention_dropout, dtype=self.dtype,
+                                        name=f"self_{name}_{i}")(x, 0.0, attn_mask, deterministic)
+            tokens[name], token_masks[name] = layers.constrain(x), mask
+        streams = [(guide, tokens[guide], token_masks[guide])]
+        for name in self.modalities:  # inter-channel: the guide's tokens query each other modality
+            if name == guide:
+                continue
+            q = tokens[guide]
+            for i in range(self.depth):
+                q = ContextBlock(self.num_heads, mlp_dim, self.dropout, self.attention_dropout, self.dtype,
+                                 name=f"context_{name}_{i}")(q, tokens[name], token_masks[name], deterministic)
+            streams.append((f"{guide}->{name}", q, token_masks[guide]))  # the guide's tokens, updated
+        if self.fuse == "all":
+            streams += [(name, tokens[name], token_masks[name]) for name in self.modalities if name != guide]
+        pooled = []
+        for i, (_, x, mask) in enumerate(streams):
+            pooled.append(layers.layer_norm(1e-6, self.dtype, f"norm_stream_{i}")(_masked_mean(x, mask)))
+        gate_logits = _dense(len(pooled), "gate", "embed", None, self.dtype, nn.initializers.zeros)(
+            jnp.concatenate(pooled, axis=-1))
+        gates = jax.nn.softmax(gate_logits, -1) if self.gate == "softmax" else jax.nn.sigmoid(gate_logits)
+        fused = jnp.einsum("bsd,bs->bd", jnp.stack(pooled, axis=1), gates)
+        fused_dropped = nn.Dropout(self.dropout)(fused, deterministic)
+        logits = _dense(self.num_classes, "head", "embed", "classes", self.dtype)(fused_dropped)
+        return logits.astype(jnp.float32), {"features": fused, "gates": gates}  # gates in `stream_names()` order
+
+
+def _check_inputs(modalities, features) -> None:
+    missing = [m for m in modalities if m not in features]
+    if missing:
+        raise ValueError(f"features lack {missing}; the model reads {tuple(modalities)}, got {sorted(features)}")
+    for name in modalities:
+        if features[name].ndim not in (2, 3):
+            raise ValueError(f"features[{name!r}] must be [B, D] or [B, T, D], got shape {features[name].shape}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _get(config, key, default=None):
+    if isinstance(config, Mapping) or hasattr(config, "get"):
+        value = config.get(key, default)
+    else:
+        value = getattr(config, key, default)
+    return default if value is None else value
+
+
+def create(config) -> nn.Module:
+    """The model named by `config.name` ("attention" | "agt") from an ml_collections ConfigDict, a dict or a
+    dataclass. Fields: `modalities` (feature names, required), `num_classes` (6); for "attention"
+    `hidden_dim` (128), `dropout` (0.3), `lstm_front_padding` (False); for "agt" the fields of
+    `AudioGuidedTransformer` (`roles` may be a mapping)."""
+    name = _get(config, "name", "agt")
+    modalities = tuple(_get(config, "modalities", ()))
+    if not modalities:
+        raise ValueError("config.modalities must name the input features")
+    num_classes = int(_get(config, "num_classes", NUM_CLASSES))
+    if name == "attention":
+        return MERToolsAttention(modalities, hidden_dim=int(_get(config, "hidden_dim", 128)),
+                                 dropout=float(_get(config, "dropout", 0.3)), num_classes=num_classes,
+                                 lstm_front_padding=bool(_get(config, "lstm_front_padding", False)))
+    if name == "agt":
+        fields = {f: _get(config, f) for f in ("guide", "width", "depth", "self_depth", "num_heads", "mlp_ratio",
+                                               "dropout", "attention_dropout", "input_dropout", "utt_tokens",
+                                               "frame_positions", "gate", "fuse")}
+        roles = _get(config, "roles")
+        roles = tuple(sorted(dict(roles).items())) if roles else None
+        model = AudioGuidedTransformer(modalities, roles=roles, num_classes=num_classes,
+                                       **{k: v for k, v in fields.items() if v is not None})
+        model.guide_name()  # fail at creation on a guide that matches no feature
+        return model
+    raise ValueError(f"model name {name!r}: expected 'attention' or 'agt'")

@@ -1,0 +1,303 @@
+"""AGT for MER2024: the MERTools attention baseline (structure, raw fusion weights, masked LSTM, PyTorch parity),
+the Audio-Guided Transformer (shapes, masks, guides, gradients, no retrace) and the EM class prior."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from jaxemo.models import agt
+from jaxemo.systems.agt import prior as prior_lib
+
+MODS = ("audio", "text", "vision")
+DIMS = {"audio": 10, "text": 12, "vision": 7}
+FRAMES = {"audio": 6, "vision": 5}
+
+
+def utt_inputs(batch=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return {m: rng.standard_normal((batch, d)).astype(np.float32) for m, d in DIMS.items()}
+
+
+def frame_inputs(batch=3, seed=0, lengths=None):
+    """audio and vision as frame sequences (end-padded, padding random), text as an utterance vector."""
+    rng = np.random.default_rng(seed)
+    lengths = lengths or {"audio": [6, 3, 1], "vision": [2, 5, 4]}
+    features, masks = {"text": rng.standard_normal((batch, DIMS["text"])).astype(np.float32)}, {}
+    for m, t in FRAMES.items():
+        features[m] = rng.standard_normal((batch, t, DIMS[m])).astype(np.float32)
+        masks[m] = np.asarray(agt.lengths_to_mask(np.asarray(lengths[m]), t))
+    return features, masks
+
+
+def repad(features, masks, seed=1, extra=3):
+    """The same samples with other padding values and `extra` more padded frames."""
+    rng = np.random.default_rng(seed)
+    features, masks = dict(features), dict(masks)
+    for m, mask in list(masks.items()):
+        x = features[m]
+        pad = rng.standard_normal((x.shape[0], extra, x.shape[2])).astype(np.float32) * 5
+        x = np.concatenate([x, pad], 1)
+        mask = np.concatenate([mask, np.zeros((x.shape[0], extra), bool)], 1)
+        features[m] = np.where(mask[..., None], x, 7.0 * rng.standard_normal(x.shape).astype(np.float32))
+        masks[m] = mask
+    return features, masks
+
+
+def init(model, features, masks=None):
+    return nn.unbox(jax.jit(model.init)(jax.random.key(0), features, masks)["params"])
+
+
+def run(model, params, features, masks=None, deterministic=True, rng=None):
+    """model.apply under jit (op-by-op Flax would dominate the file's runtime)."""
+    rngs = None if rng is None else {"dropout": rng}
+    return jax.jit(model.apply, static_argnames="deterministic")(
+        {"params": params}, features, masks, deterministic=deterministic, rngs=rngs)
+
+
+def shapes(params):
+    return {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(params).items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MERTools baseline
+
+
+def test_baseline_param_shapes_and_logical_axes():
+    model = agt.create({"name": "attention", "modalities": MODS, "hidden_dim": 16, "dropout": 0.3})
+    boxed = model.init(jax.random.key(0), utt_inputs())["params"]
+    params = shapes(nn.unbox(boxed))
+    for m in MODS:
+        assert params[f"encoder_{m}/linear_1/kernel"] == (DIMS[m], 16)
+        assert params[f"encoder_{m}/linear_2/kernel"] == (16, 16)
+        assert params[f"encoder_{m}/linear_3/kernel"] == (16, 16)
+    assert params["attention_mlp/linear_1/kernel"] == (48, 16)
+    assert params["fc_att/kernel"] == (16, 3) and params["fc_out_1/kernel"] == (16, 6)
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
+
+
+def test_baseline_fusion_weights_are_raw_not_softmax():
+    model = agt.MERToolsAttention(MODS, hidden_dim=4, dropout=0.0)
+    features = utt_inputs(batch=2)
+    params = init(model, features)
+    # fc_att: zero kernel, bias (2, -3, 0.5): every sample gets those weights as they are (they sum to -0.5)
+    params["fc_att"] = {"kernel": jnp.zeros((4, 3)), "bias": jnp.asarray([2.0, -3.0, 0.5])}
+    logits, aux = run(model, params, features)
+    np.testing.assert_allclose(aux["weights"], np.tile([2.0, -3.0, 0.5], (2, 1)))
+    hidden = [_mlp(params[f"encoder_{m}"], features[m]) for m in MODS]
+    expected = 2.0 * hidden[0] - 3.0 * hidden[1] + 0.5 * hidden[2]
+    np.testing.assert_allclose(aux["features"], expected, rtol=1e-5, atol=1e-6)
+    head = params["fc_out_1"]
+    np.testing.assert_allclose(logits, expected @ np.asarray(head["kernel"]) + head["bias"], rtol=1e-5, atol=1e-6)
+
+
+def _mlp(p, x):
+    for i in (1, 2, 3):
+        x = np.maximum(x @ np.asarray(p[f"linear_{i}"]["kernel"]) + np.asarray(p[f"linear_{i}"]["bias"]), 0)
+    return x
+
+
+def test_baseline_dropout_only_in_training():
+    model = agt.MERToolsAttention(MODS, hidden_dim=16, dropout=0.5)
+    features = utt_inputs()
+    params = init(model, features)
+    evals = [run(model, params, features)[0] for _ in range(2)]
+    np.testing.assert_array_equal(evals[0], evals[1])
+    trains = [run(model, params, features, deterministic=False, rng=jax.random.key(i))[0] for i in range(2)]
+    assert not np.allclose(trains[0], trains[1])
+
+
+def test_baseline_frame_level_lstm_ignores_padding():
+    model = agt.MERToolsAttention(MODS, hidden_dim=8, dropout=0.2)
+    features, masks = frame_inputs()
+    params = init(model, features, masks)
+    assert shapes(params)["encoder_audio/rnn/input_kernel"] == (DIMS["audio"], 32)
+    assert "encoder_audio/linear_2/kernel" not in shapes(params)  # the LSTM encoder has one linear
+    logits, _ = run(model, params, features, masks)
+    logits2, _ = run(model, params, *repad(features, masks))
+    np.testing.assert_allclose(logits, logits2, rtol=1e-5, atol=1e-6)
+    # the state is the last real frame's: truncating each sample to its frames gives the same hidden state
+    lstm = agt.LSTM(8)
+    p = {"params": params["encoder_audio"]["rnn"]}
+    full = jax.jit(lstm.apply)(p, features["audio"], masks["audio"])
+    for b, n in enumerate(masks["audio"].sum(1)):
+        alone = jax.jit(lstm.apply)(p, features["audio"][b:b + 1, :n])
+        np.testing.assert_allclose(full[b:b + 1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_baseline_reference_front_padding():
+    # MERTools pads in front and runs the LSTM over the zeros: the result depends on the padded length.
+    model = agt.MERToolsAttention(MODS, hidden_dim=8, dropout=0.0, lstm_front_padding=True)
+    features, masks = frame_inputs()
+    params = init(model, features, masks)
+    front = agt.front_pad(jnp.asarray(features["audio"]), jnp.asarray(masks["audio"]))
+    n = int(masks["audio"][1].sum())
+    np.testing.assert_array_equal(front[1, -n:], features["audio"][1, :n])
+    assert np.all(np.asarray(front[1, :-n]) == 0)
+    logits, _ = run(model, params, features, masks)
+    logits2, _ = run(model, params, *repad(features, masks))
+    assert np.all(np.isfinite(logits)) and not np.allclose(logits, logits2, atol=1e-6)
+
+
+def test_baseline_matches_pytorch_twin():
+    torch = pytest.importorskip("torch")
+    from benchmarks.twins import mertools_attention_torch as twin
+
+    model = agt.MERToolsAttention(MODS, hidden_dim=16, dropout=0.3)
+    features = utt_inputs(batch=5)
+    params = init(model, features)
+    params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(3), x.shape), params)  # non-zero biases
+    net = twin.build(DIMS, hidden_dim=16, dropout=0.3).eval()
+    twin.load_jaxemo_params(net, params)
+    with torch.no_grad():
+        t_logits, t_fused = net({m: torch.from_numpy(x) for m, x in features.items()})
+    logits, aux = run(model, params, features)
+    np.testing.assert_allclose(np.asarray(logits), t_logits.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(aux["features"]), t_fused.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Audio-Guided Transformer
+
+
+def agt_model(**overrides):
+    config = {"name": "agt", "modalities": MODS, "width": 16, "num_heads": 2, "depth": 1, "self_depth": 1,
+              "dropout": 0.1, "input_dropout": 0.1, **overrides}
+    return agt.create(config)
+
+
+# Each transformer block adds seconds of XLA:CPU compile time: one case has intra-modal blocks and longer padding.
+@pytest.mark.parametrize("guide, fuse, gate, self_depth, extra", [("audio", "guided", "softmax", 1, 2),
+                                                                  ("video", "all", "sigmoid", 0, 0),
+                                                                  ("text", "guided", "softmax", 0, 0)])
+def test_agt_shapes_guides_and_masks(guide, fuse, gate, self_depth, extra):
+    model = agt_model(guide=guide, fuse=fuse, gate=gate, self_depth=self_depth)
+    features, masks = frame_inputs()
+    params = init(model, features, masks)
+    name = {"video": "vision"}.get(guide, guide)
+    others = [m for m in MODS if m != name]
+    assert set(k for k in params if k.startswith("context_")) == {f"context_{m}_0" for m in others}
+    logits, aux = run(model, params, features, masks)
+    streams = model.stream_names()
+    assert logits.shape == (3, 6) and aux["features"].shape == (3, 16)
+    assert aux["gates"].shape == (3, len(streams)) and streams[0] == name and len(streams) == (5 if fuse == "all" else 3)
+    if gate == "softmax":
+        np.testing.assert_allclose(aux["gates"].sum(-1), 1.0, rtol=1e-6)
+    logits2, _ = run(model, params, *repad(features, masks, extra=extra))  # other padding values (and length)
+    np.testing.assert_allclose(logits, logits2, rtol=1e-4, atol=1e-5)
+
+
+def test_agt_utterance_tokens_and_role_names():
+    features = {"chinese-hubert-large": np.ones((2, 8), np.float32), "clip-vit-large-patch14": np.ones((2, 6), np.float32),
+                "Baichuan-13B-Base": np.ones((2, 10), np.float32)}
+    model = agt.create({"name": "agt", "modalities": tuple(features), "width": 8, "num_heads": 2, "utt_tokens": 3,
+                        "guide": "video"})
+    assert model.guide_name() == "clip-vit-large-patch14"
+    params = init(model, features)
+    assert shapes(params)["proj_chinese-hubert-large/kernel"] == (8, 24)
+    assert run(model, params, features)[0].shape == (2, 6)
+    with pytest.raises(ValueError, match="guide"):
+        agt.create({"name": "agt", "modalities": ("a", "b"), "guide": "audio"})
+    assert agt.resolve_guide("audio", ("a", "b"), {"audio": "b"}) == "b"
+    with pytest.raises(ValueError, match="model name"):
+        agt.create({"name": "mult", "modalities": MODS})
+
+
+def test_agt_gradients_finite_and_dropout():
+    model = agt_model(dropout=0.0, input_dropout=0.3)  # few dropout sites: each costs compile time
+    features, masks = frame_inputs()
+    params = init(model, features, masks)
+    labels = jnp.asarray([0, 3, 5])
+
+    def loss(p, rng):
+        logits, _ = model.apply({"params": p}, features, masks, deterministic=False, rngs={"dropout": rng})
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    step = jax.jit(jax.value_and_grad(loss))
+    value, grads = step(params, jax.random.key(1))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    for name in ("proj_vision", "self_text_0", "context_vision_0", "gate", "head"):
+        assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads[name]))) > 0, name
+    assert float(value) != float(step(params, jax.random.key(2))[0])  # dropout draws differ by key
+
+
+def test_agt_jit_does_not_retrace():
+    model = agt_model()
+    features, masks = frame_inputs()
+    params = init(model, features, masks)
+    traces = []
+
+    @jax.jit
+    def forward(p, f, m):
+        traces.append(1)
+        return model.apply({"params": p}, f, m)[0]
+
+    forward(params, features, masks)
+    other, other_masks = frame_inputs(seed=5, lengths={"audio": [1, 2, 3], "vision": [5, 5, 1]})
+    assert forward(params, other, other_masks).shape == (3, 6)
+    assert len(traces) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EM prior
+
+
+def shifted_posteriors(train_prior, target_prior, n=20000, seed=0):
+    """Calibrated posteriors under `train_prior` for samples drawn under `target_prior` (Gaussian classes)."""
+    rng = np.random.default_rng(seed)
+    c = len(train_prior)
+    means = 2.0 * rng.standard_normal((c, 4))
+    labels = rng.choice(c, size=n, p=target_prior)
+    x = means[labels] + rng.standard_normal((n, 4))
+    log_lik = -0.5 * ((x[:, None, :] - means[None]) ** 2).sum(-1)
+
+    def posterior(prior):
+        z = log_lik + np.log(prior)
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    return posterior(np.asarray(train_prior)), posterior(np.asarray(target_prior)), labels
+
+
+def test_em_recovers_a_shifted_prior():
+    train = np.asarray([0.30, 0.20, 0.20, 0.15, 0.10, 0.05])  # the synthetic MER labelled prior
+    target = 0.3 * train + 0.7 * train[::-1]  # its pool prior (prior_shift 0.7)
+    probs, true_posteriors, labels = shifted_posteriors(train, target)
+    estimate, adjusted, iterations = prior_lib.em_prior(probs, train, max_iter=500, tol=1e-8)
+    empirical = np.bincount(labels, minlength=6) / len(labels)
+    assert np.max(np.abs(estimate - target)) < 0.03  # tolerance: 0.03 per class against the true prior
+    assert np.max(np.abs(estimate - empirical)) < 0.03
+    assert np.max(np.abs(probs.mean(0) - target)) > 0.05  # the unadjusted mean is not already there
+    assert 1 < iterations < 500
+    np.testing.assert_allclose(adjusted.sum(1), 1.0, rtol=1e-12)
+    assert np.mean(np.abs(adjusted - true_posteriors)) < 0.01
+    # the adjusted posteriors classify the shifted set better than the unadjusted ones
+    assert np.mean(adjusted.argmax(1) == labels) > np.mean(probs.argmax(1) == labels)
+
+
+def test_adjust_probs_reweights_and_renormalises():
+    probs = np.asarray([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    out = prior_lib.adjust_probs(probs, [0.5, 0.25, 0.25], [0.25, 0.5, 0.25])
+    np.testing.assert_allclose(out.sum(-1), 1.0)
+    np.testing.assert_allclose(out[0], [0.2, 0.8, 0.0])  # 0.5*0.5 : 0.5*2 -> 0.25 : 1.0
+    np.testing.assert_allclose(prior_lib.adjust_probs(probs, [1, 1, 1], [2, 2, 2]), probs / probs.sum(1, keepdims=True))
+    # a row whose mass sits only on excluded classes becomes the target prior
+    np.testing.assert_allclose(prior_lib.adjust_probs([[0.0, 0.0, 1.0]], [1, 1, 1], [0.5, 0.5, 0.0])[0], [0.5, 0.5, 0])
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: prior_lib.em_prior(np.full((4, 3), 1 / 3), [0.5, 0.5, 0.0]), "train_prior"),
+    (lambda: prior_lib.em_prior(np.full((4, 3), 1 / 3), [0.5, 0.5]), "train_prior"),
+    (lambda: prior_lib.em_prior(np.full((4,), 1 / 3), [0.5, 0.5]), "probs"),
+    (lambda: prior_lib.em_prior(-np.ones((4, 3)), [1, 1, 1]), "probs"),
+    (lambda: prior_lib.em_prior(np.full((4, 3), 1 / 3), [1, 1, 1], max_iter=0), "max_iter"),
+    (lambda: prior_lib.adjust_probs(np.full((4, 3), 1 / 3), [0, 1, 1], [1, 1, 1]), "train_prior"),
+    (lambda: prior_lib.adjust_probs(np.full((4, 3), 1 / 3), [1, 1, 1], [1, 1]), "target_prior"),
+    (lambda: prior_lib.adjust_probs(np.full((4, 3), 1 / 3), [1, 1, 1], [0, 0, 0]), "target_prior"),
+])
+def test_prior_degenerate_inputs_raise(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
