@@ -38,7 +38,8 @@ and an "Adaptive Multimodal Fusion", fusing inter- and intra-channel information
   * adaptive gated fusion: each stream (the guide's own, then one per guided branch; with
     `fuse="all"` also the other modalities' own) is LayerNorm(masked mean over its tokens); a Linear on
     their concatenation gives one gate per stream, normalised by `gate` = "softmax" (a convex mixture) or
-    "sigmoid" (independent gates); fused = sum_s gate_s stream_s -> Dropout -> Linear(width -> 6).
+    "sigmoid" (independent gates); the gate Linear starts at zero (equal gates at init); fused =
+    sum_s gate_s stream_s -> Dropout -> Linear(width -> 6).
 Depth is small (1-2 in any plausible recipe), so layers are a Python loop, not `nn.scan`.
 """
 
@@ -259,9 +260,10 @@ class ContextBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, context, context_mask, deterministic: bool):
+        q = layers.layer_norm(1e-6, self.dtype, "norm_q")(x)
+        kv = layers.layer_norm(1e-6, self.dtype, "norm_kv")(context)
         y = CrossAttention(self.num_heads, self.attention_dropout_rate, self.dtype, name="attn")(
-            layers.layer_norm(1e-6, self.dtype, "norm_q")(x), layers.layer_norm(1e-6, self.dtype, "norm_kv")(context),
-            context_mask, deterministic)
+            q, kv, context_mask, deterministic)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic)
         y = layers.Mlp(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype, name="mlp")(
             layers.layer_norm(1e-6, self.dtype, "norm_mlp")(x), deterministic)
