@@ -59,7 +59,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=None, help="hidden size (heads = hidden / 64)")
     p.add_argument("--conv_dim", type=int, default=None, help="channels of every feature-encoder conv")
     p.add_argument("--seconds", type=float, default=5.0, help="clip length (padded/truncated)")
-    p.add_argument("--conv_impl", default="matmul", choices=wav2vec2.CONV_IMPLS)
+    p.add_argument("--conv_impl", default=None, choices=wav2vec2.CONV_IMPLS,
+                   help="default: matmul on the CPU (vmapped convs), xla elsewhere (the im2col patches of 5 s clips "
+                   "take 25 GiB per trial on a TPU)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--epochs", type=int, default=4)
@@ -77,6 +79,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--write", action="store_true")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
     args = p.parse_args(argv)
+    args.conv_impl = args.conv_impl or ("matmul" if jax.default_backend() == "cpu" and not args.pod else "xla")
     chosen = any(a.startswith("--preset") for a in argv)
     if args.cpu or (jax.default_backend() == "cpu" and not args.tiny and not chosen):
         args.cpu = True

@@ -50,7 +50,7 @@ RUNS = {
                 ["--system=uniemox", "--tiny", "--notorch"], 70),
     "fewshot": ("experiments.fewshot_benchmark",
                 ["--preset=base", "--seconds=5", "--dtype=bfloat16", "--trials=100", "--group_size=50",
-                 "--sequential_trials=2", "--epochs=2", "--k=8"], ["--tiny"], 60),
+                 "--sequential_trials=2", "--epochs=2", "--k=8", "--conv_impl=xla"], ["--tiny"], 60),
 }
 
 
