@@ -222,14 +222,16 @@ def compile_for_pod(args) -> list[dict]:
         group = per_chip * mesh.size
         with_group = argparse.Namespace(**{**vars(args), "trials": group, "group_size": group})
         config = make_config(with_group)
+        config.data.num_speakers = min(config.data.num_speakers, 20)
         with config.unlocked():
             config.protocol.trials = math.ceil(group / (config.data.num_speakers * 5))
-        config.data.num_speakers = min(config.data.num_speakers, 20)
         task = speech_ser.build_task(config, (("target", 2),))
         trials = make_trials(config, with_group)[:group]
         start = time.perf_counter()
         try:
             pop = population.Population(config, task, trials, mesh=mesh)
+            if pop.group_size != group:
+                raise ValueError(f"the population's group is {pop.group_size} trials, not {group}")
             compiled = pop._step.lower(*pop._abstract_step_args(pop.group_size)).compile()
             memory, error = bench.compiled_memory_bytes(compiled), ""
         except Exception as exc:  # out of memory is a result here
