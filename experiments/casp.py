@@ -52,15 +52,16 @@ def reference_source(config) -> dict:
     return params
 
 
-def train_source(config, workdir: str) -> dict:
+def train_source(config, workdir: str, mesh=None) -> dict:
     """Source training (resumed if interrupted, reused if finished); the best source-valid params. With
-    `config.source_checkpoint` set, the converted params of that CASP reference model instead (no training)."""
+    `config.source_checkpoint` set, the converted params of that CASP reference model instead (no training).
+    `mesh`: the trainer's (default: `config.mesh` over all devices)."""
     if config.get("source_checkpoint"):
         return reference_source(config)
     source_dir = os.path.join(loop.check_workdir(workdir), "source")
     os.makedirs(source_dir, exist_ok=True)
     train, valid = sources.make_sources(config.data, config.seed)
-    result = loop.train_and_evaluate(config, source_dir, casp.build_task(config), train, valid)
+    result = loop.train_and_evaluate(config, source_dir, casp.build_task(config), train, valid, mesh=mesh)
     if result.preempted:
         raise KeyboardInterrupt(f"source training stopped at step {int(result.state.step)}; rerun to resume")
     best = result.best
@@ -81,9 +82,10 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run(config, workdir: str) -> dict:
-    """Source training (or reuse), then every method in every mode; the summary goes to results.json."""
-    params = train_source(config, workdir)
+def run(config, workdir: str, mesh=None) -> dict:
+    """Source training (or reuse) on `mesh`, then every method in every mode; the summary goes to
+    results.json."""
+    params = train_source(config, workdir, mesh)
     summary = casp.run_adaptation(config, params)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)

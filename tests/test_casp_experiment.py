@@ -3,12 +3,14 @@ source-only by a margin (fixed seeds), and feature dims that do not match are re
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import casp as experiment
 from experiments.configs import casp as casp_config
 from jaxemo.systems import casp
+from jaxemo.train import sharding
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +18,12 @@ def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("casp"))
     config = casp_config.get_config("tiny")
     config.tta.methods = ("source_only", "casp")
-    summary = experiment.run(config, workdir)
-    params = experiment.train_source(config, workdir)  # finished: evaluated and reused, not trained again
-    return config, params, workdir, summary
+    # One device, as `python -m experiments.casp` has on a CPU machine: on the suite's 8 simulated devices the
+    # tiny model's source training takes about three times as long (sharded training: test_sharding.py).
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    summary = experiment.run(config, workdir, mesh)
+    params = experiment.train_source(config, workdir, mesh)  # finished: evaluated and reused, not trained again
+    return config, params, workdir, summary, mesh
 
 
 def mae(summary, method, mode):
@@ -27,7 +32,7 @@ def mae(summary, method, mode):
 
 @pytest.mark.slow
 def test_casp_lowers_mae_below_source_only(run):
-    _, _, _, summary = run
+    _, _, _, summary, _ = run
     source_only = mae(summary, "source_only", "-")
     assert source_only > 0.6  # the shift hurts (source valid MAE is about 0.45)
     assert mae(summary, "casp", "offline") < source_only - 0.015
@@ -35,7 +40,7 @@ def test_casp_lowers_mae_below_source_only(run):
 
 @pytest.mark.slow
 def test_every_mode_runs_and_results_are_written(run):
-    _, _, workdir, summary = run
+    _, _, workdir, summary, _ = run
     with open(f"{workdir}/results.json") as f:
         stored = json.load(f)
     assert stored == json.loads(json.dumps(summary))
@@ -48,15 +53,15 @@ def test_every_mode_runs_and_results_are_written(run):
 
 @pytest.mark.slow
 def test_source_training_is_reused_on_rerun(run):
-    config, params, workdir, _ = run
-    again = experiment.train_source(config, workdir)  # finished: evaluates, does not train again
+    config, params, workdir, _, mesh = run
+    again = experiment.train_source(config, workdir, mesh)  # finished: evaluates, does not train again
     for key in ("proj_text", "out_layer_proj0"):
         np.testing.assert_array_equal(again[key]["kernel"], params[key]["kernel"])
 
 
 @pytest.mark.slow
 def test_mismatched_feature_dims_are_named(run):
-    config, params, _, _ = run
+    config, params, _, _, _ = run
     config = casp_config.get_config("tiny")
     config.target.audio_dim = 5
     dims = {m: int(params[f"proj_{m}"]["kernel"].shape[0]) for m in ("text", "audio", "vision")}
