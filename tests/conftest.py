@@ -51,3 +51,44 @@ def tiny_classifier_config(**overrides):
 @pytest.fixture
 def tiny_config():
     return tiny_classifier_config
+
+
+# The longest modules, longest first (seconds alone on one core, 2026-11-29, in brackets). With
+# `--dist loadscope` a module runs whole on one worker, and pytest-xdist's own order (the modules with the
+# most tests first, off in pyproject.toml) left these long modules of few tests for the end, where one of
+# them ran alone while the other worker idled. Started first, they overlap, and the short modules fill in
+# the end. The remaining modules follow, those with the most tests first (xdist's own rule).
+LONGEST_FIRST = (
+    "test_mma_dfer_experiment.py",  # [335]
+    "test_gpu_suite.py",  # [300]
+    "test_casp_experiment.py",  # [260]
+    "test_checkpoint.py",  # [170]
+    "test_uniemox_system.py",  # [155]
+    "test_tta.py",  # [150]
+    "test_multiprocess.py",  # [135] (three processes)
+    "test_bench.py",  # [130]
+    "test_wav2vec2.py",  # [105]
+    "test_speech_ser.py",  # [100]
+    "test_uniemox_experiment.py",  # [100]
+    "test_train.py",  # [95]
+    "test_pod_compile.py",  # [90]
+    "test_population.py",  # [75]
+    "test_mma_dfer.py",  # [70]
+    "test_casp_parity.py",  # [65]
+    "test_update_step.py",  # [60]
+    "test_tta_latency.py",  # [55]
+    "test_casp_convert.py",  # [50]
+)
+
+
+def pytest_collection_modifyitems(items):
+    tests_per_module = {}
+    for item in items:
+        tests_per_module[item.path.name] = tests_per_module.get(item.path.name, 0) + 1
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def order(item):
+        name = item.path.name
+        return (rank[name], 0) if name in rank else (len(rank), -tests_per_module[name])
+
+    items.sort(key=order)  # stable: a module's tests stay together and in their order
