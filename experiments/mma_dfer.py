@@ -22,11 +22,12 @@ from jaxemo.systems import mma_dfer
 from jaxemo.train import loop, metrics
 
 
-def run_fold(config, workdir: str, fold: int) -> dict:
+def run_fold(config, workdir: str, fold: int, mesh=None) -> dict:
+    """One fold trained and evaluated on `mesh` (default: `config.mesh` over all devices)."""
     fold_dir = os.path.join(workdir, f"fold{fold}")
     train_source, test_source = mma_dfer.fold_sources(config, fold)
     result = loop.train_and_evaluate(config, fold_dir, mma_dfer.build_task(config), train_source, test_source,
-                                     init_params=mma_dfer.pretrained_params(config))
+                                     mesh=mesh, init_params=mma_dfer.pretrained_params(config))
     if result.preempted:
         return {"fold": fold, "preempted": True}
     metrics.save_confusion_matrix(os.path.join(fold_dir, "confusion.png"), result.eval_stats["confusion"],

@@ -75,11 +75,18 @@ def test_eval_module_reads_the_checkpoint_and_reproduces_the_scores(trained, tmp
     assert "fold 1: UAR" in out and (tmp_path / "confusion_fold1.png").exists()
 
 
+def one_device():
+    """A one-device mesh, as a CPU machine has: sharding over the suite's 8 simulated devices only costs time
+    here (it is checked by test_data_parallel_and_fsdp_match_one_device)."""
+    return sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+
+
 def test_token_fusion_trains(tmp_path):
     config = small_config(**{"model.fusion": "tokens", "model.fusion_layer": 1, "total_steps": 24,
                              "eval_every_epochs": 0, "log_every_steps": 4})
     train, test = system.fold_sources(config, 1)
-    result = loop.train_and_evaluate(config, str(tmp_path / "run"), system.build_task(config), train, test)
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"), system.build_task(config), train, test,
+                                     mesh=one_device())
     losses = [json.loads(line)["train/loss"] for line in open(tmp_path / "run" / "metrics.jsonl")
               if "train/loss" in line]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
@@ -99,9 +106,8 @@ def _losses_and_params(config, mesh, steps=2):
 
 def test_data_parallel_and_fsdp_match_one_device():
     config = small_config()
-    one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     eight = sharding.make_mesh({"data": 4, "fsdp": 2})
-    losses_1, params_1 = _losses_and_params(config, one)
+    losses_1, params_1 = _losses_and_params(config, one_device())
     losses_8, params_8 = _losses_and_params(config, eight)
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params_8, params_1)
@@ -133,7 +139,7 @@ def test_pretrained_encoders_load_and_stay_frozen(tmp_path):
     torch.save(audiomae, tmp_path / "audiomae.pth")
     config.pretrained.update(image=str(tmp_path / "mae_face.pth"), audio=str(tmp_path / "audiomae.pth"),
                              audio_grid=(16, 16))
-    experiment.run_fold(config, str(tmp_path), 1)
+    experiment.run_fold(config, str(tmp_path), 1, mesh=one_device())
     params = checkpoint.load_params(str(tmp_path / "fold1" / "checkpoints"))
     fc1 = mae_face["model"]["blocks.1.mlp.fc1.weight"].numpy().T
     np.testing.assert_array_equal(np.asarray(params["fusion_layers"]["video_block"]["mlp"]["fc1"]["kernel"][1]), fc1)
