@@ -71,16 +71,22 @@ def parse_args(argv) -> argparse.Namespace:
     return args
 
 
-def run(name: str, args) -> dict:
-    module, gpu_argv, dry_argv, limit = RUNS[name]
+def command(name: str, args) -> list[str]:
+    """The command of one run: [python, -m, module, its arguments (the dry run's with --dry_run)...]."""
+    module, gpu_argv, dry_argv, _ = RUNS[name]
     argv = (dry_argv if args.dry_run else gpu_argv) + ["--write", f"--benchmarks_file={args.benchmarks_file}"]
     if name == "tta":
         argv.append(f"--plot_dir={os.path.dirname(os.path.abspath(args.benchmarks_file))}")
-    command = [sys.executable, "-m", module, *argv]
-    print(f"[{name}] {' '.join(command[1:])}", flush=True)
+    return [sys.executable, "-m", module, *argv]
+
+
+def run(name: str, args) -> dict:
+    limit = RUNS[name][3]
+    command_line = command(name, args)
+    print(f"[{name}] {' '.join(command_line[1:])}", flush=True)
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+        done = subprocess.run(command_line, cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=limit * (10 if args.dry_run else 1))
         ok, tail = done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     except subprocess.TimeoutExpired as expired:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import benchmark
+from experiments import benchmark, gpu_suite
 from jaxemo import bench, cli, vit
 from jaxemo.models import mma_dfer
 from jaxemo.systems import mma_dfer as mma_dfer_system
@@ -228,10 +228,13 @@ def test_torch_mma_dfer_steps_train_only_the_trainable_params():
 
 
 def test_casp_benchmark_with_its_torch_twin(tmp_path):
-    """The harness is generic: CASP's cases, with the PyTorch twin's train and inference steps beside JAX's."""
+    """The harness is generic: CASP's cases, with the PyTorch twin's train and inference steps beside JAX's.
+    The GPU suite's dry-run command for `casp` with the twin added (test_gpu_suite does not start it again)."""
     pytest.importorskip("torch")
     path = tmp_path / "BENCHMARKS.md"
-    results = benchmark.main(["--system=casp", "--tiny", "--write", f"--benchmarks_file={path}"])
+    command = gpu_suite.command("casp", gpu_suite.parse_args(["--dry_run", f"--benchmarks_file={path}"]))
+    assert command[1:3] == ["-m", "experiments.benchmark"] and "--tiny" in command and "--notorch" in command
+    results = benchmark.main([arg for arg in command[3:] if arg != "--notorch"])
     assert [(r.step, r.framework) for r in results] == [
         ("train", "JAX (jaxemo)"), ("inference", "JAX (jaxemo)"), ("train", "PyTorch (eager)"),
         ("inference", "PyTorch (eager)")]

@@ -2,20 +2,22 @@
 
 import pytest
 
-from experiments import tta_latency
+from experiments import gpu_suite, tta_latency
 
 
 @pytest.mark.slow
 def test_tiny_latency_benchmark_writes_table_and_plot(tmp_path):
+    """The GPU suite's dry-run command for `tta`, run in-process (test_gpu_suite does not start it again)."""
     path = tmp_path / "BENCHMARKS.md"
-    rows = tta_latency.main(["--tiny", "--batches=1,2", "--steps=1", "--notorch", "--write",
-                             f"--benchmarks_file={path}", f"--plot_dir={tmp_path / 'plots'}"])
+    command = gpu_suite.command("tta", gpu_suite.parse_args(["--dry_run", f"--benchmarks_file={path}"]))
+    assert command[1:3] == ["-m", "experiments.tta_latency"] and "--tiny" in command
+    rows = tta_latency.main(command[3:])
     assert {(r["kind"], r["batch"]) for r in rows} == {
-        (kind, batch) for kind in ("inference", "episodic (vmap)", "per-sample loop") for batch in (1, 2)}
+        (kind, batch) for kind in ("inference", "episodic (vmap)", "per-sample loop") for batch in (1, 4)}
     assert all(r["samples_per_s"] > 0 for r in rows)
     text = path.read_text()
-    assert "<!-- tta-latency-tiny:" in text and "| episodic (vmap) | 1 | 2 |" in text
-    assert next((tmp_path / "plots").glob("tta_latency_*.png")).stat().st_size > 1000
+    assert "<!-- tta-latency-tiny:" in text and "| episodic (vmap) | 1 | 4 |" in text
+    assert next(tmp_path.glob("tta_latency_*.png")).stat().st_size > 1000  # the plot beside the file
 
 
 @pytest.mark.slow
