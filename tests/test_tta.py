@@ -31,7 +31,7 @@ def make_samples(n, seed=0):
 def setup():
     model = msa.SentimentRegressor(depth=1)
     samples = make_samples(1)
-    params = nn.unbox(model.init(jax.random.key(1), *(samples[k] for k in core.INPUT_KEYS))["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(1), *(samples[k] for k in core.INPUT_KEYS))["params"])
     frozen, adapted = core.split(params)
     return model, frozen, adapted
 
@@ -101,13 +101,14 @@ def test_adapt_step_updates_and_skips_non_finite_losses(setup):
     model, frozen, adapted = setup
     tx = core.OptimizerConfig().make()
     batch = {k: jnp.asarray(v) for k, v in make_samples(8).items()}
-    new, _, out = core.adapt_step(methods.Contrastive(), model, tx, frozen, adapted, tx.init(adapted), batch,
-                                  jax.random.key(0))
+    adapt_step = jax.jit(core.adapt_step, static_argnums=(0, 1, 2))  # jitted, as the modes run it: one compile
+    new, _, out = adapt_step(methods.Contrastive(), model, tx, frozen, adapted, tx.init(adapted), batch,
+                             jax.random.key(0))
     assert int(out["update_skipped"]) == 0 and np.isfinite(float(out["loss"]))
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(adapted)))
     bad = dict(batch, text=batch["text"].at[0, 0, 0].set(jnp.nan))
-    same, _, out = core.adapt_step(methods.Contrastive(), model, tx, frozen, adapted, tx.init(adapted), bad,
-                                   jax.random.key(0))
+    same, _, out = adapt_step(methods.Contrastive(), model, tx, frozen, adapted, tx.init(adapted), bad,
+                              jax.random.key(0))
     assert int(out["update_skipped"]) == 1
     for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(adapted)):
         np.testing.assert_array_equal(a, b)
@@ -115,15 +116,16 @@ def test_adapt_step_updates_and_skips_non_finite_losses(setup):
 
 def test_episodic_vmap_equals_the_per_sample_loop(setup):
     model, frozen, adapted = setup
-    samples = make_samples(6, seed=3)
-    config = modes.EpisodicConfig(steps=3, views=2)
+    # the episodic program of the tests below (2 steps, 2 views, 4 samples): compiled once for all of them
+    samples = make_samples(4, seed=3)
+    config = modes.EpisodicConfig(steps=2, views=2)
     method = modes.episodic_method(methods.Contrastive())
-    keys = modes.sample_keys(jax.random.key(0), np.arange(6))
+    keys = modes.sample_keys(jax.random.key(0), np.arange(4))
     batched = modes.episodic_batch(method, model, config, frozen, adapted, samples, keys)
     looped = [modes.episodic_single(method, model, config, frozen, adapted, {k: v[i] for k, v in samples.items()},
-                                    keys[i]) for i in range(6)]
+                                    keys[i]) for i in range(4)]
     np.testing.assert_allclose(batched, np.stack(looped), atol=1e-5)
-    source = modes.unbatch(modes.predict_batches(model, frozen, adapted, modes.batched(samples, 6)), 6)
+    source = modes.unbatch(modes.predict_batches(model, frozen, adapted, modes.batched(samples, 4)), 4)
     assert not np.allclose(batched, source, atol=1e-4)  # the adaptation did something
 
 
@@ -198,10 +200,11 @@ def test_feature_alignment_pulls_statistics_towards_the_source(setup):
     target = {k: v * 1.5 + 0.5 if k in msa.MODALITIES else v for k, v in make_samples(32, seed=9).items()}
     method = methods.FeatureAlignment(stats)
     batch = {k: jnp.asarray(v) for k, v in target.items()}
-    before = float(method.loss(model, frozen, adapted, batch, jax.random.key(0))[0])
+    loss = jax.jit(lambda adapted: method.loss(model, frozen, adapted, batch, jax.random.key(0))[0])
+    before = float(loss(adapted))
     config = modes.OfflineConfig(epochs=20, batch_size=32, optimizer=core.OptimizerConfig(learning_rate=1e-2))
     result = modes.adapt_offline(method, model, frozen, adapted, target, config, jax.random.key(0))
-    after = float(method.loss(model, frozen, result.adapted, batch, jax.random.key(0))[0])
+    after = float(loss(result.adapted))
     assert after < 0.9 * before  # LayerNorms move the branches, not the residual stream: part of the gap
 
 
