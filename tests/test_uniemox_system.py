@@ -38,11 +38,9 @@ def pretraining():
     mesh = sharding.make_mesh(dict(config.mesh))
     example = state_lib.example_batch_like(batch)
     setup = loop.setup_train_step(config, task, example, mesh, 10, 5)
-    first, _ = state_lib.create_train_state(task, setup.tx, example, jax.random.key(0), mesh, setup.rules,
-                                            setup.frozen_dtype)
-    first = jax.device_get(first)
     state, _ = state_lib.create_train_state(task, setup.tx, example, jax.random.key(0), mesh, setup.rules,
                                             setup.frozen_dtype)
+    first = jax.tree.map(np.array, jax.device_get(state))  # a real copy: the steps donate the state's buffers
     sharded = sharding.shard_batch(batch, mesh)
     for _ in range(2):
         state, metrics = setup.train_step(state, sharded)
@@ -54,11 +52,12 @@ def test_views_crop_the_person_box_or_fall_back_to_a_second_crop():
     image[:, 4:14, 10:16] = 200  # the person
     boxes = np.array([[0.5, 0.2, 0.8, 0.7]] * 2, np.float32)  # xyxy of that region
     has_person = np.array([True, False])
-    scene, person = pretrain.two_views(None, image, boxes, has_person, 8, train=False)
+    two_views = jax.jit(pretrain.two_views, static_argnames=("size", "train"))  # as the tasks run it
+    scene, person = two_views(None, image, boxes, has_person, size=8, train=False)
     np.testing.assert_allclose(person[0], 200 / 255.0, atol=1e-5)  # the box, resized
     np.testing.assert_allclose(person[1], augment.resize(image[1], 8) / 255.0, atol=1e-6)  # no person: whole image
     np.testing.assert_allclose(scene, augment.resize(image, 8) / 255.0, atol=1e-6)
-    _, person = pretrain.two_views(jax.random.key(3), image, boxes, has_person, 8, train=True)
+    _, person = two_views(jax.random.key(3), image, boxes, has_person, size=8, train=True)
     np.testing.assert_allclose(person[0], 200 / 255.0, atol=1e-5)  # a flip does not change a plain box
     assert float(jnp.std(person[1])) > 0.05  # the fallback is a random crop of the whole picture
     assert pretrain.box_crop(jnp.array([0.0, 0.0, 0.001, 0.001]), 20, 20).tolist() == [0, 0, 1, 1]
@@ -119,7 +118,8 @@ def test_the_classifier_starts_from_the_pretrained_encoder(pretraining):
     config = pretraining["config"]
     task = finetune.build_task(config, 5)
     model = task.model
-    template = jax.device_get(nn.unbox(task.init(jax.random.key(1), uniemox.finetune_batch(2, 16, 5))["params"]))
+    template = jax.device_get(nn.unbox(jax.jit(task.init)(jax.random.key(1),
+                                                          uniemox.finetune_batch(2, 16, 5))["params"]))
     encoder = finetune.student_encoder(jax.device_get(pretraining["state"].params))
     params = finetune.init_from_encoder(encoder, model)(template)
     np.testing.assert_array_equal(params["encoder"]["layers"]["block"]["mlp"]["fc1"]["kernel"],
@@ -145,12 +145,12 @@ def test_finetune_task_mixes_labels_and_reports_top3():
     config.finetune.update(mixup=0.8, cutmix=1.0, rand_augment=True, random_erasing=0.25, drop_path_rate=0.1)
     task = finetune.build_task(config, 6)
     batch = uniemox.finetune_batch(8, 24, 6, seed=2)
-    params = nn.unbox(task.init(jax.random.key(0), batch)["params"])
+    params = nn.unbox(jax.jit(task.init)(jax.random.key(0), batch)["params"])
     params["head"]["kernel"] = jax.random.normal(jax.random.key(5), params["head"]["kernel"].shape)
     loss, _ = jax.jit(lambda p, b, k: task.loss(p, b, k))(params, batch, jax.random.key(1))
     assert np.isfinite(float(loss)) and task.mixing is not None
     stats = jax.jit(task.eval_stats)(params, batch)
-    logits = np.asarray(task.logits(params, batch))
+    logits = np.asarray(jax.jit(task.logits)(params, batch))
     expected = top_k_accuracy_score(batch["label"], logits, k=3, labels=np.arange(6))
     assert task.summarize(jax.device_get(stats))["top3_accuracy"] == pytest.approx(expected)
     probe = finetune.build_task(config, 6, linear_probe=True)
@@ -190,7 +190,7 @@ def test_pretraining_flops_match_xla_on_the_matmuls():
     model = pretrain.build_pretrainer(config, vocab_size=64, eot_token_id=2)
     task = pretrain.PretrainTask(model)
     batch = uniemox.pretrain_batch(4, 32, 32)
-    params = task.init(jax.random.key(0), batch)["params"]
+    params = jax.eval_shape(task.init, jax.random.key(0), batch)["params"]  # shapes are all lower() needs
     views = task.views(None, batch, train=False)
     forward = jax.jit(lambda p: model.apply({"params": p}, *views, rngs={"masking": jax.random.key(0)}))
     cost = forward.lower(params).compile().cost_analysis()
@@ -211,11 +211,12 @@ def test_pretraining_starts_from_converted_mae_and_clip_checkpoints(pretraining,
     tokenizer_path = text_lib.train_bpe_tokenizer(prompts, str(tmp_path / "tokenizer.json"), 64)
     tokenizer = text_lib.ClipTokenizer(tokenizer_path)
     clip_model = pretrain.build_teacher(config, tokenizer.tokenizer.get_vocab_size(), tokenizer.end_id)
-    clip_params = nn.unbox(clip_model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)), tokenizer(prompts[:1])))
+    clip_params = nn.unbox(jax.jit(clip_model.init)(jax.random.key(3), jnp.zeros((1, 16, 16, 3)),
+                                                    tokenizer(prompts[:1])))
     checkpoint.save_params(str(tmp_path / "clip"), clip_params["params"])
     student = pretrain.build_student(config).student
-    mae_params = nn.unbox(student.init({"params": jax.random.key(4), "masking": jax.random.key(5)},
-                                       jnp.zeros((1, 16, 16, 3))))["params"]
+    mae_params = nn.unbox(jax.jit(student.init)({"params": jax.random.key(4), "masking": jax.random.key(5)},
+                                                jnp.zeros((1, 16, 16, 3))))["params"]
     checkpoint.save_params(str(tmp_path / "mae"), mae_params)
     config.teacher.update(checkpoint=str(tmp_path / "clip"), tokenizer=tokenizer_path)
     config.pretrained.mae = str(tmp_path / "mae")
