@@ -58,11 +58,26 @@ def _init(model, video, audio):
     return nn.unbox(jax.jit(model.init)(jax.random.key(0), video, audio)["params"])
 
 
-def test_zero_gates_make_the_adapters_inert_at_initialisation():
+@pytest.fixture(scope="module")
+def tiny():
+    """MMADFER(**TINY), its params and one jitted forward (logits, aux) that the tests below share: one compile
+    per input shape instead of one per test."""
     model = mma_dfer.MMADFER(**TINY)
+    params = _init(model, *_tiny_inputs())
+    return model, params, jax.jit(lambda p, v, a: model.apply({"params": p}, v, a))
+
+
+@pytest.fixture
+def tiny_params(tiny):
+    """A fresh copy of the params' dicts for each test (the tests replace entries)."""
+    return jax.tree.map(lambda x: x, tiny[1])
+
+
+def test_zero_gates_make_the_adapters_inert_at_initialisation(tiny, tiny_params):
+    forward = tiny[2]
     video, audio = _tiny_inputs()
-    params = _init(model, video, audio)
-    apply = jax.jit(lambda p: model.apply({"params": p}, video, audio)[0])
+    params = tiny_params
+    apply = lambda p: forward(p, video, audio)[0]  # noqa: E731
     perturbed = jax.tree.map(lambda x: x, params)
     adapter = perturbed["fusion_layers"]["adapter"]
     adapter["video_up"]["kernel"] = adapter["video_up"]["kernel"] + 1.0
@@ -72,12 +87,12 @@ def test_zero_gates_make_the_adapters_inert_at_initialisation():
     assert not np.allclose(apply(perturbed), apply(params), atol=1e-4)
 
 
-def test_audio_reaches_the_video_stream_through_the_fusion():
-    model = mma_dfer.MMADFER(**TINY)
+def test_audio_reaches_the_video_stream_through_the_fusion(tiny, tiny_params):
+    forward = tiny[2]
     video, audio = _tiny_inputs()
-    params = _init(model, video, audio)
+    params = tiny_params
     params["fusion_layers"]["adapter"]["video_gate"] = jnp.full((4, 1), 0.7)
-    video_cls = jax.jit(lambda p, a: model.apply({"params": p}, video, a)[1]["video_cls"])
+    video_cls = lambda p, a: forward(p, video, a)[1]["video_cls"]  # noqa: E731
     other_audio = audio * 2.0 + 1.0
     assert not np.allclose(video_cls(params, audio), video_cls(params, other_audio), atol=1e-4)
     params["fusion_layers"]["adapter"]["video_gate"] = jnp.zeros((4, 1))
@@ -107,13 +122,13 @@ def test_fusion_tokens_are_invisible_before_the_fusion_layer():
     assert not np.allclose(apply_early(moved), apply_early(params), atol=1e-4)
 
 
-def test_each_clip_is_independent_of_its_batch():
-    model = mma_dfer.MMADFER(**TINY)
-    video, audio = _tiny_inputs(batch=3)
-    params = _init(model, video, audio)
+def test_each_clip_is_independent_of_its_batch(tiny, tiny_params):
+    forward = tiny[2]
+    video, audio = _tiny_inputs()  # the clip at index 1: in a batch of two, then alone
+    params = tiny_params
     params["fusion_layers"]["adapter"]["video_gate"] = jnp.full((4, 1), 0.5)
     params["fusion_layers"]["adapter"]["audio_gate"] = jnp.full((4, 1), 0.5)
-    apply = jax.jit(lambda v, a: model.apply({"params": params}, v, a)[0])
+    apply = lambda v, a: forward(params, v, a)[0]  # noqa: E731
     np.testing.assert_allclose(apply(video, audio)[1:2], apply(video[1:2], audio[1:2]), rtol=1e-5, atol=1e-5)
 
 
