@@ -58,19 +58,20 @@ def two_views():
     rng = np.random.default_rng(2)
     scene, person = (jnp.asarray(rng.standard_normal((3, 32, 32, 3)), jnp.float32) for _ in range(2))
     model = uniemox.UniEmoX(STUDENT)
-    variables = model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, scene, person)
+    variables = jax.jit(model.init)({"params": jax.random.key(0), "masking": jax.random.key(1)}, scene, person)
     return model, nn.unbox(variables["params"]), scene, person
 
 
 def test_two_views_fusion_and_what_the_person_view_reaches(two_views):
     model, params, scene, person = two_views
-    loss, aux = model.apply({"params": params}, scene, person, rngs={"masking": jax.random.key(2)})
+    loss, aux = jax.jit(lambda p: model.apply({"params": p}, scene, person, rngs={"masking": jax.random.key(2)}))(
+        params)
     assert np.isfinite(float(loss)) and aux["fused"].shape == (3, 16) and aux["mask"].shape == (3, 16)
 
     def person_feature(p):
         return model.apply({"params": p}, scene, person, rngs={"masking": jax.random.key(2)})[1]["person_feature"].sum()
 
-    grads = jax.grad(person_feature)(params)["student"]
+    grads = jax.jit(jax.grad(person_feature))(params)["student"]
     assert np.abs(np.asarray(grads["decoder_embed"]["kernel"])).sum() > 0
     assert np.abs(np.asarray(grads["encoder"]["patch_embed"]["kernel"])).sum() > 0
     for name in ("decoder", "decoder_norm", "decoder_pred", "mask_token"):  # the person view skips the decoder
@@ -78,7 +79,8 @@ def test_two_views_fusion_and_what_the_person_view_reaches(two_views):
 
     alone = uniemox.UniEmoX(STUDENT, fusion="none")
     student_only = {"student": params["student"]}
-    _, aux = alone.apply({"params": student_only}, scene, person, rngs={"masking": jax.random.key(2)})
+    _, aux = jax.jit(lambda p: alone.apply({"params": p}, scene, person, rngs={"masking": jax.random.key(2)}))(
+        student_only)
     np.testing.assert_array_equal(aux["fused"], aux["scene_feature"])
 
 
@@ -146,12 +148,13 @@ def test_text_features_are_cached_per_teacher(tokenizer_file, tmp_path):
                       vision_mlp_dim=32, embed_dim=8, vocab_size=tokenizer.tokenizer.get_vocab_size(),
                       context_length=24, text_width=16, text_depth=1, text_heads=2, text_mlp_dim=32,
                       eot_token_id=tokenizer.end_id)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), tokenizer(["x"]))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), tokenizer(["x"]))["params"]
     prompts = [system.emotion_prompt({"scene": "beach"}, e) for e in ("awe", "fear", "anger")]
     features = system.text_features(model, params, tokenizer, prompts, str(tmp_path), teacher_id="a", batch_size=2)
     assert features.shape == (3, 8)
     np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, rtol=1e-5)
-    direct = clip.normalize(model.apply({"params": params}, tokenizer(prompts), method=clip.CLIP.encode_text))
+    encode_text = jax.jit(lambda p, ids: model.apply({"params": p}, ids, method=clip.CLIP.encode_text))
+    direct = clip.normalize(encode_text(params, tokenizer(prompts)))
     np.testing.assert_allclose(features, direct, atol=1e-6)
     assert len(list(tmp_path.glob("text_features-*.npy"))) == 1
     again = system.text_features(model, None, tokenizer, prompts, str(tmp_path), teacher_id="a")  # from the cache
