@@ -140,7 +140,7 @@ def test_converter_errors_name_the_key_and_the_shapes():
 def test_masking_is_per_sample_static_and_the_loss_sees_only_hidden_patches():
     model = mae.MAE(**SIZES, mask_ratio=0.75)
     images = jnp.asarray(np.random.default_rng(1).standard_normal((4, 32, 32, 3)), jnp.float32)
-    variables = model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, images)
+    variables = jax.jit(model.init)({"params": jax.random.key(0), "masking": jax.random.key(1)}, images)
     apply = jax.jit(lambda v, x, key: model.apply(v, x, rngs={"masking": key}))
     loss, aux = apply(variables, images, jax.random.key(2))
     assert aux["mask"].shape == (4, 16) and aux["pred"].shape == (4, 16, 8 * 8 * 3)
@@ -160,8 +160,8 @@ def test_masking_is_per_sample_static_and_the_loss_sees_only_hidden_patches():
 def test_reference_decoder_slice_keeps_the_cls_prediction():
     model = mae.MAE(**SIZES, decoder_slice="reference")
     images = jnp.ones((2, 32, 32, 3))
-    variables = model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, images)
-    loss, aux = model.apply(variables, images, rngs={"masking": jax.random.key(2)})
+    variables = jax.jit(model.init)({"params": jax.random.key(0), "masking": jax.random.key(1)}, images)
+    loss, aux = jax.jit(lambda v: model.apply(v, images, rngs={"masking": jax.random.key(2)}))(variables)
     assert aux["pred"].shape == (2, 1, 192) and np.isfinite(float(loss))
     with pytest.raises(ValueError, match="decoder_slice='cls'"):
         mae.MAE(**SIZES, decoder_slice="cls").init({"params": jax.random.key(0), "masking": jax.random.key(1)},
