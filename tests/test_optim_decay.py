@@ -66,3 +66,27 @@ def test_layer_decay_scales_each_block_by_its_depth():
                      else step["encoder"][f"layers_{i}"]["block"])
             np.testing.assert_allclose(np.abs(block["mlp"]["fc1"]["kernel"]).max(), head * decay ** (depth - i),
                                        rtol=1e-4)
+
+
+def test_adam_weight_decay_is_torch_adam_l2():
+    """MERTools trains with torch `Adam(weight_decay=1e-5)`: L2 in the gradient, not AdamW's decoupled decay."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((3, 4)).astype(np.float32)
+    grads = [rng.standard_normal((3, 4)).astype(np.float32) for _ in range(3)]
+    config = config_dict.ConfigDict({"name": "adam", "learning_rate": 0.05, "weight_decay": 0.3,
+                                     "schedule": "constant"})
+    tx = optim.make_optimizer(config, total_steps=10, steps_per_epoch=10).tx
+    p, state = {"w": jnp.asarray(w0)}, None
+    state = tx.init(p)
+    for g in grads:
+        updates, state = tx.update({"w": jnp.asarray(g)}, state, p)
+        p = optax.apply_updates(p, updates)
+    w = torch.nn.Parameter(torch.tensor(w0))
+    reference = torch.optim.Adam([w], lr=0.05, weight_decay=0.3)
+    for g in grads:
+        w.grad = torch.tensor(g)
+        reference.step()
+    np.testing.assert_allclose(np.asarray(p["w"]), w.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert "weight_decay" in state.hyperparams  # injected: a population can draw it per trial

@@ -182,6 +182,7 @@ def with_hyperparams(opt_state, **hyperparams):
 
 def make_optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
     """`Optimizer` from `config.optimizer`: name in {adamw, adam, sgd}, learning_rate, schedule, clip_norm, ...
+    Adam with `weight_decay` > 0 is torch's Adam: the decay is an L2 term in the gradient, before the moments.
     AdamW also takes `decay_exclude` (regexes of parameters without weight decay, `decay_mask`) and
     `layer_decay` with `layer_decay_depth` (layer-wise learning-rate decay over a ViT, `layer_decay_factor`).
 
@@ -211,6 +212,14 @@ def make_optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
                 parts.append(scale_by_layer_decay(float(layer_decay), int(config.layer_decay_depth)))
             parts.append(optax.scale_by_learning_rate(scheduled(learning_rate)))
             return clipped(optax.chain(*parts))
+    elif config.name == "adam" and config.get("weight_decay"):
+        # torch `Adam(weight_decay=wd)`: L2 added to the gradient before the moments (coupled, unlike AdamW).
+        hyperparams["weight_decay"] = float(config.weight_decay)
+
+        def build(learning_rate, weight_decay):
+            return clipped(optax.chain(optax.add_decayed_weights(weight_decay),
+                                       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                                       optax.scale_by_learning_rate(scheduled(learning_rate))))
     elif config.name == "adam":
         def build(learning_rate):
             return clipped(optax.adam(scheduled(learning_rate), b1=b1, b2=b2, eps=eps))

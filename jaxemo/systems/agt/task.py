@@ -1,0 +1,94 @@
+"""The MER classification task (cross-entropy over six classes) and the analytic FLOP count of its models.
+
+`MerTask` is `jaxemo.train.tasks.ClassificationTask` over a model of `jaxemo.models.agt`; a batch holds
+`features/<name>` per feature and, for frame-level features, `lengths/<name>` (masks are made on the device). Its evaluation adds per-class recall
+to the classification metrics (accuracy, weighted F1: the MER-SEMI score, macro F1, UAR). The loss is the mean
+softmax cross-entropy, as MERTools' (log-softmax + NLL summed, divided by the batch size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxemo.models import agt as agt_model
+from jaxemo.train import tasks
+
+CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
+
+
+@dataclasses.dataclass(frozen=True)
+class MerTask(tasks.ClassificationTask):
+    num_classes: int = len(CLASSES)
+    input_keys: tuple = ("features",)
+    class_names: tuple = CLASSES
+
+    def inputs(self, batch, rng=None, train: bool = False) -> list:
+        features = {k.split("/", 1)[1]: batch[k].astype(jnp.float32) for k in self.input_keys
+                    if k.startswith("features/")}
+        masks = {k.split("/", 1)[1]: None for k in self.input_keys if k.startswith("lengths/")}
+        masks = {k: agt_model.lengths_to_mask(batch[f"lengths/{k}"], features[k].shape[1]) for k in masks}
+        return [features, masks or None]
+
+    def summarize(self, stats) -> dict:
+        metrics = super().summarize(stats)
+        confusion = np.asarray(stats["confusion"], np.float64)
+        support = confusion.sum(1)
+        recall = np.divide(np.diag(confusion), support, out=np.zeros_like(support), where=support > 0)
+        metrics.update({f"recall/{name}": float(r) for name, r in zip(self.class_names, recall)})
+        return metrics
+
+
+def build_task(model_config, frame_level: bool = False, flops_dims: Mapping | None = None) -> MerTask:
+    """The task of one model config (`jaxemo.models.agt.create`, which names the features in
+    `modalities`); `frame_level` reads their `lengths/<name>` too; `flops_dims` ({feature: (tokens, dim)}) sets
+    the analytic FLOPs per training example."""
+    model = agt_model.create(model_config)
+    keys = tuple(f"features/{n}" for n in model.modalities)
+    if frame_level:
+        keys += tuple(f"lengths/{n}" for n in model.modalities)
+    flops = train_flops(model, flops_dims) if flops_dims else None
+    return MerTask(model=model, input_keys=keys, flops_per_example=flops)
+
+
+def forward_flops(model, dims: Mapping) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one example's forward pass: the matmuls (dense layers, the LSTM's
+    gates, attention scores and values); `dims` {feature: (tokens, dim)}, tokens 0 for an utterance vector."""
+    flops = 0
+    if isinstance(model, agt_model.MERToolsAttention):
+        h = model.hidden_dim
+        for name in model.modalities:
+            steps, d = dims[name]
+            if steps:  # LSTM: input and recurrent gates each step, then linear_1
+                flops += 2 * steps * (d * 4 * h + h * 4 * h) + 2 * h * h
+            else:
+                flops += 2 * (d * h + 2 * h * h)
+        n = len(model.modalities)
+        flops += 2 * (n * h * h + 2 * h * h) + 2 * h * n + 2 * h * n + 2 * h * model.num_classes
+        return int(flops)
+    if isinstance(model, agt_model.AudioGuidedTransformer):
+        w, mlp = model.width, model.mlp_ratio * model.width
+        tokens = {}
+        for name in model.modalities:
+            steps, d = dims[name]
+            tokens[name] = steps or model.utt_tokens
+            flops += 2 * (steps or 1) * d * (w if steps else model.utt_tokens * w)
+        block = lambda tq, tk: 2 * tq * w * w * 2 + 2 * tk * w * w * 2 + 2 * 2 * tq * tk * w + 2 * 2 * tq * w * mlp
+        for name in model.modalities:
+            flops += model.self_depth * block(tokens[name], tokens[name])
+        guide = model.guide_name()
+        for name in model.modalities:
+            if name != guide:
+                flops += model.depth * block(tokens[guide], tokens[name])
+        streams = len(model.stream_names())
+        flops += 2 * streams * w * streams + 2 * streams * w + 2 * w * model.num_classes
+        return int(flops)
+    raise TypeError(f"no FLOP count for {type(model).__name__}")
+
+
+def train_flops(model, dims: Mapping) -> int:
+    """Forward + backward: 3x the forward matmuls."""
+    return 3 * forward_flops(model, dims)
