@@ -63,6 +63,6 @@ def get_config(arg: str | None = None):
     config.self_training = config_dict.ConfigDict(dict(
         rounds=3 if paper else 2, per_round=6000 if paper else 450, thresholds=0.9 if paper else 0.8,
         threshold_mode="adaptive", balance="quota", adjust_prior=False, redraw=False))
-    config.vote = config_dict.ConfigDict(dict(prior="em", target_prior=(), members="all"))
+    config.vote = config_dict.ConfigDict(dict(prior="em", target_prior=(), members="all", calibrate="bcts"))
     config.population.group_size = 0 if paper else 40
     return config

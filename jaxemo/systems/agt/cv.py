@@ -50,6 +50,16 @@ class Member:
     pool_logits: Optional[np.ndarray]  # [N_pool, C]: mean over folds
     train_prior: np.ndarray  # [C] class frequencies of the training set (labelled + pseudo-labelled)
     draws: list  # every draw's {draw, hyperparams, cv_weighted_f1}
+    # Calibration of the logits (`semi.calibrate`): probabilities are softmax(scale * logits + bias), under
+    # `source_prior` (the training prior, or with fitted biases the labelled set's).
+    scale: float = 1.0
+    bias: Optional[np.ndarray] = None
+    source_prior: Optional[np.ndarray] = None
+
+    def probs(self, logits) -> np.ndarray:
+        z = self.scale * np.asarray(logits, np.float64) + (0.0 if self.bias is None else self.bias)
+        z = np.exp(z - z.max(-1, keepdims=True))
+        return z / z.sum(-1, keepdims=True)
 
     @property
     def name(self) -> str:
@@ -110,7 +120,6 @@ def train_model(config, name: str, model_config, train_extra: Optional[data_lib.
     """Trains `draws` x folds of one model (validation: each held-out fold of `labelled`; training: the other
     folds plus `train_extra`, the pseudo-labelled samples) and returns the best draw's `Member`."""
     num_folds = len(fold_indices)
-    frame_level = bool(labelled.lengths)
     train_sets = []
     for f in range(num_folds):
         rest = np.setdiff1d(np.arange(len(labelled)), fold_indices[f])
@@ -138,7 +147,7 @@ def train_model(config, name: str, model_config, train_extra: Optional[data_lib.
             model.modalities = labelled.feature_names
             for k, v in key:
                 model[k] = v
-        task = task_lib.build_task(model, frame_level, dims)
+        task = task_lib.build_task(model, tuple(labelled.lengths), dims)
         folder = os.path.join(workdir, name, _key_name(key))
         pop = population.Population(stage, task, trials, mesh=mesh)
         fn = _logits_fn(task)

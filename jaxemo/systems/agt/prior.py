@@ -7,7 +7,9 @@ the prior changes (p(x|y) fixed), the posteriors under a prior pi are
     p(y|x) = (pi(y) / pi_t(y)) p_t(y|x) / sum_k (pi(k) / pi_t(k)) p_t(k|x)            (`adjust_probs`)
 
 and the prior of an unlabelled set is the fixed point of pi <- mean_x p(y|x), reached by EM from pi = pi_t
-(`em_prior`; each step does not decrease the likelihood of the unlabelled set). NumPy, float64.
+(`em_prior`; each step does not decrease the likelihood of the unlabelled set). EM needs calibrated
+posteriors: an over-confident network's drive the estimate to the extremes, so `fit_calibration` fits a
+temperature (and per-class biases) on held-out logits first. NumPy, float64.
 """
 
 from __future__ import annotations
@@ -88,3 +90,39 @@ def em_prior(probs, train_prior, max_iter: int = 100, tol: float = 1e-6):
             break
     adjusted = _reweight(probs, prior / train, prior)
     return prior, adjusted, iterations
+
+
+def fit_calibration(logits, labels, bias: bool = True) -> tuple[float, np.ndarray]:
+    """(scale a, bias b [C]) minimising the NLL of softmax(a * logits + b) on held-out `labels`: temperature
+    scaling (T = 1/a; `bias=False`) or its bias-corrected form (BCTS), which Alexandari, Kundaje & Shrikumar
+    (ICML 2020) found the calibration that makes EM label-shift estimation work. The NLL is convex in (a, b):
+    L-BFGS from (1, 0) finds its minimum."""
+    import scipy.optimize
+
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    if z.ndim != 2 or y.shape != (z.shape[0],) or not len(y):
+        raise ValueError(f"calibration needs logits [N, C] and labels [N], got {z.shape} and {y.shape}")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("calibration logits contain NaN or inf")
+    n, c = z.shape
+    onehot = np.eye(c)[y]
+
+    def nll(theta):
+        a, b = theta[0], theta[1:] if bias else np.zeros(c)
+        s = a * z + b
+        s = s - s.max(1, keepdims=True)
+        p = np.exp(s)
+        total = p.sum(1, keepdims=True)
+        p /= total
+        value = float(np.mean(np.log(total[:, 0]) - (s * onehot).sum(1)))
+        grad_a = float(np.mean(((p - onehot) * z).sum(1)))
+        grad = [grad_a] + (list((p - onehot).mean(0)) if bias else [])
+        return value, np.asarray(grad)
+
+    start = np.concatenate([[1.0], np.zeros(c)]) if bias else np.asarray([1.0])
+    result = scipy.optimize.minimize(nll, start, jac=True, method="L-BFGS-B",
+                                     bounds=[(1e-3, None)] + [(None, None)] * (c if bias else 0))
+    a = float(result.x[0])
+    b = np.asarray(result.x[1:], np.float64) if bias else np.zeros(c)
+    return a, b - b.mean()

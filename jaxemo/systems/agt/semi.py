@@ -7,7 +7,8 @@
                  labelled folds plus all pseudo-labelled samples so far
     vote         the members' pool probabilities (softmax of the fold-averaged logits), each re-expressed
                  from its own training prior to the target prior (`prior.adjust_probs`), then averaged (a
-                 soft vote). The target prior is `vote.prior`: "em" (each member's Saerens et al. EM estimate
+                 soft vote). Each member's probabilities are calibrated first (`vote.calibrate`: temperature and class
+                 biases fitted on its out-of-fold logits, which EM needs). The target prior is `vote.prior`: "em" (each member's Saerens et al. EM estimate
                  on the pool; the reported estimate is their mean), "given" (`vote.target_prior`, e.g. a
                  prior probed from a leaderboard as the paper did) or "none" (the plain vote).
 
@@ -48,22 +49,41 @@ def softmax(logits) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
+CALIBRATIONS = ("bcts", "temperature", "none")
+
+
+def calibrate(members: list, labels, how: str = "bcts") -> None:
+    """Fits each member's calibration on its out-of-fold logits of the labelled set (`prior.fit_calibration`):
+    "bcts" (temperature and per-class biases; the probabilities are then calibrated under the labelled set's
+    prior), "temperature" (under the member's training prior) or "none"."""
+    if how not in CALIBRATIONS:
+        raise ValueError(f"vote.calibrate={how!r}; expected one of {CALIBRATIONS}")
+    for member in members:
+        if how == "none":
+            member.scale, member.bias, member.source_prior = 1.0, None, member.train_prior
+            continue
+        member.scale, bias = prior.fit_calibration(member.oof_logits, labels, bias=how == "bcts")
+        member.bias = bias if how == "bcts" else None
+        member.source_prior = data_lib.class_prior(labels) if how == "bcts" else member.train_prior
+
+
 def vote(members: list, how: str = "em", target_prior=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """(soft vote [N_pool, C] of the members' pool probabilities under the target prior, the target prior
-    used or estimated (None for "none"))."""
+    """(soft vote [N_pool, C] of the members' calibrated pool probabilities under the target prior, the target
+    prior used or estimated (None for "none"))."""
     if how not in PRIORS:
         raise ValueError(f"vote.prior={how!r}; expected one of {PRIORS}")
     if how == "given" and (target_prior is None or not len(target_prior)):
         raise ValueError("vote.prior='given' needs vote.target_prior (one weight per class)")
     adjusted, priors = [], []
     for member in members:
-        probs = softmax(member.pool_logits)
+        probs = member.probs(member.pool_logits)
+        source = member.source_prior if member.source_prior is not None else member.train_prior
         if how == "none":
             adjusted.append(probs)
         elif how == "given":
-            adjusted.append(prior.adjust_probs(probs, member.train_prior, target_prior))
+            adjusted.append(prior.adjust_probs(probs, source, target_prior))
         else:
-            estimate, probs_em, _ = prior.em_prior(probs, member.train_prior)
+            estimate, probs_em, _ = prior.em_prior(probs, source)
             adjusted.append(probs_em)
             priors.append(estimate)
     target = None if how == "none" else np.mean(priors, 0) if how == "em" else np.asarray(target_prior) / np.sum(target_prior)
@@ -118,6 +138,7 @@ def run(config, workdir: str, mesh=None) -> dict:
                                           r, os.path.join(workdir, f"round{r}"), mesh))
             logger.info("round %d, %s: best draw %s, CV weighted F1 %.4f", r, n, members[-1].hyperparams,
                         members[-1].cv_weighted_f1)
+        calibrate(members, labelled.labels, config.vote.get("calibrate", "bcts"))
         rounds_members.append(members)
         if r == rounds:
             break
@@ -141,7 +162,8 @@ def report(config, workdir: str, labelled, pool, rounds_members: list, pseudo_ro
         row = {"member": m.name, "model": m.model, "round": m.round, "hyperparams": m.hyperparams,
                "cv_weighted_f1": m.cv_weighted_f1,
                "oof": {k: v for k, v in scores(m.oof_logits.argmax(1), labelled.labels).items() if k != "confusion"},
-               "train_prior": m.train_prior.tolist()}
+               "train_prior": m.train_prior.tolist(), "calibration": {"temperature": 1 / m.scale,
+               "bias": None if m.bias is None else m.bias.tolist()}}
         results["members"].append(row)
     known = pool.known if pool is not None else None
     final, final_probs = None, None
@@ -175,7 +197,7 @@ def report(config, workdir: str, labelled, pool, rounds_members: list, pseudo_ro
     if final is not None and known is not None:
         confusion, title = results["pool_scores"][final]["confusion"], f"{final} on the pool"
     else:
-        last = np.mean([softmax(m.oof_logits) for m in rounds_members[-1]], 0)
+        last = np.mean([m.probs(m.oof_logits) for m in rounds_members[-1]], 0)
         confusion = scores(last.argmax(1), labelled.labels)["confusion"]
         title = "out-of-fold ensemble on the labelled set"
     plot_confusion(np.asarray(confusion), os.path.join(workdir, "confusion.png"), title)

