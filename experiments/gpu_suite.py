@@ -12,6 +12,8 @@ Runs, each as its own process with its own time limit (a failure is reported and
   population trials per hour, vmapped groups vs one at a time (`experiments.population_benchmark`)
   fewshot    few-shot SER trials per hour, wav2vec2-base on 5 s clips, population vs one at a time, and the
              projected wall time of the 33,600 trials (`experiments.fewshot_benchmark`)
+  agt        the MER-SEMI folds x draws x rounds trainings at MER2024's feature sizes, population groups vs
+             fold by fold (`experiments.agt_benchmark`)
   uniemox    UniEmoX pretraining (ViT-L/16 student + CLIP-B/16 teacher, batch 128) and fine-tuning (ViT-L/16,
              batch 64) steps, bf16 (`--system=uniemox`)
 Attention goes through `jax.nn.dot_product_attention`, which picks cuDNN's fused kernel on the GPU.
@@ -37,7 +39,7 @@ RUNS = {
     "mma_dfer": ("experiments.benchmark",
                  ["--system=mma_dfer", "--variants=dfew", "--dtype=bfloat16", "--frozen_dtype=bfloat16",
                   "--batch_size=8,32,64", "--remat_policy=none,none,full", "--notorch"],
-                 ["--system=mma_dfer", "--tiny", "--notorch"], 135),
+                 ["--system=mma_dfer", "--tiny", "--notorch"], 120),
     "casp": ("experiments.benchmark", ["--system=casp", "--batch_size=1024", "--notorch"],
              ["--system=casp", "--tiny", "--notorch"], 45),
     "tta": ("experiments.tta_latency", ["--batches=1,256,4096", "--chunk=4096", "--notorch"],
@@ -47,10 +49,13 @@ RUNS = {
     "uniemox": ("experiments.benchmark",
                 ["--system=uniemox", "--variants=pretrain-L/16,finetune-L/16", "--dtype=bfloat16",
                  "--frozen_dtype=bfloat16", "--batch_size=128,64", "--notorch"],
-                ["--system=uniemox", "--tiny", "--notorch"], 70),
+                ["--system=uniemox", "--tiny", "--notorch"], 55),
     "fewshot": ("experiments.fewshot_benchmark",
                 ["--preset=base", "--seconds=5", "--dtype=bfloat16", "--trials=100", "--group_size=50",
                  "--sequential_trials=2", "--epochs=2", "--k=8", "--conv_impl=xla"], ["--tiny"], 60),
+    "agt": ("experiments.agt_benchmark",
+            ["--paper_dims", "--train_size=5000", "--hidden=128", "--draws=6", "--epochs=2", "--rounds=1",
+             "--per_round=2000", "--no_torch"], ["--tiny"], 30),
 }
 
 

@@ -216,3 +216,20 @@ def test_frame_level_task_masks_padding():
     np.testing.assert_allclose(jax.jit(task.logits)(params, padded), logits, atol=1e-6)
     loss, _ = task.loss(params, batch, jax.random.key(1), train=True)
     assert np.isfinite(float(loss)) and task.flops_per_example > 0
+
+
+def test_pipeline_benchmark_dry_run_writes_its_section(tmp_path):
+    """The GPU suite's `agt` run, dry (test_gpu_suite does not start it again): population, fold by fold and
+    MERTools' PyTorch loop over the same trials, and the section it writes."""
+    from experiments import agt_benchmark, gpu_suite
+
+    path = tmp_path / "BENCHMARKS.md"
+    command = gpu_suite.command("agt", gpu_suite.parse_args(["--dry_run", f"--benchmarks_file={path}"]))
+    assert command[1:3] == ["-m", "experiments.agt_benchmark"] and "--tiny" in command
+    result = agt_benchmark.main(command[3:])
+    totals = result["totals"]
+    assert [totals[k][2] for k in ("population", "fold by fold", "PyTorch")] == [4 + 2] * 3
+    assert all(totals[k][0] > 0 for k in totals)
+    text = path.read_text()
+    assert f"<!-- agt-pipeline-tiny-attention:{jax.default_backend()}" in text
+    assert "| population | 6 |" in text and "| PyTorch | 6 |" in text

@@ -9,7 +9,7 @@ from experiments import gpu_suite
 
 # Runs whose dry-run command another test runs in-process, taking it from `gpu_suite.command` (with the
 # PyTorch twin added for CASP) and checking its rows and section: the harness does not start them again here.
-IN_PROCESS = {"casp": "test_bench.py", "tta": "test_tta_latency.py"}
+IN_PROCESS = {"casp": "test_bench.py", "tta": "test_tta_latency.py", "agt": "test_agt_system.py"}
 
 
 @pytest.mark.slow
