@@ -34,7 +34,6 @@ import time
 
 import jax
 import numpy as np
-from ml_collections import config_dict
 
 from experiments.configs import agt_mer as agt_config
 from jaxemo import bench

@@ -233,3 +233,25 @@ def test_pipeline_benchmark_dry_run_writes_its_section(tmp_path):
     text = path.read_text()
     assert f"<!-- agt-pipeline-tiny-attention:{jax.default_backend()}" in text
     assert "| population | 6 |" in text and "| PyTorch | 6 |" in text
+
+
+def test_whole_batch_reads_equal_the_grain_pipeline():
+    """A population reads a MerSet fold through `pipeline.array_batches` (no per-example grain work): the
+    batches are exactly those of `pipeline.train_dataset` over the same epoch-shuffled source."""
+    from jaxemo.data import pipeline, sources
+    from jaxemo.train.tasks import HostTransform
+
+    rng = np.random.default_rng(0)
+    merset = data_lib.MerSet({"a": rng.standard_normal((10, 3)).astype(np.float32)}, np.arange(10) % 6,
+                             [str(i) for i in range(10)], {"a": np.arange(10)})
+    source = sources.EpochShuffled(merset, seed=5, epochs=3)
+    keys = ("features/a", "lengths/a", "label")
+    fast = pipeline.array_batches(source, 4, keys)
+    slow = iter(pipeline.train_dataset(source, 4, seed=5, process_index=0, process_count=1,
+                                       transform=HostTransform(None, keys)))
+    for _ in range(9):  # past the end of the 3 epochs: both wrap around
+        a, b = next(fast), next(slow)
+        assert set(a) == set(b) == set(keys)
+        for k in keys:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert not hasattr(sources.EpochShuffled(list(range(4)), 0, 1), "read_batch")

@@ -254,6 +254,23 @@ def train_dataset(source, global_batch_size: int, seed: int, process_index: int 
     return Batches(batches, worker_count, worker_buffer_size, read_options)
 
 
+def array_batches(source, global_batch_size: int, keys: Sequence[str]):
+    """Endless batches of a source that orders itself (`orders_itself`) and reads many rows at once
+    (`read_batch(positions) -> {field: [n, ...]}`), with the fields `keys`: the batches `train_dataset` gives
+    for it with a transform that only keeps `keys`, without grain's per-example work (one process). A
+    population reads hundreds of such small sources every step (`population.Population`)."""
+    if not getattr(source, "orders_itself", False) or not hasattr(source, "read_batch"):
+        raise ValueError(f"{type(source).__name__} does not order itself and read whole batches")
+    size, position = len(source), 0
+    while True:
+        batch = source.read_batch(np.arange(position, position + global_batch_size) % size)
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"examples lack the fields {missing} the task reads (they have {sorted(batch)})")
+        yield {k: batch[k] for k in keys}
+        position += global_batch_size
+
+
 class _PaddedRows:
     """`source` extended to `length` rows by repeating its last row; every row gets `mask` (real or not)."""
 

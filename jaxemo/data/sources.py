@@ -56,12 +56,21 @@ class EpochShuffled:
     def __len__(self) -> int:
         return self.epochs * self.size
 
-    def __getitem__(self, index: int):
+    def _index(self, index: int) -> int:
         epoch, position = divmod(int(index), self.size)
         order = self._orders.get(epoch)
         if order is None:
             order = self._orders[epoch] = np.random.default_rng((self.seed, epoch)).permutation(self.size)
-        return self.source[int(order[position])]
+        return int(order[position])
+
+    def __getitem__(self, index: int):
+        return self.source[self._index(index)]
+
+    def __getattr__(self, name: str):
+        # `read_batch` exists only when the wrapped source reads many rows at once (`pipeline.array_batches`).
+        if name == "read_batch" and hasattr(self.__dict__.get("source"), "read_batch"):
+            return lambda positions: self.source.read_batch(np.asarray([self._index(p) for p in positions]))
+        raise AttributeError(name)
 
 
 def make_source(data_config, split: str, seed: int):

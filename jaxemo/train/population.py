@@ -315,6 +315,19 @@ class Population:
         totals = _host(totals)
         return [jax.tree.map(lambda x: x[i], totals) for i in range(size)]
 
+    def _train_iterator(self, trial: Trial):
+        """A trial's training batches: whole batches from a source that reads them at once (its own order, a
+        transform that only keeps fields), else grain's per-example pipeline; the same batches either way."""
+        transform = self.task.host_transform(True)
+        if (hasattr(trial.train, "read_batch") and getattr(trial.train, "orders_itself", False)
+                and isinstance(transform, tasks.HostTransform) and transform.transform is None
+                and self.task.pad_spec is None and not self.config.get("data_workers", 0)):
+            return pipeline.array_batches(trial.train, self.config.batch_size, transform.keys)
+        return iter(pipeline.train_dataset(
+            trial.train, self.config.batch_size, trial.seed, process_index=0, process_count=1,
+            worker_count=self.config.get("data_workers", 0), transform=transform,
+            pad_spec=self.task.pad_spec, read_options=self.read_options))
+
     def run_group(self, index: int, trials: list[Trial]) -> GroupResult:
         """Trains one group (`trials`, at most `group_size`; filled up with inactive copies of the last)."""
         real = len(trials)
@@ -323,10 +336,7 @@ class Population:
         local = self._local_trials(size)
         state = self._initial_state(group)
         frozen = state.frozen
-        iterators = {i: iter(pipeline.train_dataset(
-            group[i].train, self.config.batch_size, group[i].seed, process_index=0, process_count=1,
-            worker_count=self.config.get("data_workers", 0), transform=self.task.host_transform(True),
-            pad_spec=self.task.pad_spec, read_options=self.read_options)) for i in local}
+        iterators = {i: self._train_iterator(group[i]) for i in local}
         eval_batches = self._eval_batches(group, [t.eval for t in group], local) if self.has_eval else None
         tracker = early_stopping.BestTracker(self.best, size)
         active = np.arange(size) < real
