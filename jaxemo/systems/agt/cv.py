@@ -85,8 +85,9 @@ def _key_name(key: tuple) -> str:
 
 
 def stage_config(config, train_size: int):
-    """The population config: the round's schedule (every fold's trainer runs the same number of steps: an
-    epoch is the smallest fold's training set in full batches), best epoch by weighted F1."""
+    """The population config: the round's schedule (every fold's trials run the same steps: an epoch is
+    ceil(smallest fold's training set / batch) steps, as MERTools' loader keeps the last partial batch; the
+    trials' epoch-shuffled streams run on across epoch ends), evaluation after every epoch."""
     out = config.copy_and_resolve_references()
     with out.unlocked():
         out.steps_per_epoch = max(math.ceil(train_size / out.batch_size), 1)
