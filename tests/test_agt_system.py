@@ -255,3 +255,40 @@ def test_whole_batch_reads_equal_the_grain_pipeline():
         for k in keys:
             np.testing.assert_array_equal(a[k], b[k])
     assert not hasattr(sources.EpochShuffled(list(range(4)), 0, 1), "read_batch")
+
+
+def test_vote_given_and_none_and_calibration():
+    """The vote over members: "none" averages the calibrated probabilities, "given" re-expresses each member's
+    under the given prior from its own source prior; BCTS calibration lowers the out-of-fold NLL."""
+    from jaxemo.systems.agt import prior
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, 300)
+    members = []
+    for m in range(2):
+        oof = 3.0 * rng.standard_normal((300, 6)) + 4.0 * np.eye(6)[labels]  # over-confident logits
+        members.append(cv.Member("m", m, 0, {}, 0.5, oof.astype(np.float32),
+                                 rng.standard_normal((40, 6)).astype(np.float32),
+                                 data_lib.class_prior(labels), []))
+    semi.calibrate(members, labels, "none")
+    plain, target = semi.vote(members, "none")
+    assert target is None
+    np.testing.assert_allclose(plain, np.mean([semi.softmax(m.pool_logits) for m in members], 0), atol=1e-6)
+    given = (0.1, 0.1, 0.1, 0.1, 0.1, 0.5)
+    voted, target = semi.vote(members, "given", given)
+    expected = np.mean([prior.adjust_probs(semi.softmax(m.pool_logits), m.train_prior, given) for m in members], 0)
+    np.testing.assert_allclose(voted, expected, atol=1e-6)
+    np.testing.assert_allclose(target, given)
+    with pytest.raises(ValueError, match="target_prior"):
+        semi.vote(members, "given", ())
+
+    def nll(member):
+        p = member.probs(member.oof_logits)
+        return -np.mean(np.log(p[np.arange(300), labels]))
+
+    before = nll(members[0])
+    semi.calibrate(members, labels, "bcts")
+    assert nll(members[0]) < before and members[0].scale < 1  # a temperature above 1 for over-confidence
+    np.testing.assert_allclose(members[0].source_prior, data_lib.class_prior(labels))
+    with pytest.raises(ValueError, match="calibrate"):
+        semi.calibrate(members, labels, "platt")
