@@ -292,3 +292,12 @@ def test_vote_given_and_none_and_calibration():
     np.testing.assert_allclose(members[0].source_prior, data_lib.class_prior(labels))
     with pytest.raises(ValueError, match="calibrate"):
         semi.calibrate(members, labels, "platt")
+
+
+def test_roles_of_mertools_feature_names():
+    """MERTools' folder names: "chinese-hubert-large" holds the text keyword "bert" but is audio."""
+    from jaxemo.models import agt
+
+    names = ("Baichuan-13B-Base", "chinese-hubert-large", "clip-vit-large-patch14")
+    assert [agt.resolve_guide(g, names) for g in ("audio", "video", "text")] == [names[1], names[2], names[0]]
+    assert agt.role_of("chinese-roberta-wwm-ext-large") == "text" and agt.role_of("something-else") is None

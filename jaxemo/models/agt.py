@@ -72,6 +72,14 @@ def lengths_to_mask(lengths, max_len: int) -> jax.Array:
     return jnp.arange(max_len) < jnp.asarray(lengths)[..., None]
 
 
+def role_of(feature: str) -> Optional[str]:
+    """The role a feature name suggests: the role of the longest keyword it contains ("chinese-hubert-large"
+    is audio by "hubert", though it also contains the text keyword "bert"); None if none matches."""
+    name = feature.lower()
+    best = max(((len(k), role) for role, keys in ROLE_KEYWORDS.items() for k in keys if k in name), default=None)
+    return best[1] if best else None
+
+
 def resolve_guide(guide: str, modalities: Sequence[str], roles: Optional[Mapping[str, str]] = None) -> str:
     """The feature name that guides: `guide` itself if it is one, else the feature of that role."""
     modalities = tuple(modalities)
@@ -84,7 +92,7 @@ def resolve_guide(guide: str, modalities: Sequence[str], roles: Optional[Mapping
         if roles[role] not in modalities:
             raise ValueError(f"roles[{role!r}]={roles[role]!r} is not one of the modalities {modalities}")
         return roles[role]
-    found = [m for m in modalities if any(k in m.lower() for k in ROLE_KEYWORDS[role])]
+    found = [m for m in modalities if role_of(m) == role]
     if len(found) != 1:
         raise ValueError(f"guide={guide!r}: {len(found)} of the modalities {modalities} look like {role} "
                          f"({found}); name the feature, or give roles={{{role!r}: name}}")
