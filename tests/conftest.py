@@ -71,6 +71,7 @@ LONGEST_FIRST = (
     "test_gpu_suite.py",  # [300]
     "test_casp_experiment.py",  # [260]
     "test_checkpoint.py",  # [170]
+    "test_agt_system.py",  # [155]
     "test_uniemox_system.py",  # [155]
     "test_tta.py",  # [150]
     "test_multiprocess.py",  # [135] (three processes)
