@@ -21,10 +21,10 @@ import numpy as np
 
 from jaxemo.data import sources
 from jaxemo.data.builders.base import DataError
+from jaxemo.data.builders.mer2024 import CLASSES  # MERTools `emos_mer`, index order
 
 logger = logging.getLogger(__name__)
 
-CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")  # MERTools `emos_mer`, index order
 
 
 @dataclasses.dataclass

@@ -14,10 +14,10 @@ from typing import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from jaxemo.data.builders.mer2024 import CLASSES
 from jaxemo.models import agt as agt_model
 from jaxemo.train import tasks
 
-CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 
 
 @dataclasses.dataclass(frozen=True)
