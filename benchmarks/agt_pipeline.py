@@ -1,10 +1,10 @@
 """Wall time of the MER-SEMI pipeline's trainings (folds x draws x rounds) as population groups against fold by
 fold, beside MERTools' own PyTorch loop.
 
-    python -m experiments.agt_benchmark --write                 # CPU: the tiny recipe's sizes
-    python -m experiments.agt_benchmark --paper_dims --train_size=5000 --hidden=128 --draws=6 --epochs=2 \
-        --rounds=1 --per_round=2000 --no_torch --write                   # GPU (`experiments.gpu_suite`)
-    python -m experiments.agt_benchmark --tiny                          # seconds: tests
+    python -m benchmarks.agt_pipeline --write                 # CPU: the tiny recipe's sizes
+    python -m benchmarks.agt_pipeline --paper_dims --train_size=5000 --hidden=128 --draws=6 --epochs=2 \
+        --rounds=1 --per_round=2000 --no_torch --write                   # GPU (`benchmarks.gpu_suite`)
+    python -m benchmarks.agt_pipeline --tiny                          # seconds: tests
 
 The trials are those of `jaxemo.systems.agt.semi` for one model shape (`--model`, hidden size / width
 `--hidden`; the learning rate is drawn per draw, so every draw shares one compiled step): round 0 trains
@@ -20,7 +20,7 @@ pool samples with random labels: the timing does not depend on them). Every tria
                  `--torch_threads`, default 1: with the batch-32 matmuls of these models more threads are slower)
 
 Compilation is excluded from the timed seconds (each side runs its first group / trial untimed first) and
-reported apart. FLOPs: `jaxemo.systems.agt.task.train_flops` per training example, 1/3 of it per
+reported apart. FLOPs: `jaxemo.systems.agt.flops` (`.train`) per training example, 1/3 of it per
 evaluated example; MFU against a float32 matmul peak measured in the same run.
 """
 
@@ -35,11 +35,12 @@ import time
 import jax
 import numpy as np
 
+from benchmarks import population_timing, report
 from experiments.configs import agt_mer as agt_config
-from jaxemo import bench
+from jaxemo import perf
 from jaxemo.data import sources
 from jaxemo.systems.agt import cv, data as data_lib, task as task_lib
-from jaxemo.train import population, population_timing
+from jaxemo.train import population
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = "agt-pipeline"
@@ -151,7 +152,7 @@ def torch_fold_by_fold(args, stage, trials, train_sets, evals) -> dict:
 
 def measure(args) -> dict:
     config = make_config(args)
-    peak, _ = bench.peak_flops("float32")
+    peak, _ = perf.peak_flops("float32")
     labelled = data_lib._materialize(sources.make_source(config.data, "train", 0), "train")
     pool = data_lib._materialize(sources.make_source(config.data, "unlabeled", 0), "pool")
     model = config.models[args.model].copy_and_resolve_references()
@@ -159,7 +160,7 @@ def measure(args) -> dict:
         model.modalities = labelled.feature_names
         model["hidden_dim" if args.model == "attention" else "width"] = args.hidden
     dims = {k: (0, v.shape[1]) for k, v in labelled.features.items()}
-    task = task_lib.build_task(model, (), dims)
+    task = task_lib.build_task(task_lib.trial_config(config, model, (), dims))
     draws = cv.draw_hyperparams({"learning_rate": (1e-3, 1e-4)}, args.draws, 0)
     totals = {"population": [0.0, 0.0, 0], "fold by fold": [0.0, 0.0, 0], "PyTorch": [0.0, 0.0, 0]}
     flops_total, rounds = 0.0, []
@@ -216,9 +217,9 @@ def section_body(result: dict, argv) -> str:
         f"every epoch, no early stopping. {task.flops_per_example / 1e6:.2f} MFLOP per training example "
         f"(analytic, 3x forward). MFU against a float32 matmul peak of {result['peak'] / 1e12:.3f} TFLOP/s "
         f"measured in the same run.",
-        f"- Command: `python -m experiments.agt_benchmark {shlex.join(argv)}`",
-        f"- Machine: {bench.machine_description()}",
-        f"- Date: {bench.today()}",
+        f"- Command: `python -m benchmarks.agt_pipeline {shlex.join(argv)}`",
+        f"- Machine: {report.machine_description()}",
+        f"- Date: {report.today()}",
     ])
 
 
@@ -231,7 +232,7 @@ def main(argv=None) -> dict:
     if args.write:
         key = (f"{SECTION}{'-tiny' if args.tiny else ''}-{args.model}{'-paper' if args.paper_dims else ''}:"
                f"{jax.default_backend()}")
-        bench.write_section(args.benchmarks_file, key, body)
+        report.write_section(args.benchmarks_file, key, body)
         print(f"\nwrote section {SECTION} of {args.benchmarks_file}")
     return result
 

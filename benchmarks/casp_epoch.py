@@ -1,7 +1,7 @@
 """CASP's offline contrastive epoch: jaxemo's one compiled epoch against the reference's PyTorch step loop.
 
-    python -m experiments.casp_epoch_benchmark --write      # MOSI-sized: 1,284 clips, batch 24, 3 timed epochs
-    python -m experiments.casp_epoch_benchmark --tiny       # seconds: tests
+    python -m benchmarks.casp_epoch --write      # MOSI-sized: 1,284 clips, batch 24, 3 timed epochs
+    python -m benchmarks.casp_epoch --tiny       # seconds: tests
 
 Rows (same weights, same data, float32):
   JAX (one lax.scan)       `jaxemo.tta.modes.adapt_epoch`: the whole epoch is one jitted `lax.scan` of the one
@@ -26,8 +26,9 @@ import sys
 import jax
 import numpy as np
 
+from benchmarks import report
 from experiments.configs import casp as casp_config
-from jaxemo import bench
+from jaxemo import perf
 from jaxemo.data import synthetic_sentiment
 from jaxemo.systems import casp
 from jaxemo.train import optim
@@ -38,7 +39,7 @@ SECTION = "casp-offline-epoch"
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.casp_epoch_benchmark", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.casp_epoch", description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per row (the median counts)")
     p.add_argument("--tiny", action="store_true", help="a 1-layer model on short sequences, 48 clips: seconds")
     p.add_argument("--torch", dest="torch", action="store_true", default=True, help="time PyTorch (default)")
@@ -67,20 +68,20 @@ def time_jax(config, model, frozen, adapted, batches: dict, repeats: int) -> tup
                                                           state[1], batches, jax.random.key(i))
         jax.block_until_ready(losses)
 
-    first = bench.time_runs(lambda: epoch(0), 1, warmup=0)[0]
-    return [bench.time_runs(lambda i=i: epoch(i), 1, warmup=0)[0] for i in range(1, repeats + 1)], first
+    first = perf.time_runs(lambda: epoch(0), 1, warmup=0)[0]
+    return [perf.time_runs(lambda i=i: epoch(i), 1, warmup=0)[0] for i in range(1, repeats + 1)], first
 
 
 def time_torch(net, batches: dict, repeats: int, loop: bool) -> list[float]:
     from benchmarks.twins import casp_torch
 
     torch = casp_torch.modules().torch
-    torch.set_num_threads(bench.cpu_count())
+    torch.set_num_threads(report.cpu_count())
     torch.manual_seed(0)
     rows = [[torch.from_numpy(np.ascontiguousarray(batches[m][i])) for m in ("text", "audio", "vision")]
             for i in range(len(batches["text"]))]
     epoch = casp_torch.contrastive_epoch(net, rows, loop=loop)
-    return bench.time_runs(epoch, repeats, warmup=1)
+    return perf.time_runs(epoch, repeats, warmup=1)
 
 
 def main(argv=None) -> list[dict]:
@@ -96,9 +97,9 @@ def main(argv=None) -> list[dict]:
     batches = {k: np.asarray(v[:usable]).reshape(usable // batch_size, batch_size, *np.shape(v)[1:])
                for k, v in data.items()}
     size = 256 if args.tiny else 4096
-    peak = bench.matmul_peak_flops(bench.jax_matmul(size, np.float32), size, repeats=2 if args.tiny else 5)
+    peak = perf.matmul_peak_flops(perf.jax_matmul(size, np.float32), size, repeats=2 if args.tiny else 5)
     d = config.target
-    f = casp.flops(model, (d.text_len, d.audio_len, d.vision_len), (d.text_dim, d.audio_dim, d.vision_dim))
+    f = casp.model_flops(model, (d.text_len, d.audio_len, d.vision_len), (d.text_dim, d.audio_dim, d.vision_dim))
     flops_per_epoch = usable * 2 * (f.forward + f.backward)
 
     rows = []
@@ -125,7 +126,7 @@ def main(argv=None) -> list[dict]:
     print("\n" + body)
     if args.write:
         key = f"{SECTION}{'-tiny' if args.tiny else ''}:{jax.default_backend()}"
-        bench.write_section(args.benchmarks_file, key, body)
+        report.write_section(args.benchmarks_file, key, body)
         print(f"\nwrote section {key!r} of {args.benchmarks_file}")
     return rows
 
@@ -141,9 +142,9 @@ def section(rows, args, argv, config, model, peak, clips, batch_size, flops_per_
                      f"{r['flops'] / 1e9:.1f} | {100 * r['flops'] / peak:.1f} | {first} |")
     lines += [
         "",
-        f"- Command: `python -m experiments.casp_epoch_benchmark {shlex.join(argv)}`",
-        f"- Machine: {bench.machine_description()}",
-        f"- Date: {bench.today()}",
+        f"- Command: `python -m benchmarks.casp_epoch {shlex.join(argv)}`",
+        f"- Machine: {report.machine_description()}",
+        f"- Date: {report.today()}",
         (f"- Model: CASP late fusion, {config.model.depth} layers of width {model.proj_dim}, dropout on; {clips} "
          f"MOSI-shaped synthetic clips in {clips // batch_size} batches of {batch_size}; per batch one modality "
          f"zeroed for the whole batch, the full and the dropped view, NT-Xent (T = 0.5), clipping to 0.8, Adam "

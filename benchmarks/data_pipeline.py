@@ -1,7 +1,7 @@
 """Input-pipeline throughput for DFEW-shaped clips: array_record read + TSN sampling + batching (grain).
 
-    python -m experiments.data_benchmark --write       # a few minutes on 2 cores; writes BENCHMARKS.md
-    python -m experiments.data_benchmark --tiny        # seconds: tests / CI
+    python -m benchmarks.data_pipeline --write       # a few minutes on 2 cores; writes BENCHMARKS.md
+    python -m benchmarks.data_pipeline --tiny        # seconds: tests / CI
 
 It writes a small synthetic dataset with a TFDS builder (`SyntheticDfew`, array_record, the storage path of
 `jaxemo.data.builders`): each element is a whole clip of decoded uint8 frames [T, 224, 224, 3] with T drawn
@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxemo import bench
+from benchmarks import report
 from jaxemo.data import pipeline, video
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,7 +165,7 @@ def machine_busy_seconds() -> float | None:
 
 def with_cpu_use(fn):
     """(fn(), CPU seconds this process and its workers used meanwhile, the share of all cores that other
-    processes used meanwhile or None where /proc/stat is missing). `bench.with_others_cpu_share` would count
+    processes used meanwhile or None where /proc/stat is missing). `report.with_others_cpu_share` would count
     grain's workers as other processes."""
     before, before_tree, start = machine_busy_seconds(), own_tree_cpu_seconds(), time.perf_counter()
     result = fn()
@@ -174,7 +174,7 @@ def with_cpu_use(fn):
     if before is None:
         return result, own, None
     others = machine_busy_seconds() - before - own
-    return result, own, max(0.0, others) / (wall * bench.cpu_count())
+    return result, own, max(0.0, others) / (wall * report.cpu_count())
 
 
 @dataclasses.dataclass
@@ -274,13 +274,13 @@ def section(args, rows: list[Row], reads: tuple[float, float], config: Synthetic
     more = [r for r in rows if r.workers > sat.workers]
     beyond = (f"; more workers ({', '.join(str(r.workers) for r in more)}) give "
               f"{', '.join(f'{r.clips_per_s:.0f}' for r in more)} clips/s") if more else ""
-    command = "python -m experiments.data_benchmark " + " ".join(shlex.quote(a) for a in args.argv)
+    command = "python -m benchmarks.data_pipeline " + " ".join(shlex.quote(a) for a in args.argv)
     out = [
         "### Input pipeline: DFEW-shaped clips through grain (host CPU)", "",
         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
         *["| " + " | ".join(r.cells()) + " |" for r in rows], "",
         (f"- **Saturation**: at {sat.workers} worker(s) ({sat.clips_per_s:.1f} clips/s, within 10% of the best, "
-         f"{best.clips_per_s:.1f} at {best.workers}){beyond}, on {bench.cpu_count()} cores. With 0 workers "
+         f"{best.clips_per_s:.1f} at {best.workers}){beyond}, on {report.cpu_count()} cores. With 0 workers "
          f"grain's {args.read_options.num_threads} read threads already keep the cores busy (zstd "
          f"and array copies release the GIL); worker processes add the cost of shipping each batch back."),
         (f"- **What is timed**: `pipeline.train_dataset(source, {args.batch_size}, seed=0, worker_count=N, "
@@ -310,8 +310,8 @@ def section(args, rows: list[Row], reads: tuple[float, float], config: Synthetic
         (f"- **Reads alone** (`source[i]` at random i, one thread, no grain): {reads[0]:.1f} clips/s, "
          f"{reads[1]:.0f} MB/s decoded."),
         f"- Command: `{command.strip()}`",
-        f"- Machine: {bench.machine_description(PACKAGES)}",
-        f"- Date: {bench.today()}", "",
+        f"- Machine: {report.machine_description(PACKAGES)}",
+        f"- Date: {report.today()}", "",
         ("**What a train step needs (derived from the dossier, not measured).** MMA-DFER costs 1.34 TFLOPs per "
          "training sample (research/mma_dfer.md §1.8, counted on the reference model), so a step that sustains "
          "X FLOP/s consumes X / 1.34e12 clips/s:"), "",
@@ -334,7 +334,7 @@ def section(args, rows: list[Row], reads: tuple[float, float], config: Synthetic
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.data_benchmark", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.data_pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--workers", default="0,1,2,4", help="comma-separated grain worker counts")
     p.add_argument("--batch_size", type=int, default=8, help="MMA-DFER's batch (8)")
     p.add_argument("--num_clips", type=int, default=48, help="clips in the temporary dataset")
@@ -394,7 +394,7 @@ def main(argv=None) -> list[Row]:
     rows, body = run(args)
     print(body)
     if args.write:
-        bench.write_section(args.benchmarks_file, SECTION, body, header=HEADER)
+        report.write_section(args.benchmarks_file, SECTION, body, header=HEADER)
         print(f"wrote section {SECTION!r} of {args.benchmarks_file}")
     return rows
 
@@ -402,6 +402,6 @@ def main(argv=None) -> list[Row]:
 if __name__ == "__main__":
     # Run the importable module's main, so that grain's workers unpickle `SyntheticDfew` by reference (a class
     # defined in __main__ is pickled by value, and TFDS's classproperty does not pickle).
-    from experiments import data_benchmark  # noqa: PLW0406
+    from benchmarks import data_pipeline  # noqa: PLW0406
 
-    data_benchmark.main()
+    data_pipeline.main()

@@ -1,10 +1,10 @@
 """Few-shot SER trials per hour: wav2vec 2.0 trials as population groups against one trial at a time, and the
 projected wall time of the paper's 33,600 trials.
 
-    python -m experiments.fewshot_benchmark --write                       # CPU: a reduced encoder, 1 s clips
-    python -m experiments.fewshot_benchmark --preset=base --seconds=5 --dtype=bfloat16 --trials=256 \
+    python -m benchmarks.fewshot --write                       # CPU: a reduced encoder, 1 s clips
+    python -m benchmarks.fewshot --preset=base --seconds=5 --dtype=bfloat16 --trials=256 \
         --group_size=64 --write                                           # GPU: wav2vec2-base, 5 s clips
-    python -m experiments.fewshot_benchmark --tiny                        # seconds: tests
+    python -m benchmarks.fewshot --tiny                        # seconds: tests
 
 Every trial is a few-shot trial of the protocol (`jaxemo.systems.speech_ser.fewshot`): one synthetic ESD
 speaker, one target emotion, k shots (`--k`, balanced), full fine-tuning with a new 2-class head, batch
@@ -38,11 +38,14 @@ import time
 import jax
 import numpy as np
 
-from jaxemo import bench, cli
+from benchmarks import population_timing, report
+from experiments import configs
+from jaxemo import perf
+from jaxemo.train import sharding
 from jaxemo.models import wav2vec2
 from jaxemo.systems import speech_ser
 from jaxemo.systems.speech_ser import fewshot
-from jaxemo.train import population, population_timing
+from jaxemo.train import population
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = "fewshot-trials"
@@ -53,7 +56,7 @@ ESD_EVAL_CLIPS = 100
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.fewshot_benchmark", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.fewshot", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="base", help="wav2vec2 preset (base, large, hubert-base, ...)")
     p.add_argument("--layers", type=int, default=None, help="transformer layers (default: the preset's)")
     p.add_argument("--hidden", type=int, default=None, help="hidden size (heads = hidden / 64)")
@@ -94,7 +97,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def make_config(args):
-    config = cli.load_config("fewshot_ser", "tiny")
+    config = configs.load("fewshot_ser", "tiny")
     overrides = dict(conv_impl=args.conv_impl, hidden_dropout=0.1, attention_dropout=0.1, feat_proj_dropout=0.1,
                      layerdrop=0.0, mask_time_prob=0.05 if args.seconds >= 1 else 0.0)
     if args.layers:
@@ -136,9 +139,9 @@ def protocol_flops(task) -> float:
 
 def measure(args) -> dict:
     config = make_config(args)
-    task = speech_ser.build_task(config, (("target", 2),))
+    task = speech_ser.build_task(config)
     trials = make_trials(config, args)
-    peak = bench.matmul_peak_flops(bench.jax_matmul(args.peak_size, np.float32), args.peak_size)
+    peak = perf.matmul_peak_flops(perf.jax_matmul(args.peak_size, np.float32), args.peak_size)
     print(f"peak {peak / 1e12:.3f} TFLOP/s; {len(trials)} trials, {task.flops_per_example / 1e9:.2f} GFLOP per "
           f"training clip", flush=True)
     sequential = population_timing.time_one_at_a_time(config, task, trials[:args.sequential_trials])
@@ -201,9 +204,9 @@ def section_body(result: dict, args, argv) -> str:
         f"- Speed-up of the population over one trial at a time: **{seq / pop:.1f}x** per trial "
         f"({1e3 * seq:.0f} ms vs {1e3 * pop:.0f} ms per trial, compilation excluded).",
         projection,
-        f"- Command: `python -m experiments.fewshot_benchmark {shlex.join(argv)}`",
-        f"- Machine: {bench.machine_description()}",
-        f"- Date: {bench.today()}",
+        f"- Command: `python -m benchmarks.fewshot {shlex.join(argv)}`",
+        f"- Machine: {report.machine_description()}",
+        f"- Date: {report.today()}",
         f"- Trials: synthetic ESD speakers x target emotions, k={args.k} shots, batch {config.batch_size}, "
         f"{args.epochs} epochs of {loop_steps_per_epoch(config, args)} steps, {args.eval_clips} evaluation clips "
         f"per epoch; {task.flops_per_example / 1e9:.2f} GFLOP per training clip (3x forward, analytic). Achieved "
@@ -215,8 +218,8 @@ def section_body(result: dict, args, argv) -> str:
 def compile_for_pod(args) -> list[dict]:
     """The population's train step compiled for a TPU topology, `trials_per_chip` x chips trials per group
     (the `trials` axis over every chip), with XLA's per-chip memory: how many trials a chip holds."""
-    mesh = bench.topology_mesh(args.pod)
-    label, hbm, _ = bench.TPU_TOPOLOGIES[args.pod]
+    mesh = sharding.topology_mesh(args.pod)
+    label, hbm, _ = perf.TPU_TOPOLOGIES[args.pod]
     rows = []
     for per_chip in (int(v) for v in args.trials_per_chip.split(",")):
         group = per_chip * mesh.size
@@ -225,7 +228,7 @@ def compile_for_pod(args) -> list[dict]:
         config.data.num_speakers = min(config.data.num_speakers, 20)
         with config.unlocked():
             config.protocol.trials = math.ceil(group / (config.data.num_speakers * 5))
-        task = speech_ser.build_task(config, (("target", 2),))
+        task = speech_ser.build_task(config)
         trials = make_trials(config, with_group)[:group]
         start = time.perf_counter()
         try:
@@ -233,13 +236,13 @@ def compile_for_pod(args) -> list[dict]:
             if pop.group_size != group:
                 raise ValueError(f"the population's group is {pop.group_size} trials, not {group}")
             compiled = pop._step.lower(*pop._abstract_step_args(pop.group_size)).compile()
-            memory, error = bench.compiled_memory_bytes(compiled), ""
+            memory, error = perf.compiled_memory_bytes(compiled), ""
         except Exception as exc:  # out of memory is a result here
             memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
         rows.append({"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
                      "memory": memory, "hbm": hbm, "error": error, "compile_s": time.perf_counter() - start})
         print(f"{label}: {per_chip} trial(s) per chip: "
-              f"{error or f'{memory / bench.GIB:.2f} GiB per chip'} ({rows[-1]['compile_s']:.0f} s)", flush=True)
+              f"{error or f'{memory / perf.GIB:.2f} GiB per chip'} ({rows[-1]['compile_s']:.0f} s)", flush=True)
     return rows
 
 
@@ -247,18 +250,18 @@ def pod_section(rows: list[dict], args, argv) -> str:
     lines = ["| topology | trials per group | trials per chip | memory per chip (XLA) | HBM | compile s |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        memory = r["error"] or f"{r['memory'] / bench.GIB:.2f} GiB"
+        memory = r["error"] or f"{r['memory'] / perf.GIB:.2f} GiB"
         lines.append(f"| {r['topology']} | {r['group']} | {r['trials_per_chip']} | {memory} | "
-                     f"{r['hbm'] / bench.GIB:.0f} GiB | {r['compile_s']:.0f} |")
+                     f"{r['hbm'] / perf.GIB:.0f} GiB | {r['compile_s']:.0f} |")
     return "\n".join([
         f"### Few-shot SER population step compiled for a TPU pod (AOT, on the CPU): wav2vec2 `{args.preset}`, "
         f"{args.seconds:g} s clips, {args.dtype}, k={args.k}",
         "",
         *lines,
         "",
-        f"- Command: `python -m experiments.fewshot_benchmark {shlex.join(argv)}`",
-        f"- Machine: {bench.machine_description(('jax', 'jaxlib', 'libtpu', 'flax'))}",
-        f"- Date: {bench.today()}",
+        f"- Command: `python -m benchmarks.fewshot {shlex.join(argv)}`",
+        f"- Machine: {report.machine_description(('jax', 'jaxlib', 'libtpu', 'flax'))}",
+        f"- Date: {report.today()}",
         "- The population's vmapped train step (every trial's params, Adam state and batch on its own chip: the "
         "`trials` axis is sharded over all chips) compiled with `jax.experimental.topologies`; nothing runs. "
         "Memory is XLA's per-chip estimate. Trials never communicate, so the 33,600 trials on n chips take "
@@ -274,14 +277,14 @@ def main(argv=None) -> dict:
         body = pod_section(rows, args, argv)
         print("\n" + body)
         if args.write:
-            bench.write_section(args.benchmarks_file, f"{SECTION}-pod-{args.preset}:{args.pod}-{args.dtype}", body)
+            report.write_section(args.benchmarks_file, f"{SECTION}-pod-{args.preset}:{args.pod}-{args.dtype}", body)
         return {"pod": rows}
     result = measure(args)
     body = section_body(result, args, argv)
     print("\n" + body)
     if args.write:
         key = f"{SECTION}{'-tiny' if args.tiny else ''}-{args.preset}{'-cpu' if args.cpu else ''}"
-        bench.write_section(args.benchmarks_file, f"{key}:{jax.default_backend()}-{args.dtype}", body)
+        report.write_section(args.benchmarks_file, f"{key}:{jax.default_backend()}-{args.dtype}", body)
         print(f"\nwrote section {SECTION} of {args.benchmarks_file}")
     return result
 

@@ -1,7 +1,7 @@
 """Proof without a pod: every system's paper-size train step compiled ahead of time for TPU pod topologies.
 
-    python -m experiments.pod_compile --write                   # paper configs on v5e-256 and v5p-128
-    python -m experiments.pod_compile --tiny                    # tiny configs on a 2x2 v5e slice: tests / CI
+    python -m benchmarks.pod_compile --write                   # paper configs on v5e-256 and v5p-128
+    python -m benchmarks.pod_compile --tiny                    # tiny configs on a 2x2 v5e slice: tests / CI
 
 `jax[tpu]` installs libtpu, with which a CPU machine can compile (not run) a program for a TPU topology
 (`jax.experimental.topologies.get_topology_desc`). For each system's paper configuration and each topology
@@ -11,7 +11,8 @@ rules, donated, jitted) on a data x fsdp mesh of the topology's chips, compiles 
 + outputs - donated aliases) against the chip's HBM, XLA's FLOPs per step (`cost_analysis`, per chip), and the
 largest per-chip batch (a power of two) that fits, without and with recomputation (`remat_policy=full`).
 Parameters and compute are bf16 with fp32 master weights, frozen weights bf16: how a pod would run them.
-`--write` replaces the section of BENCHMARKS.md.
+The systems and their paper-size variants come from the registry (`benchmark.pod_variants` of every system
+in `jaxemo.systems`). `--write` replaces the section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -25,17 +26,22 @@ import time
 from typing import Any, Optional
 
 import jax
-import numpy as np
 
-from jaxemo import bench, cli, systems
+from benchmarks import report
+from benchmarks.steps import make_case
+from jaxemo import perf, systems
+from jaxemo.systems.base import TINY, CaseOptions
 from jaxemo.train import loop, sharding, state as state_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIB = bench.GIB
-TOPOLOGIES = bench.TPU_TOPOLOGIES
-# system -> its paper-size benchmark variants (the tiny one is `bench.TINY`)
-PAPER = {"vit_classifier": ("B/16",), "mma_dfer": ("dfew",), "casp": ("synthetic",),
-         "uniemox": ("pretrain-L/16", "finetune-L/16")}
+GIB = perf.GIB
+TOPOLOGIES = perf.TPU_TOPOLOGIES
+
+
+def paper_variants() -> dict[str, tuple]:
+    """system -> its paper-size variants, for every registered system that names some (the tiny one is `TINY`)."""
+    return {s.name: tuple(s.benchmark.pod_variants) for s in systems.all_systems()
+            if s.benchmark is not None and s.benchmark.pod_variants}
 
 
 @dataclasses.dataclass
@@ -54,8 +60,8 @@ class Compiled:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.pod_compile", description=__doc__.split("\n")[0])
-    p.add_argument("--systems", default=",".join(PAPER), help="comma-separated systems")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pod_compile", description=__doc__.split("\n")[0])
+    p.add_argument("--systems", default=None, help="comma-separated systems (default: every one with pod variants)")
     p.add_argument("--topologies", default="v5e:16x16,v5p:4x4x4", help="comma-separated topology names")
     p.add_argument("--batch", type=int, default=1, help="per-chip batch of the reported row")
     p.add_argument("--max_batch", type=int, default=64, help="largest per-chip batch tried in the search")
@@ -65,21 +71,19 @@ def parse_args(argv) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.tiny:
         args.topologies, args.max_batch = "v5e:2x2", 0
-    args.systems = [s for s in args.systems.split(",") if s]
+    args.paper = paper_variants()
+    args.systems = [s for s in args.systems.split(",") if s] if args.systems else list(args.paper)
+    unknown = sorted(set(args.systems) - set(args.paper))
+    if unknown:
+        raise ValueError(f"--systems: {unknown} have no pod variants; expected some of {sorted(args.paper)}")
     args.topologies = [t for t in args.topologies.split(",") if t]
     return args
 
 
-def topology_mesh(name: str):
-    return bench.topology_mesh(name)
-
-
 def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch: int, remat: str) -> Compiled:
     """The trainer's step of `system`'s `variant` for `mesh`, compiled (never run) at the given batch."""
-    spec = systems.get(system).BENCHMARK
-    options = bench.CaseOptions(load_config=cli.load_config, dtype="bfloat16", remat_policy=remat,
-                                frozen_dtype="bfloat16")
-    case = spec.case(variant, 1, options)
+    options = CaseOptions(dtype="bfloat16", remat_policy=remat, frozen_dtype="bfloat16")
+    case = make_case(system, variant, 1, options)
     global_batch = per_chip_batch * mesh.size
     case.config.batch_size = global_batch
     example = state_lib.example_batch_like(case.batch)
@@ -94,7 +98,7 @@ def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch:
         return Compiled(system, variant, topology, remat, per_chip_batch, None, None,
                         time.perf_counter() - start, f"{type(error).__name__}: {str(error)[:400]}", analytic)
     cost = compiled.cost_analysis() or {}
-    return Compiled(system, variant, topology, remat, per_chip_batch, bench.compiled_memory_bytes(compiled),
+    return Compiled(system, variant, topology, remat, per_chip_batch, perf.compiled_memory_bytes(compiled),
                     cost.get("flops"), time.perf_counter() - start, "", analytic, compiled)
 
 
@@ -118,15 +122,15 @@ def largest_batch(system: str, variant: str, mesh, topology: str, remat: str, ma
 def measure(args) -> list[dict]:
     rows = []
     for topology in args.topologies:
-        mesh = topology_mesh(topology)
+        mesh = sharding.topology_mesh(topology)
         for system in args.systems:
-            for variant in (bench.TINY,) if args.tiny else PAPER[system]:
+            for variant in (TINY,) if args.tiny else args.paper[system]:
                 row = compile_step(system, variant, mesh, topology, args.batch, "none")
                 print(f"{system} {variant} on {topology}: "
                       f"{row.error or f'{row.memory_bytes / GIB:.2f} GiB per chip'} ({row.compile_s:.0f} s)", flush=True)
                 result = {"row": row, "largest": {}}
                 if args.max_batch:
-                    remats = ("none", "full") if systems.get(system).BENCHMARK.remat else ("none",)
+                    remats = ("none", "full") if systems.get(system).benchmark.remat else ("none",)
                     for remat in remats:
                         result["largest"][remat] = largest_batch(system, variant, mesh, topology, remat,
                                                                  args.max_batch)
@@ -137,9 +141,9 @@ def measure(args) -> list[dict]:
 
 
 def write(results: list[dict], args) -> None:
-    systems_part = "" if set(args.systems) == set(PAPER) else "-" + "+".join(args.systems)
+    systems_part = "" if set(args.systems) == set(args.paper) else "-" + "+".join(args.systems)
     key = f"pod-compile{'-tiny' if args.tiny else ''}{systems_part}-{'+'.join(args.topologies)}:tpu-bfloat16"
-    bench.write_section(args.benchmarks_file, key, section_body(results, args, args.argv))
+    report.write_section(args.benchmarks_file, key, section_body(results, args, args.argv))
 
 
 def _largest_cell(largest: dict, remat: str, max_batch: int) -> str:
@@ -170,9 +174,9 @@ def section_body(results: list[dict], args, argv) -> str:
         "",
         *lines,
         "",
-        f"- Command: `python -m experiments.pod_compile {shlex.join(argv)}`",
-        f"- Machine: {bench.machine_description(('jax', 'jaxlib', 'libtpu', 'flax'))}",
-        f"- Date: {bench.today()}",
+        f"- Command: `python -m benchmarks.pod_compile {shlex.join(argv)}`",
+        f"- Machine: {report.machine_description(('jax', 'jaxlib', 'libtpu', 'flax'))}",
+        f"- Date: {report.today()}",
         "- Each row is the trainer's train step (the system's task and recipe optimizer, state sharded by the "
         "logical-axis rules over `data x fsdp`, batch split over both) compiled for the topology with "
         "`jax.experimental.topologies`; nothing runs. bf16 compute and frozen weights, fp32 trainable master "

@@ -1,7 +1,7 @@
 """Trials per hour of many small trainings: vmapped population groups against the same trials one at a time.
 
-    python -m experiments.population_benchmark --write        # CPU: 64 trials of a small ViT classifier
-    python -m experiments.population_benchmark --tiny         # seconds: tests
+    python -m benchmarks.population --write        # CPU: 64 trials of a small ViT classifier
+    python -m benchmarks.population --tiny         # seconds: tests
 
 Every trial trains the vit_classifier `tiny` recipe shrunk to a small classifier (width 64, 2 layers, 32 px
 synthetic images, 10 classes) on its own synthetic training set with its own seed and learning rate (drawn
@@ -17,7 +17,7 @@ log-uniformly), evaluating on its own validation set every `--eval_every` steps 
 Both include reading the data and evaluating. Compilation is excluded from trials/hour: each side first runs
 once untimed (the first group, the first trial), and `compile s` is that run's time minus a timed one's. The
 one-at-a-time side times `--sequential_trials` of the trials; trials/hour scales each side by its own count. FLOPs:
-`bench.vit_forward_flops` x 3 per training sample (evaluation not counted); MFU against a matmul peak
+`perf.vit_forward_flops` x 3 per training sample (evaluation not counted); MFU against a matmul peak
 measured in the same run. `--write` replaces the section of BENCHMARKS.md.
 """
 
@@ -31,17 +31,19 @@ import sys
 import jax
 import numpy as np
 
-from jaxemo import bench, cli
+from benchmarks import population_timing, report
+from experiments import configs
+from jaxemo import perf
 from jaxemo.data import synthetic
 from jaxemo.systems import vit_classifier
-from jaxemo.train import population, population_timing
+from jaxemo.train import population
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = "population-trials"
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.population_benchmark",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.population",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=64, help="trials in the population")
     p.add_argument("--group_size", type=int, default=32, help="trials per vmapped group (0: from memory)")
@@ -66,7 +68,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def make_config(args):
-    config = cli.load_config("vit_classifier", "tiny")
+    config = configs.load("vit_classifier", "tiny")
     config.model.update(width=args.width, depth=args.depth, num_heads=max(1, args.width // 32),
                         mlp_dim=2 * args.width)
     config.data.update(train_size=args.train_size, eval_size=args.eval_size)
@@ -104,7 +106,7 @@ def measure(args) -> dict:
     config = make_config(args)
     task = vit_classifier.build_task(config)
     trials = make_trials(args)
-    peak = bench.matmul_peak_flops(bench.jax_matmul(args.peak_size, np.float32), args.peak_size)
+    peak = perf.matmul_peak_flops(perf.jax_matmul(args.peak_size, np.float32), args.peak_size)
     print(f"peak {peak / 1e12:.3f} TFLOP/s", flush=True)
     sequential = population_timing.time_one_at_a_time(config, task, trials[:args.sequential_trials])
     print(f"one at a time: {len(sequential['rows'])} trials in {sequential['seconds']:.1f} s "
@@ -120,7 +122,7 @@ def measure(args) -> dict:
 
 def section_body(result: dict, args, argv) -> str:
     model = result["task"].model
-    flops_per_step = bench.train_flops(bench.vit_forward_flops(model)) * args.batch_size
+    flops_per_step = perf.train_flops(perf.vit_forward_flops(model)) * args.batch_size
     lines = ["| mode | trials timed | trials/hour | train steps/s | samples/s | achieved GFLOP/s | MFU % | "
              "compile s | group |", "|---|---|---|---|---|---|---|---|---|"]
     for name, key, group in (("one at a time", "sequential", "1"),
@@ -142,11 +144,11 @@ def section_body(result: dict, args, argv) -> str:
         "",
         f"- Speed-up of the population over one trial at a time: **{seq / pop:.1f}x** per trial "
         f"({1e3 * seq:.0f} ms vs {1e3 * pop:.0f} ms per trial, compilation excluded).",
-        f"- Command: `python -m experiments.population_benchmark {shlex.join(argv)}`",
-        f"- Machine: {bench.machine_description()}",
-        f"- Date: {bench.today()}",
+        f"- Command: `python -m benchmarks.population {shlex.join(argv)}`",
+        f"- Machine: {report.machine_description()}",
+        f"- Date: {report.today()}",
         f"- Trials: {args.trials} ViT classifiers (width {model.width}, depth {model.depth}, patch "
-        f"{model.patch_size[0]}, 32 px, 10 classes; {bench.vit_forward_flops(model) / 1e6:.1f} MFLOP forward per "
+        f"{model.patch_size[0]}, 32 px, 10 classes; {perf.vit_forward_flops(model) / 1e6:.1f} MFLOP forward per "
         f"image), each on its own {args.train_size} synthetic images with its own seed and learning rate "
         f"(log-uniform 1e-4..1e-2, AdamW), batch {args.batch_size}, at most {args.steps} steps, validation on "
         f"{args.eval_size} images every {args.eval_every} steps, early stopping on validation loss (patience 2). "
@@ -170,7 +172,7 @@ def main(argv=None) -> dict:
     print("\n" + body)
     if args.write:
         key = f"{SECTION}{'-tiny' if args.tiny else ''}-w{args.width}d{args.depth}b{args.batch_size}"
-        bench.write_section(args.benchmarks_file, f"{key}:{jax.default_backend()}-float32", body)
+        report.write_section(args.benchmarks_file, f"{key}:{jax.default_backend()}-float32", body)
         print(f"\nwrote section {SECTION} of {args.benchmarks_file}")
     return result
 

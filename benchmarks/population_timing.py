@@ -3,7 +3,7 @@
 Both sides run the trainer's jitted train step (the population vmaps it) and include reading the data and
 evaluating; each first runs once untimed (the first group, the first trial), so compilation is excluded from
 the timed seconds and `compile_s` is the warm-up's time minus a timed run's. Used by
-`experiments.population_benchmark` and `experiments.fewshot_benchmark`.
+`benchmarks.population`, `benchmarks.fewshot` and `benchmarks.agt_pipeline`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
 """Train- and inference-step throughput and MFU of any system, with its PyTorch twin beside it.
 
-    python -m experiments.benchmark --system=vit_classifier --variants=S/16,B/16 --batch_size=32,16 --write
-    python -m experiments.benchmark --system=mma_dfer --variants=dfew,tiny --batch_size=2,16 --write
-    python -m experiments.benchmark --system=mma_dfer --variants=dfew --dtype=bfloat16 --batch_size=8 --write
-    python -m experiments.benchmark --system=casp --write
-    python -m experiments.benchmark --system=vit_classifier --tiny --notorch        # seconds: tests / CI
+    python -m benchmarks.steps --system=vit_classifier --variants=S/16,B/16 --batch_size=32,16 --write
+    python -m benchmarks.steps --system=mma_dfer --variants=dfew,tiny --batch_size=2,16 --write
+    python -m benchmarks.steps --system=mma_dfer --variants=dfew --dtype=bfloat16 --batch_size=8 --write
+    python -m benchmarks.steps --system=casp --write
+    python -m benchmarks.steps --system=vit_classifier --tiny --notorch        # seconds: tests / CI
 
-Every system contributes its cases (`jaxemo.systems.<name>.BENCHMARK`: the model and task built from its
-recipe config, a random batch, analytic FLOPs per sample); this module times them all the same way. The JAX
+Every registered system with step cases (`jaxemo.systems.get(name).benchmark`: the model and task built from
+its recipe config, loaded here, a random batch, analytic FLOPs per sample) is a `--system`; this module times
+them all the same way. The JAX
 train step is the trainer's own (`loop.setup_train_step`: the config's optimizer, sharded state, jitted step
 with donation and the non-finite guard), the inference step the evaluator's jitted eval step. The PyTorch
-column runs the system's twin (`benchmarks/twins/<name>_torch.py`, `benchmark_steps`): the same model and
-step in PyTorch, float32 on the CPU, on the same batch. Twins live beside the repository, not in the package,
-so that column needs a checkout (run from its root).
+column runs the system's twin (`benchmarks/twins/<name>_torch.py`, `benchmark_steps`) where it has one: the
+same model and step in PyTorch, float32 on the CPU, on the same batch.
 
 Method and numbers: BENCHMARKS.md. `--write` replaces that file's section for this system, backend and dtype.
 """
@@ -32,21 +32,24 @@ from typing import Optional
 
 import jax
 
-from jaxemo import bench, cli, systems
+from benchmarks import report
+from experiments import configs
+from jaxemo import perf, systems
+from jaxemo.systems.base import TINY, CaseOptions, StepCase
 from jaxemo.train import loop, sharding, state as state_lib, step as step_lib
 
 # Only the learning-rate schedule's shape depends on these; the step's cost does not.
 SCHEDULE_TOTAL_STEPS, SCHEDULE_STEPS_PER_EPOCH = 100_000, 1_000
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADER = "# Benchmarks\n\nWritten by `python -m experiments.benchmark --write`; see that module for the method.\n"
+HEADER = "# Benchmarks\n\nWritten by `python -m benchmarks.steps --write`; see that module for the method.\n"
 
 
 # ------------------------------------------------------------------------------------------------ flags
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
-    p.add_argument("--system", default="vit_classifier", choices=systems.SYSTEMS, help="which system")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.steps", description=__doc__.split("\n")[0])
+    p.add_argument("--system", default="vit_classifier", choices=step_systems(), help="which system")
     p.add_argument("--variants", default=None,
                    help="comma-separated variants of the system's cases (vit_classifier: S/16, B/16, ...; "
                         "mma_dfer: dfew, mafw, tiny; casp: synthetic, tiny); one variant with several "
@@ -85,9 +88,9 @@ def parse_args(argv) -> argparse.Namespace:
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fills the defaults that depend on the system, --tiny and the backend."""
     on_cpu = jax.default_backend() == "cpu"
-    spec = systems.get(args.system).BENCHMARK
+    spec = systems.get(args.system).benchmark
     if args.tiny:
-        args.variants = [bench.TINY]
+        args.variants = [TINY]
     else:
         names = args.variants.split(",") if args.variants else spec.default_variants
         args.variants = [v.strip() for v in names if v.strip()]
@@ -125,9 +128,23 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def case_options(args, remat_policy: str) -> bench.CaseOptions:
-    return bench.CaseOptions(load_config=cli.load_config, dtype=args.dtype, remat_policy=remat_policy,
-                             frozen_dtype=args.frozen_dtype, image_size=args.image_size, trainable=args.trainable)
+def case_options(args, remat_policy: str) -> CaseOptions:
+    return CaseOptions(dtype=args.dtype, remat_policy=remat_policy, frozen_dtype=args.frozen_dtype,
+                       image_size=args.image_size, trainable=args.trainable)
+
+
+def step_systems() -> tuple[str, ...]:
+    """The registered systems that have step cases."""
+    return tuple(s.name for s in systems.all_systems() if s.benchmark is not None)
+
+
+def make_case(system: str, variant: str, batch_size: int, options: CaseOptions) -> StepCase:
+    """A system's case: its recipe config for `variant` (`benchmark.config_for`), loaded, then `benchmark.case`."""
+    spec = systems.get(system).benchmark
+    if spec is None:
+        raise ValueError(f"system {system!r} has no step cases; systems with some: {step_systems()}")
+    name, config_variant = spec.config_for(variant)
+    return spec.case(configs.load(name, config_variant), variant, batch_size, options)
 
 
 # ------------------------------------------------------------------------------------------------ JAX
@@ -147,19 +164,19 @@ class _StepRunner:
 
 
 def _jax_memory(compiled) -> tuple[Optional[int], str]:
-    peak = bench.device_peak_bytes(jax.devices()[0])
+    peak = perf.device_peak_bytes(jax.devices()[0])
     if peak is not None:
         return peak, "device peak"
-    return bench.compiled_memory_bytes(compiled), "XLA est."
+    return perf.compiled_memory_bytes(compiled), "XLA est."
 
 
-def _row(case: bench.StepCase, step: str, framework: str, dtype: str, seconds, steps: int, **extra):
-    return bench.Measurement(model=case.label, batch=case.batch_size, dtype=dtype, framework=framework,
+def _row(case: StepCase, step: str, framework: str, dtype: str, seconds, steps: int, **extra):
+    return report.Measurement(model=case.label, batch=case.batch_size, dtype=dtype, framework=framework,
                              run_seconds=seconds, steps_per_run=steps, step=step,
                              flops_per_sample=case.flops[step], **extra)
 
 
-def benchmark_jax(case: bench.StepCase, steps: int, args) -> list[bench.Measurement]:
+def benchmark_jax(case: StepCase, steps: int, args) -> list[report.Measurement]:
     """The trainer's train step; then, if the system times it, the evaluator's eval step on the params left."""
     mesh = sharding.make_mesh({"data": -1})
     sharding.check_batch_size(case.batch_size, mesh)
@@ -173,11 +190,11 @@ def benchmark_jax(case: bench.StepCase, steps: int, args) -> list[bench.Measurem
     compiled = setup.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     runner = _StepRunner(compiled, state, batch, steps)
-    seconds, others = bench.with_others_cpu_share(lambda: bench.time_runs(runner, args.repeats, args.warmup))
+    seconds, others = report.with_others_cpu_share(lambda: perf.time_runs(runner, args.repeats, args.warmup))
     memory, source = _jax_memory(compiled)
     print(f"  final loss {float(runner.metrics['loss']):.4f}", flush=True)
     rows = [_row(case, "train", "JAX (jaxemo)", args.dtype, seconds, steps, compile_s=compile_s,
-                 memory_bytes=memory, memory_source=source, rss_bytes=bench.peak_rss_bytes(),
+                 memory_bytes=memory, memory_source=source, rss_bytes=report.peak_rss_bytes(),
                  others_cpu_share=others)]
     if "inference" not in args.spec.steps:
         return rows
@@ -185,7 +202,7 @@ def benchmark_jax(case: bench.StepCase, steps: int, args) -> list[bench.Measurem
     params = runner.state.params
     del runner, compiled, state  # the train executable and the optimizer state
     gc.collect()
-    bench.reset_peak_rss()
+    report.reset_peak_rss()
     eval_step = step_lib.jit_eval_step(case.task, shardings.params, mesh)
     start = time.perf_counter()
     compiled = eval_step.lower(params, batch).compile()
@@ -196,18 +213,18 @@ def benchmark_jax(case: bench.StepCase, steps: int, args) -> list[bench.Measurem
             out = compiled(params, batch)
         jax.block_until_ready(out)
 
-    seconds, others = bench.with_others_cpu_share(lambda: bench.time_runs(run, args.repeats, args.warmup))
+    seconds, others = report.with_others_cpu_share(lambda: perf.time_runs(run, args.repeats, args.warmup))
     memory, source = _jax_memory(compiled)
     rows.append(_row(case, "inference", "JAX (jaxemo)", args.dtype, seconds, steps, compile_s=compile_s,
-                     memory_bytes=memory, memory_source=source, rss_bytes=bench.peak_rss_bytes(),
+                     memory_bytes=memory, memory_source=source, rss_bytes=report.peak_rss_bytes(),
                      others_cpu_share=others))
     return rows
 
 
 def jax_peak_flops(args) -> float:
     """Measured matmul peak of the JAX devices in --dtype (CPU devices share one pool of cores)."""
-    matmul = bench.jax_matmul(args.peak_size, state_lib.dtype_from_name(args.dtype))
-    one_device = bench.matmul_peak_flops(matmul, args.peak_size, args.peak_repeats)
+    matmul = perf.jax_matmul(args.peak_size, state_lib.dtype_from_name(args.dtype))
+    one_device = perf.matmul_peak_flops(matmul, args.peak_size, args.peak_repeats)
     return one_device * (1 if jax.default_backend() == "cpu" else jax.device_count())
 
 
@@ -227,12 +244,12 @@ def import_twin(system: str):
     if not hasattr(twin, "benchmark_steps"):
         print(f"note: PyTorch column skipped: benchmarks/twins/{system}_torch.py has no benchmark_steps", flush=True)
         return None
-    torch.set_num_threads(bench.cpu_count())
+    torch.set_num_threads(report.cpu_count())
     return torch, twin
 
 
-def benchmark_torch(torch_twin, case: bench.StepCase, steps: int, args, compile: bool = False
-                    ) -> list[bench.Measurement]:
+def benchmark_torch(torch_twin, case: StepCase, steps: int, args, compile: bool = False
+                    ) -> list[report.Measurement]:
     """The twin's steps in eager mode or, with `compile`, with its model under `torch.compile`: then the first
     call (tracing and compilation included) is timed apart as the row's compile seconds."""
     torch, twin = torch_twin
@@ -244,15 +261,15 @@ def benchmark_torch(torch_twin, case: bench.StepCase, steps: int, args, compile:
         if rows:
             print(_row_summary(rows[-1]), flush=True)
             gc.collect()
-            bench.reset_peak_rss()
+            report.reset_peak_rss()
 
         def run(fn=step_fns[name]):
             for _ in range(steps):
                 fn()
 
-        first_call_s = min(bench.time_runs(step_fns[name], 1, warmup=0)) if compile else None
-        seconds, others = bench.with_others_cpu_share(lambda: bench.time_runs(run, args.repeats, args.warmup))
-        rows.append(_row(case, name, framework, "float32", seconds, steps, rss_bytes=bench.peak_rss_bytes(),
+        first_call_s = min(perf.time_runs(step_fns[name], 1, warmup=0)) if compile else None
+        seconds, others = report.with_others_cpu_share(lambda: perf.time_runs(run, args.repeats, args.warmup))
+        rows.append(_row(case, name, framework, "float32", seconds, steps, rss_bytes=report.peak_rss_bytes(),
                          others_cpu_share=others, compile_s=first_call_s))
     return rows
 
@@ -267,7 +284,7 @@ def twin_compiles(torch_twin) -> bool:
 
 def torch_peak_flops(torch, args) -> float:
     a, b = torch.randn(args.peak_size, args.peak_size), torch.randn(args.peak_size, args.peak_size)
-    return bench.matmul_peak_flops(lambda: torch.mm(a, b), args.peak_size, args.peak_repeats)
+    return perf.matmul_peak_flops(lambda: torch.mm(a, b), args.peak_size, args.peak_repeats)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -285,7 +302,7 @@ def _share(value: Optional[float]) -> str:
 def section_body(results, args, argv, peak_notes: list[str], rss_reset: bool) -> str:
     spec = args.spec
     memory_text = ("device peak = `device.memory_stats()['peak_bytes_in_use']` (process high-water mark)"
-                   if bench.device_peak_bytes(jax.devices()[0]) is not None else
+                   if perf.device_peak_bytes(jax.devices()[0]) is not None else
                    "XLA est. = the compiler's estimate from `compiled.memory_analysis()` (temp + arguments + "
                    "outputs - donated aliases), not a measurement")
     rss_text = ("peak RSS of the whole process while the row ran (reset before each row)" if rss_reset else
@@ -297,11 +314,11 @@ def section_body(results, args, argv, peak_notes: list[str], rss_reset: bool) ->
         f"### {spec.title}: {jax.default_backend()}, {args.dtype}{' (tiny)' if args.tiny else ''}"
         f"{f' ({args.section_suffix})' if args.section_suffix else ''}",
         "",
-        bench.markdown_table(results),
+        report.markdown_table(results),
         "",
-        f"- Command: `python -m experiments.benchmark {shlex.join(argv)}`",
-        f"- Machine: {bench.machine_description()}",
-        f"- Date: {bench.today()}",
+        f"- Command: `python -m benchmarks.steps {shlex.join(argv)}`",
+        f"- Machine: {report.machine_description()}",
+        f"- Date: {report.today()}",
         f"- Timing: median of {args.repeats} runs after {args.warmup} warm-up run(s), each run {steps} step(s); "
         f"compilation (`lower().compile()`, the `compile s` column) is excluded. samples/s counts {spec.unit}s.",
         *[f"- {note}" for note in spec.notes],
@@ -320,7 +337,7 @@ def measure_peaks(args, torch_twin) -> dict[str, tuple[float, Optional[float]]]:
     measure = {f"JAX {args.dtype}": lambda: jax_peak_flops(args)}
     if torch_twin is not None:
         measure["PyTorch float32"] = lambda: torch_peak_flops(torch_twin[0], args)
-    peaks = {label: bench.with_others_cpu_share(fn) for label, fn in measure.items()}
+    peaks = {label: report.with_others_cpu_share(fn) for label, fn in measure.items()}
     for label, (flops, others) in peaks.items():
         print(f"peak {label}: {flops / 1e12:.3f} TFLOP/s (other processes: {_share(others)} of the CPU)",
               flush=True)
@@ -339,12 +356,12 @@ def assign_peaks(results, args, before: dict, after: dict) -> list[str]:
             f"of the CPU), {after[label][0] / 1e12:.3f} after ({_share(after[label][1])})" for label in before]
 
 
-def run_rows(args, torch_twin) -> tuple[list[bench.Measurement], bool]:
+def run_rows(args, torch_twin) -> tuple[list[report.Measurement], bool]:
     """(the measurements of every variant and framework, whether the peak RSS could be reset before each)."""
     results, rss_reset = [], True
     for variant, batch_size, remat, steps, accum in zip(args.variants, args.batch_sizes, args.remat_policies,
                                                         args.steps_per_row, args.accum_steps):
-        case = with_accumulation(args.spec.case(variant, batch_size, case_options(args, remat)), accum)
+        case = with_accumulation(make_case(args.system, variant, batch_size, case_options(args, remat)), accum)
         frameworks = ["jax"]
         if torch_twin and case.torch_comparable:
             frameworks.append("torch")
@@ -353,7 +370,7 @@ def run_rows(args, torch_twin) -> tuple[list[bench.Measurement], bool]:
         for framework in frameworks:
             print(f"{case.label} batch {batch_size}: {framework} ...", flush=True)
             gc.collect()
-            rss_reset &= bench.reset_peak_rss()
+            rss_reset &= report.reset_peak_rss()
             rows = (benchmark_jax(case, steps, args) if framework == "jax"
                     else benchmark_torch(torch_twin, case, steps, args, compile=framework == "torch.compile"))
             print(_row_summary(rows[-1]), flush=True)
@@ -361,7 +378,7 @@ def run_rows(args, torch_twin) -> tuple[list[bench.Measurement], bool]:
     return results, rss_reset
 
 
-def with_accumulation(case: bench.StepCase, accum: int) -> bench.StepCase:
+def with_accumulation(case: StepCase, accum: int) -> StepCase:
     """The case's train step over `accum` micro-batches of its batch (the same update: the loss is a mean)."""
     if accum == 1:
         return case
@@ -372,12 +389,12 @@ def with_accumulation(case: bench.StepCase, accum: int) -> bench.StepCase:
     return dataclasses.replace(case, label=label)
 
 
-def _row_summary(row: bench.Measurement) -> str:
+def _row_summary(row: report.Measurement) -> str:
     return (f"  {row.step}: {row.samples_per_s:.2f} samples/s, runs {', '.join(f'{s:.3g}' for s in row.run_seconds)}"
             f" s, other processes used {_share(row.others_cpu_share)} of the CPU")
 
 
-def main(argv=None) -> list[bench.Measurement]:
+def main(argv=None) -> list[report.Measurement]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     torch_twin = None
@@ -392,7 +409,7 @@ def main(argv=None) -> list[bench.Measurement]:
     body = section_body(results, args, argv, peak_notes, rss_reset)
     print("\n" + body)
     if args.write:
-        bench.write_section(args.benchmarks_file, section_key(args), body, HEADER)
+        report.write_section(args.benchmarks_file, section_key(args), body, HEADER)
         print(f"\nwrote section {section_key(args)!r} of {args.benchmarks_file}")
     return results
 

@@ -1,7 +1,7 @@
 """Test-time adaptation latency and throughput: episodic vmapped vs a per-sample loop vs plain inference.
 
-    python -m experiments.tta_latency --write                 # CPU: MOSI-sized late-fusion model, all rows
-    python -m experiments.tta_latency --tiny                  # seconds: tests
+    python -m benchmarks.tta_latency --write                 # CPU: MOSI-sized late-fusion model, all rows
+    python -m benchmarks.tta_latency --tiny                  # seconds: tests
 
 Rows, for K = 1, 5, 10 adaptation steps per sample (CASP's contrastive loss on `views` copies of the
 sample, LayerNorms adapted, Adam + clipping) and for batches of 1, 64, 256 and 1024 test samples:
@@ -30,8 +30,9 @@ import time
 import jax
 import numpy as np
 
+from benchmarks import report
 from experiments.configs import casp as casp_config
-from jaxemo import bench
+from jaxemo import perf
 from jaxemo.systems import casp
 from jaxemo.data import synthetic_sentiment
 from jaxemo.tta import core, methods, modes
@@ -41,7 +42,7 @@ SECTION = "tta-latency"
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.tta_latency", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tta_latency", description=__doc__.split("\n")[0])
     p.add_argument("--batches", default="1,64,256,1024", help="comma-separated numbers of test samples")
     p.add_argument("--steps", default="1,5,10", help="comma-separated K (adaptation steps per sample)")
     p.add_argument("--views", type=int, default=4, help="augmented copies of a sample per step")
@@ -58,10 +59,12 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--notorch", dest="torch", action="store_false")
     p.add_argument("--write", action="store_true", help="write BENCHMARKS.md's section and the plot")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
-    p.add_argument("--plot_dir", default=os.path.join(REPO_ROOT, "benchmarks"))
+    p.add_argument("--plot_dir", default=None,
+                   help="where the plot goes (default: benchmarks/ beside --benchmarks_file)")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.steps = [int(k) for k in args.steps.split(",")]
+    args.plot_dir = args.plot_dir or os.path.join(os.path.dirname(os.path.abspath(args.benchmarks_file)), "benchmarks")
     return args
 
 
@@ -190,7 +193,7 @@ def flops_per_sample(config, model, k, views: int) -> tuple[int, int]:
     """(episodic FLOPs per sample for K steps, inference FLOPs per sample): each step runs the full and the
     modality-dropped view of every copy forward and backward; then one forward predicts."""
     d = config.data
-    f = casp.flops(model, (d.text_len, d.audio_len, d.vision_len), (d.text_dim, d.audio_dim, d.vision_dim))
+    f = casp.model_flops(model, (d.text_len, d.audio_len, d.vision_len), (d.text_dim, d.audio_dim, d.vision_dim))
     return (k or 0) * views * 2 * (f.forward + f.backward) + f.forward, f.forward
 
 
@@ -214,7 +217,7 @@ def plot(rows: list[dict], path: str) -> None:
     for r in rows:
         label = r["kind"] if r["K"] is None else f"{r['kind']}, K={r['K']}"
         series.setdefault(label, []).append((r["batch"], r["per_sample_ms"]))
-    bench.save_line_plot(path, series, "test samples per call (batch)", "ms per sample",
+    report.save_line_plot(path, series, "test samples per call (batch)", "ms per sample",
                          "Test-time adaptation cost per sample (log-log)")
 
 
@@ -222,7 +225,7 @@ def main(argv=None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     config, model, frozen, adapted, samples = setup(args)
-    peak = bench.matmul_peak_flops(bench.jax_matmul(256 if args.tiny else 4096, np.float32), 256 if args.tiny
+    peak = perf.matmul_peak_flops(perf.jax_matmul(256 if args.tiny else 4096, np.float32), 256 if args.tiny
                                    else 4096, repeats=2 if args.tiny else 5)
     print(f"peak JAX float32 matmul: {peak / 1e12:.3f} TFLOP/s", flush=True)
     torch_net = None
@@ -238,10 +241,10 @@ def main(argv=None) -> list[dict]:
         plot(rows, plot_path)
         adapted_count = sum(x.size for x in jax.tree.leaves(adapted))
         body = section(rows, args, argv, config, model, peak, others, offline, plot_path, adapted_count)
-        bench.write_section(args.benchmarks_file, f"{SECTION}{'-tiny' if args.tiny else ''}:{jax.default_backend()}",
+        report.write_section(args.benchmarks_file, f"{SECTION}{'-tiny' if args.tiny else ''}:{jax.default_backend()}",
                             body)
 
-    rows, others = bench.with_others_cpu_share(lambda: measure(args, config, model, frozen, adapted, samples,
+    rows, others = report.with_others_cpu_share(lambda: measure(args, config, model, frozen, adapted, samples,
                                                                torch_net, on_batch=write))
     offline = None
     if args.offline and not args.tiny:
@@ -260,9 +263,9 @@ def section(rows, args, argv, config, model, peak, others, offline, plot_path, a
         "",
         f"![per-sample cost]({os.path.relpath(plot_path, os.path.dirname(args.benchmarks_file))})",
         "",
-        f"- Command: `python -m experiments.tta_latency {shlex.join(argv)}`",
-        f"- Machine: {bench.machine_description()}",
-        f"- Date: {bench.today()}",
+        f"- Command: `python -m benchmarks.tta_latency {shlex.join(argv)}`",
+        f"- Machine: {report.machine_description()}",
+        f"- Date: {report.today()}",
         (f"- Model: CASP late fusion, {config.model.depth} layers of width {config.model.proj_dim}; inputs "
          f"{d.text_len}/{d.audio_len}/{d.vision_len} steps of {d.text_dim}/{d.audio_dim}/{d.vision_dim} dims "
          f"(text/audio/vision); each adaptation step: {args.views} copies of the sample, full and "

@@ -15,7 +15,7 @@ import os
 
 import jax
 
-from jaxemo import cli
+from experiments import cli
 from jaxemo.systems.agt import semi
 
 

@@ -23,7 +23,7 @@ import os
 
 import jax
 
-from jaxemo import cli
+from experiments import cli
 from jaxemo.data import sources
 from jaxemo.systems import casp
 from jaxemo.train import checkpoint, loop

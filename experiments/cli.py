@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by every `python -m experiments.<name>` module."""
+"""Command-line plumbing shared by every `python -m experiments.<name>` module (and the benchmark drivers)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-
-def config_path(name: str) -> str:
-    """Absolute path of `experiments/configs/<name>.py`, so defaults work from any directory."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.join(os.path.dirname(here), "experiments", "configs", f"{name}.py")
-
-
-def load_config(name: str, variant: str | None = None):
-    """`get_config(variant)` of `experiments/configs/<name>.py`, the recipe configs."""
-    import importlib
-
-    return importlib.import_module(f"experiments.configs.{name}").get_config(variant)
+from experiments.configs import config_path
 
 
 def default_workdir(experiment: str, variant: str) -> str:

@@ -18,7 +18,7 @@ import os
 
 import jax
 
-from jaxemo import cli
+from experiments import cli
 from jaxemo.systems import speech_ser
 from jaxemo.systems.speech_ser import corpora, fewshot, prefinetune
 from jaxemo.train import population

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from jaxemo import cli
+from experiments import cli
 from jaxemo.systems import mma_dfer
 from jaxemo.train import loop, metrics
 

@@ -16,7 +16,7 @@ import os
 from absl import flags
 from ml_collections import config_dict
 
-from jaxemo import cli
+from experiments import cli
 from jaxemo.systems import mma_dfer
 from jaxemo.train import checkpoint, loop, metrics
 

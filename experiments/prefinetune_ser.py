@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from jaxemo import cli
+from experiments import cli
 from jaxemo.systems import speech_ser
 from jaxemo.systems.speech_ser import corpora, prefinetune
 

@@ -19,15 +19,15 @@ Stages, each in its own folder of the workdir, each resumable (rerun the same co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 
 import jax
 
-from jaxemo import cli
+from experiments import cli
 from jaxemo.data import builders, sources, text as text_lib
-from jaxemo.models import uniemox as uniemox_model
 from jaxemo.systems import uniemox
 from jaxemo.systems.uniemox import finetune, pretrain
 from jaxemo.train import checkpoint, loop
@@ -54,9 +54,10 @@ def teacher(config, workdir: str, train_source, eval_source, prompts: list[str])
     if not os.path.exists(path):
         text_lib.train_bpe_tokenizer(prompts, path, t.tokenizer_vocab_size)
     tokenizer = text_lib.ClipTokenizer(path, t.context_length)
-    model = pretrain.build_teacher(config, tokenizer.tokenizer.get_vocab_size(), tokenizer.end_id)
-    task = pretrain.ClipContrastiveTask(model, pretrain.PromptTokens(tokenizer, tuple(config.data.class_names)))
-    stage = uniemox.stage_config(config, "teacher")
+    stage = pretrain.with_tokenizer(uniemox.stage_config(config, "teacher"), tokenizer)
+    task = dataclasses.replace(uniemox.build_task(stage),
+                               host=pretrain.PromptTokens(tokenizer, tuple(config.data.class_names)))
+    model = task.model
     result = loop.train_and_evaluate(stage, folder, task, train_source, eval_source)
     if result.preempted:
         return None
@@ -78,12 +79,9 @@ def run_pretraining(config, workdir: str, train_source, eval_source, results: di
     cache = config.data.cache_dir or os.path.join(workdir, "text_features")
     table = uniemox.text_features(clip_model, clip_params, tokenizer, all_prompts, cache, teacher_id)
     host = pretrain.PromptFeatures({p: i for i, p in enumerate(all_prompts)}, table, tuple(config.data.class_names))
-    stage = uniemox.stage_config(config, "pretrain")
+    stage = pretrain.with_tokenizer(uniemox.stage_config(config, "pretrain"), tokenizer)
     stage.frozen_dtype = config.teacher.dtype
-    model = pretrain.build_pretrainer(stage, tokenizer.tokenizer.get_vocab_size(), tokenizer.end_id)
-    task = pretrain.PretrainTask(model, host, uniemox_model.LossWeights(**config.loss_weights),
-                                 config.teacher.input, tuple(config.data.crop_scale),
-                                 flops_per_example=pretrain.flops(model)["train"])
+    task = dataclasses.replace(uniemox.build_task(stage), host=host)
     init = pretrain.init_params(config, clip_params)
     folder = os.path.join(workdir, "pretrain")
     start_path = os.path.join(workdir, "pretrain_start.json")
@@ -119,9 +117,10 @@ def finetune_data(config, dataset: str):
 def run_finetuning(config, workdir: str, dataset: str, encoder, results: dict) -> bool:
     data, num_classes, seed = finetune_data(config, dataset)
     stage = uniemox.stage_config(config, "finetune")
+    data.num_classes = num_classes
     stage.data = data
     train, val, test = (sources.make_source(data, split, seed) for split in ("train", "val", "test"))
-    task = finetune.build_task(stage, num_classes)
+    task = uniemox.build_task(stage)
     starts = {"pretrained": finetune.init_from_encoder(encoder, task.model)}
     if config.finetune.compare_random_init:
         starts["random"] = finetune.init_random(task.model)

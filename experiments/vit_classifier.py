@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from jaxemo import cli
+from experiments import cli
 from jaxemo.systems import vit_classifier
 from jaxemo.train import loop
 

@@ -198,7 +198,9 @@ def test_scores_match_sklearn():
 def test_frame_level_task_masks_padding():
     """A frame-level MerSet (lengths/<name>) trains the LSTM baseline; padding beyond a length changes nothing."""
     model = config_dict.ConfigDict(dict(name="attention", hidden_dim=8, dropout=0.0, modalities=("audio", "text")))
-    task = task_lib.build_task(model, frame_features=("audio",), flops_dims={"audio": (5, 4), "text": (0, 3)})
+    config = task_lib.trial_config(agt_config.get_config("tiny"), model, frame_features=("audio",),
+                                   feature_dims={"audio": (5, 4), "text": (0, 3)})
+    task = task_lib.build_task(config)
     rng = np.random.default_rng(0)
     audio = rng.standard_normal((3, 5, 4)).astype(np.float32)
     batch = {"features/audio": audio, "features/text": rng.standard_normal((3, 3)).astype(np.float32),
@@ -219,12 +221,12 @@ def test_frame_level_task_masks_padding():
 def test_pipeline_benchmark_dry_run_writes_its_section(tmp_path):
     """The GPU suite's `agt` run, dry (test_gpu_suite does not start it again): population, fold by fold and
     MERTools' PyTorch loop over the same trials, and the section it writes."""
-    from experiments import agt_benchmark, gpu_suite
+    from benchmarks import agt_pipeline, gpu_suite
 
     path = tmp_path / "BENCHMARKS.md"
     command = gpu_suite.command("agt", gpu_suite.parse_args(["--dry_run", f"--benchmarks_file={path}"]))
-    assert command[1:3] == ["-m", "experiments.agt_benchmark"] and "--tiny" in command
-    result = agt_benchmark.main(command[3:])
+    assert command[1:3] == ["-m", "benchmarks.agt_pipeline"] and "--tiny" in command
+    result = agt_pipeline.main(command[3:])
     totals = result["totals"]
     assert [totals[k][2] for k in ("population", "fold by fold", "PyTorch")] == [4 + 2] * 3
     assert all(totals[k][0] > 0 for k in totals)

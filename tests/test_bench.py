@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import benchmark, gpu_suite
-from jaxemo import bench, cli, vit
+from benchmarks import gpu_suite, report, steps
+from jaxemo import perf, vit
 from jaxemo.models import mma_dfer
 from jaxemo.systems import mma_dfer as mma_dfer_system
+from jaxemo.systems.base import CaseOptions
 from jaxemo.train import optim
 
 
@@ -30,7 +31,7 @@ def test_analytic_forward_flops_match_xla_cost_analysis():
     # Unscanned layers: XLA's cost analysis counts a while-loop body once, not once per layer. Width 192
     # keeps the elementwise work (counted by XLA, not by the formula) at a few percent.
     model = vit.create_vit("Ti/8", image_size=(32, 32), depth=2, num_classes=10, scan_layers=False)
-    analytic = bench.vit_forward_flops(model)
+    analytic = perf.vit_forward_flops(model)
     assert analytic == pytest.approx(xla_forward_flops(model), rel=0.1)
 
 
@@ -38,16 +39,16 @@ def test_vit_forward_flops_formula():
     model = vit.create_vit("B/16", num_classes=1000)
     n, t, d, m = 196, 197, 768, 3072
     expected = 2 * n * 16 * 16 * 3 * d + 12 * (8 * t * d * d + 4 * t * t * d + 4 * t * d * m) + 2 * d * 1000
-    assert bench.vit_forward_flops(model) == expected
+    assert perf.vit_forward_flops(model) == expected
     assert 35.0e9 < expected < 35.3e9  # ViT-B/16's usual "17.6 G" multiply-adds, each counted as 2 FLOPs
-    assert bench.train_flops(expected) == 3 * expected
+    assert perf.train_flops(expected) == 3 * expected
 
 
 def test_replace_section_keeps_other_sections():
     text = "# Benchmarks\n\nintro\n"
-    text = bench.replace_section(text, "a:cpu-float32", "old a")
-    text = bench.replace_section(text, "b:gpu-bfloat16", "b rows")
-    text = bench.replace_section(text, "a:cpu-float32", "new a")
+    text = report.replace_section(text, "a:cpu-float32", "old a")
+    text = report.replace_section(text, "b:gpu-bfloat16", "b rows")
+    text = report.replace_section(text, "a:cpu-float32", "new a")
     assert text.startswith("# Benchmarks\n\nintro\n")
     assert "new a" in text and "old a" not in text and "b rows" in text
     assert text.count("<!-- a:cpu-float32 begin -->") == 1
@@ -55,18 +56,16 @@ def test_replace_section_keeps_other_sections():
 
 
 def test_measurement_derived_numbers():
-    m = bench.Measurement("ViT-S/16", batch=8, dtype="float32", framework="JAX",
+    m = report.Measurement("ViT-S/16", batch=8, dtype="float32", framework="JAX",
                           run_seconds=[4.0, 1.0, 2.0], steps_per_run=2, flops_per_sample=10**9, peak_flops=1e10)
     assert m.samples_per_s == 8.0  # 16 samples in the median 2 s
     assert m.mfu == pytest.approx(0.8)
-    row = bench.table_row(m)
-    assert len(row) == len(bench.TABLE_COLUMNS) and row[-1] == "n/a"
+    row = report.table_row(m)
+    assert len(row) == len(report.TABLE_COLUMNS) and row[-1] == "n/a"
 
 
 def _case(system, variant="tiny", batch_size=2):
-    from jaxemo import systems
-
-    return systems.get(system).BENCHMARK.case(variant, batch_size, bench.CaseOptions(load_config=cli.load_config))
+    return steps.make_case(system, variant, batch_size, CaseOptions())
 
 
 def test_torch_vit_twin_matches_jaxemo_sizes_and_trains():
@@ -101,7 +100,7 @@ def mma_dfer_inputs(model, batch=2):
 
 
 def test_mma_dfer_flops_reproduce_the_dossier_at_paper_size():
-    flops = mma_dfer_system.flops(mma_dfer.MMADFER())  # 16 x 224 px, 512 x 128 fbank, ViT-B/16 encoders
+    flops = mma_dfer_system.model_flops(mma_dfer.MMADFER())  # 16 x 224 px, 512 x 128 fbank, ViT-B/16 encoders
     # /work/shared/research/mma_dfer.md §1.8, torch.utils.flop_counter on the reference: 643.7 GFLOPs
     # forward (image ViT 289.9 GMAC, audio 23.7, adapters 8.3, temporal + projection 0.04) and 1,340.6
     # GFLOPs per training sample.
@@ -114,7 +113,7 @@ def test_mma_dfer_flops_reproduce_the_dossier_at_paper_size():
     # The counter's SDPA backward recomputes the attention scores; without that, 1% less.
     assert flops.train(recompute_attention_scores=True) / 1e9 == pytest.approx(1340.6, abs=0.05)
     assert flops.train() / 1e9 == pytest.approx(1340.6, rel=0.02)
-    assert flops.train() < 2.1 * flops.forward < bench.train_flops(flops.forward)  # frozen: no weight grads
+    assert flops.train() < 2.1 * flops.forward < perf.train_flops(flops.forward)  # frozen: no weight grads
 
 
 def test_mma_dfer_flops_formula():
@@ -122,7 +121,7 @@ def test_mma_dfer_flops_formula():
     t, d, m, k, dt, mt = 2, 192, 768, 32, 64, 128
     tv, ta = 1 + 16 + 6, 1 + 32 + 6
     layer = lambda n, d, m: 8 * n * d * d + 4 * n * d * m + 4 * n * n * d
-    flops = mma_dfer_system.flops(model)
+    flops = mma_dfer_system.model_flops(model)
     assert flops.parts == {
         "video_encoder": t * (2 * 16 * 64 * 3 * d + 3 * layer(tv, d, m)),
         "audio_encoder": 2 * 32 * 64 * d + 3 * layer(ta, d, m),
@@ -134,7 +133,7 @@ def test_mma_dfer_flops_formula():
         2 * layer(t + 1, dt, mt) - 2 * 4 * dt * (t + 1) ** 2
     assert flops.backward() == (flops.forward - patch_embed + attention, trainable)
     assert flops.train() == flops.forward + sum(flops.backward())
-    tokens = mma_dfer_system.flops(small_mma_dfer(depth=3, fusion="tokens", num_fusion_tokens=4, num_classes=5))
+    tokens = mma_dfer_system.model_flops(small_mma_dfer(depth=3, fusion="tokens", num_fusion_tokens=4, num_classes=5))
     assert tokens.parts["adapters"] == 0  # MBT fusion tokens: every layer sees 4 more tokens
     assert tokens.parts["audio_encoder"] == 2 * 32 * 64 * d + 3 * layer(ta + 4, d, m)
 
@@ -145,7 +144,7 @@ def test_mma_dfer_forward_flops_match_xla_cost_analysis():
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), video, audio)["params"])
     forward = jax.jit(lambda p, v, a: model.apply({"params": p}, v, a)[0])
     xla = forward.lower(params, video, audio).compile().cost_analysis()["flops"] / len(video)
-    assert mma_dfer_system.flops(model).forward == pytest.approx(xla, rel=0.1)
+    assert mma_dfer_system.model_flops(model).forward == pytest.approx(xla, rel=0.1)
 
 
 def test_mma_dfer_train_flops_match_xla_gradient_of_the_trainable_params():
@@ -161,9 +160,9 @@ def test_mma_dfer_train_flops_match_xla_gradient_of_the_trainable_params():
 
     grad = jax.jit(jax.value_and_grad(loss))
     xla = grad.lower(trainable, frozen, video, audio).compile().cost_analysis()["flops"] / len(video)
-    flops = mma_dfer_system.flops(model)
+    flops = mma_dfer_system.model_flops(model)
     assert flops.train() == pytest.approx(xla, rel=0.1)
-    assert bench.train_flops(flops.forward) > 1.3 * xla
+    assert perf.train_flops(flops.forward) > 1.3 * xla
 
 
 def test_mma_dfer_flops_match_torch_flop_counter_on_the_reference():
@@ -187,7 +186,7 @@ def test_mma_dfer_flops_match_torch_flop_counter_on_the_reference():
         logits = net(video, audio)[0]
     with FlopCounterMode(display=False) as backward:
         logits.sum().backward()
-    flops = mma_dfer_system.flops(model)
+    flops = mma_dfer_system.model_flops(model)
     assert forward.get_total_flops() == batch * flops.forward
     assert backward.get_total_flops() == batch * sum(flops.backward())
 
@@ -233,8 +232,8 @@ def test_casp_benchmark_with_its_torch_twin(tmp_path):
     pytest.importorskip("torch")
     path = tmp_path / "BENCHMARKS.md"
     command = gpu_suite.command("casp", gpu_suite.parse_args(["--dry_run", f"--benchmarks_file={path}"]))
-    assert command[1:3] == ["-m", "experiments.benchmark"] and "--tiny" in command and "--notorch" in command
-    results = benchmark.main([arg for arg in command[3:] if arg != "--notorch"])
+    assert command[1:3] == ["-m", "benchmarks.steps"] and "--tiny" in command and "--notorch" in command
+    results = steps.main([arg for arg in command[3:] if arg != "--notorch"])
     assert [(r.step, r.framework) for r in results] == [
         ("train", "JAX (jaxemo)"), ("inference", "JAX (jaxemo)"), ("train", "PyTorch (eager)"),
         ("inference", "PyTorch (eager)")]
@@ -245,16 +244,16 @@ def test_casp_benchmark_with_its_torch_twin(tmp_path):
 def test_torch_compile_rows_are_asked_for_by_batch_and_only_where_the_twin_compiles():
     from benchmarks.twins import mma_dfer_torch, vit_classifier_torch
 
-    assert benchmark.wants_compile("all", 8) and benchmark.wants_compile("1, 2", 2)
-    assert not benchmark.wants_compile("1,2", 8) and not benchmark.wants_compile("", 1)
-    assert benchmark.twin_compiles((None, mma_dfer_torch))
-    assert not benchmark.twin_compiles((None, vit_classifier_torch))
+    assert steps.wants_compile("all", 8) and steps.wants_compile("1, 2", 2)
+    assert not steps.wants_compile("1,2", 8) and not steps.wants_compile("", 1)
+    assert steps.twin_compiles((None, mma_dfer_torch))
+    assert not steps.twin_compiles((None, vit_classifier_torch))
 
 
 def test_accumulation_rows_split_the_batch_into_micro_batches_of_the_same_step():
-    case = benchmark.with_accumulation(_case("mma_dfer"), 2)
+    case = steps.with_accumulation(_case("mma_dfer"), 2)
     assert case.config.optimizer.grad_accum_steps == 2 and case.config.batch_size == case.batch_size == 2
     assert case.label.endswith(", 2 micro-batches)")
-    assert benchmark.with_accumulation(case, 1) is case
-    args = benchmark.parse_args(["--system=mma_dfer", "--tiny", "--grad_accum_steps=2", "--section_suffix=accum"])
-    assert args.accum_steps == [2] and benchmark.section_key(args).startswith("mma-dfer-steps-tiny-accum:")
+    assert steps.with_accumulation(case, 1) is case
+    args = steps.parse_args(["--system=mma_dfer", "--tiny", "--grad_accum_steps=2", "--section_suffix=accum"])
+    assert args.accum_steps == [2] and steps.section_key(args).startswith("mma-dfer-steps-tiny-accum:")

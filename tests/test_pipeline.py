@@ -202,11 +202,11 @@ def test_eval_batches_transform_padding_and_masks():
 
 
 def _tfds_clips(tmp_path):
-    from experiments import data_benchmark
+    from benchmarks import data_pipeline
 
-    config = data_benchmark.SyntheticDfewConfig(name="tiny", num_clips=6, min_frames=3, max_frames=20,
+    config = data_pipeline.SyntheticDfewConfig(name="tiny", num_clips=6, min_frames=3, max_frames=20,
                                                 frame_size=8, fbank_frames=4)
-    return data_benchmark.build(str(tmp_path), config).as_data_source(split="train")
+    return data_pipeline.build(str(tmp_path), config).as_data_source(split="train")
 
 
 TSN16 = functools.partial(video.sample_clip, num_segments=16, train=True, return_indices=True)
@@ -249,11 +249,11 @@ def test_workers_resume_exactly_and_match_the_in_process_pipeline(tmp_path):
 
 
 def test_data_benchmark_tiny_writes_its_section(tmp_path):
-    from experiments import data_benchmark
+    from benchmarks import data_pipeline
 
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nkeep me\n")
-    rows = data_benchmark.main(["--tiny", "--write", f"--benchmarks_file={path}"])
+    rows = data_pipeline.main(["--tiny", "--write", f"--benchmarks_file={path}"])
     assert len(rows) == 1 and rows[0].clips_per_s > 0
     text = path.read_text()
     assert "keep me" in text and "<!-- input-pipeline:dfew-clips begin -->" in text

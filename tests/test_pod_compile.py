@@ -3,28 +3,29 @@ its parameters sharded over the pod's fsdp axis: a change that breaks pod shardi
 
 import pytest
 
-from experiments import pod_compile  # needs libtpu: the test extra installs jax[tpu]
+from benchmarks import pod_compile  # needs libtpu: the test extra installs jax[tpu]
+from jaxemo.train import sharding
 
 
 @pytest.fixture(scope="module")
 def mesh():
-    return pod_compile.topology_mesh("v5e:2x2")
+    return sharding.topology_mesh("v5e:2x2")
 
 
-@pytest.mark.parametrize("system,variant", [(s, "tiny") for s in sorted(pod_compile.PAPER)]
+@pytest.mark.parametrize("system,variant", [(s, "tiny") for s in sorted(pod_compile.paper_variants())]
                          + [("uniemox", "finetune-tiny")])
 def test_tiny_train_step_compiles_for_a_tpu_slice(mesh, system, variant):
     row = pod_compile.compile_step(system, variant, mesh, "v5e:2x2", per_chip_batch=2, remat="none")
     assert not row.error, row.error
-    assert 0 < row.memory_bytes < pod_compile.TOPOLOGIES["v5e:2x2"][1]
+    assert 0 < row.memory_bytes < pod_compile.TOPOLOGIES["v5e:2x2"].hbm_bytes
     assert row.flops_per_chip > 0
     assert mesh.devices.flat[0].platform == "tpu" and dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 1}
 
 
 def test_large_replicated_param_is_named_when_compiling_for_a_pod(mesh, monkeypatch):
-    from jaxemo import cli
+    from experiments import configs
 
-    original = cli.load_config
+    original = configs.load
 
     def load_config(name, variant):  # no rule for "embed": the ViT's big matrices stay whole on every chip
         config = original(name, variant)
@@ -32,7 +33,7 @@ def test_large_replicated_param_is_named_when_compiling_for_a_pod(mesh, monkeypa
         config.sharding.min_sharded_size = 1024
         return config
 
-    monkeypatch.setattr(cli, "load_config", load_config)
+    monkeypatch.setattr(configs, "load", load_config)
     row = pod_compile.compile_step("vit_classifier", "tiny", mesh, "v5e:2x2", per_chip_batch=2, remat="none")
     assert "stay replicated on every device" in row.error and "['encoder']['layers']" in row.error
 
@@ -43,9 +44,7 @@ def test_per_chip_memory_does_not_grow_with_the_pod():
     constraints XLA gathered the batch over the fsdp axis and ViT-Ti/16 went from 137 to 222 MiB per chip."""
     from jax.experimental import topologies
 
-    from jaxemo.train import sharding
-
-    pod_compile.topology_mesh("v5e:2x2")  # sets up libtpu as the experiment does
+    sharding.topology_mesh("v5e:2x2")  # sets up libtpu as the experiment does
     memory = []
     for name, axes in (("v5e:2x2", {"data": 2, "fsdp": 2}), ("v5e:4x4", {"data": 4, "fsdp": 4})):
         devices = topologies.get_topology_desc(topology_name=name, platform="tpu").devices

@@ -141,7 +141,7 @@ def test_task_scales_the_loss_and_reference_heads_stay_frozen():
 
 
 def test_binary_summary_has_sklearn_metrics_and_the_reference_weighted_f1():
-    task = speech_ser.build_task(small_config(), (("target", 2),))
+    task = speech_ser.build_task(small_config())
     labels = np.array([0, 0, 0, 0, 1, 1, 0, 1])
     predictions = np.array([0, 1, 0, 0, 1, 0, 0, 0])
     confusion = np.zeros((1, 2, 2))

@@ -25,6 +25,14 @@ def tiny_config(**model):
     return config
 
 
+def finetune_config(config, num_classes: int, linear_probe: bool = False):
+    """A copy of `config` whose fine-tuning classifier has `num_classes` classes (or is a linear probe)."""
+    out = config.copy_and_resolve_references()
+    out.data.num_classes = num_classes
+    out.finetune.linear_probe = linear_probe
+    return out
+
+
 @pytest.fixture(scope="module")
 def pretraining():
     """A tiny pretraining setup on 8 devices as data 4 x fsdp 2, its state after two steps, and the first."""
@@ -32,7 +40,8 @@ def pretraining():
     config.update(batch_size=8, frozen_dtype="bfloat16")
     config.mesh.update(data=4, fsdp=2)
     config.sharding.min_sharded_size = 1024  # every kernel this big must really be split
-    model = pretrain.build_pretrainer(config, vocab_size=64, eot_token_id=2)
+    config.teacher.update(vocab_size=64, eot_token_id=2)
+    model = pretrain.build_pretrainer(config)
     task = pretrain.PretrainTask(model)
     batch = uniemox.pretrain_batch(8, 24, 16)
     mesh = sharding.make_mesh(dict(config.mesh))
@@ -115,8 +124,8 @@ def test_prompt_features_follow_each_element_and_name_an_unknown_prompt():
 
 
 def test_the_classifier_starts_from_the_pretrained_encoder(pretraining):
-    config = pretraining["config"]
-    task = finetune.build_task(config, 5)
+    config = finetune_config(pretraining["config"], 5)
+    task = finetune.build_task(config)
     model = task.model
     template = jax.device_get(nn.unbox(jax.jit(task.init)(jax.random.key(1),
                                                           uniemox.finetune_batch(2, 16, 5))["params"]))
@@ -129,7 +138,7 @@ def test_the_classifier_starts_from_the_pretrained_encoder(pretraining):
     np.testing.assert_array_equal(params["pos_embed"], table)
     np.testing.assert_array_equal(finetune.init_random(model)(template)["pos_embed"], table)
     assert "norm" not in params and set(params["fc_norm"]) == {"scale", "bias"}
-    wider = finetune.build_task(tiny_config(width=48, num_heads=2), 5).model
+    wider = finetune.build_task(finetune_config(tiny_config(width=48, num_heads=2), 5)).model
     wide = nn.unbox(jax.eval_shape(lambda: wider.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))["params"])
     wide_template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), wide)
     with pytest.raises(ValueError, match=r"patch_embed/bias: checkpoint shape \(32,\), model shape \(48,\)"):
@@ -143,7 +152,7 @@ def test_finetune_task_mixes_labels_and_reports_top3():
 
     config = uniemox.stage_config(tiny_config(), "finetune")
     config.finetune.update(mixup=0.8, cutmix=1.0, rand_augment=True, random_erasing=0.25, drop_path_rate=0.1)
-    task = finetune.build_task(config, 6)
+    task = finetune.build_task(finetune_config(config, 6))
     batch = uniemox.finetune_batch(8, 24, 6, seed=2)
     params = nn.unbox(jax.jit(task.init)(jax.random.key(0), batch)["params"])
     params["head"]["kernel"] = jax.random.normal(jax.random.key(5), params["head"]["kernel"].shape)
@@ -153,7 +162,7 @@ def test_finetune_task_mixes_labels_and_reports_top3():
     logits = np.asarray(jax.jit(task.logits)(params, batch))
     expected = top_k_accuracy_score(batch["label"], logits, k=3, labels=np.arange(6))
     assert task.summarize(jax.device_get(stats))["top3_accuracy"] == pytest.approx(expected)
-    probe = finetune.build_task(config, 6, linear_probe=True)
+    probe = finetune.build_task(finetune_config(config, 6, linear_probe=True))
     assert probe.mixing is None and probe.model.drop_path_rate == 0.0
     assert probe.is_trainable(("head", "kernel")) and probe.is_trainable(("fc_norm", "scale"))
     assert not probe.is_trainable(("encoder", "layers", "block", "mlp", "fc1", "kernel"))
@@ -187,7 +196,8 @@ def test_pretraining_flops_match_xla_on_the_matmuls():
     config.model.update(image_size=32, width=64, depth=1, mlp_dim=256, decoder_width=32, decoder_mlp_dim=128,
                         scan_layers=False)
     config.teacher.update(vision_width=64, vision_mlp_dim=256, embed_dim=32)
-    model = pretrain.build_pretrainer(config, vocab_size=64, eot_token_id=2)
+    config.teacher.update(vocab_size=64, eot_token_id=2)
+    model = pretrain.build_pretrainer(config)
     task = pretrain.PretrainTask(model)
     batch = uniemox.pretrain_batch(4, 32, 32)
     params = jax.eval_shape(task.init, jax.random.key(0), batch)["params"]  # shapes are all lower() needs
@@ -210,7 +220,7 @@ def test_pretraining_starts_from_converted_mae_and_clip_checkpoints(pretraining,
     prompts = [uniemox.emotion_prompt({"scene": "beach"}, e) for e in recipe.EMOSET_CLASSES]
     tokenizer_path = text_lib.train_bpe_tokenizer(prompts, str(tmp_path / "tokenizer.json"), 64)
     tokenizer = text_lib.ClipTokenizer(tokenizer_path)
-    clip_model = pretrain.build_teacher(config, tokenizer.tokenizer.get_vocab_size(), tokenizer.end_id)
+    clip_model = pretrain.build_teacher(pretrain.with_tokenizer(config.copy_and_resolve_references(), tokenizer))
     clip_params = nn.unbox(jax.jit(clip_model.init)(jax.random.key(3), jnp.zeros((1, 16, 16, 3)),
                                                     tokenizer(prompts[:1])))
     checkpoint.save_params(str(tmp_path / "clip"), clip_params["params"])
@@ -243,7 +253,7 @@ def test_finetuning_shards_with_fsdp_and_trains():
     config.mesh.update(data=4, fsdp=2)
     config.sharding.min_sharded_size = 1024
     config.finetune.update(mixup=0.8, cutmix=1.0, rand_augment=False, random_erasing=0.25)  # RandAugment: above
-    task = finetune.build_task(config, 8)
+    task = finetune.build_task(finetune_config(config, 8))
     batch = uniemox.finetune_batch(8, 24, 8)
     mesh = sharding.make_mesh(dict(config.mesh))
     example = state_lib.example_batch_like(batch)

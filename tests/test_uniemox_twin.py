@@ -8,12 +8,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from benchmarks.twins import uniemox_torch as twin  # noqa: E402
-from jaxemo import bench, cli  # noqa: E402
-from jaxemo.systems import uniemox  # noqa: E402
+from benchmarks.steps import make_case  # noqa: E402
+from jaxemo.systems.base import CaseOptions  # noqa: E402
 
 
 def _case(variant):
-    return uniemox.benchmark_case(variant, 4, bench.CaseOptions(load_config=cli.load_config))
+    return make_case("uniemox", variant, 4, CaseOptions())
 
 
 def _copy(module):

@@ -13,7 +13,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxemo import bench, layers
+from benchmarks import report
+from jaxemo import layers
 
 # (rows, contraction, columns): 4096^2, ViT-B MLP fc1 / fc2 and a q/k/v projection on one clip's 16 x 203 tokens.
 MATMULS = ((4096, 4096, 4096), (3248, 768, 3072), (3248, 3072, 768), (3248, 768, 768))
@@ -40,7 +41,7 @@ def torch_seconds(torch, fn, repeats: int = 5) -> float:
 def main():
     import torch
 
-    torch.set_num_threads(bench.cpu_count())
+    torch.set_num_threads(report.cpu_count())
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     matmul = jax.jit(lambda a, b: a @ b)
     for m, k, n in MATMULS:

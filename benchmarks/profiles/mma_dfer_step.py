@@ -20,8 +20,10 @@ import time
 
 import numpy as np
 
-from jaxemo import bench, cli
-from jaxemo.systems import mma_dfer
+from benchmarks import report
+from benchmarks.steps import make_case
+from jaxemo import perf
+from jaxemo.systems.base import CaseOptions
 
 
 def parse_args(argv=None):
@@ -74,7 +76,7 @@ def jax_step(case, step: str):
         def run():
             jax.block_until_ready(compiled(state.params, batch))
     print(f"compile {time.perf_counter() - start:.1f} s, XLA memory estimate "
-          f"{bench.compiled_memory_bytes(compiled) / 2**30:.2f} GiB", flush=True)
+          f"{perf.compiled_memory_bytes(compiled) / 2**30:.2f} GiB", flush=True)
     return run
 
 
@@ -83,7 +85,7 @@ def torch_step(case, step: str, attention: str):
 
     from benchmarks.twins import mma_dfer_torch
 
-    torch.set_num_threads(bench.cpu_count())
+    torch.set_num_threads(report.cpu_count())
     torch.manual_seed(0)
     net = mma_dfer_torch.build(mma_dfer_torch.Sizes.of(case.task.model), attn_implementation=attention)
     return mma_dfer_torch.benchmark_steps(torch, case, net)[step]
@@ -109,8 +111,7 @@ def top_ops(run, count: int = 20) -> None:
 def main(argv=None):
     args = parse_args(argv)
     remat = args.remat if args.framework == "jax" else "none"
-    options = bench.CaseOptions(load_config=cli.load_config, remat_policy=remat)
-    case = mma_dfer.benchmark_case(args.variant, args.batch, options)
+    case = make_case("mma_dfer", args.variant, args.batch, CaseOptions(remat_policy=remat))
     run = jax_step(case, args.step) if args.framework == "jax" else torch_step(case, args.step, args.attention)
     seconds = timed_runs(run, args.runs)
     median = float(np.median(seconds[1:] if len(seconds) > 1 else seconds))

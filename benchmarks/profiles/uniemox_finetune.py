@@ -13,7 +13,8 @@ import time
 
 import jax
 
-from jaxemo import bench, cli
+from benchmarks.steps import make_case
+from jaxemo.systems.base import CaseOptions
 from jaxemo.systems import uniemox
 from jaxemo.train import loop, sharding, state as state_lib
 
@@ -49,11 +50,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    options = bench.CaseOptions(load_config=cli.load_config)
     for label, augmentation in SETTINGS:
-        case = uniemox.benchmark_case(f"finetune-{args.variant}", args.batch, options)
+        case = make_case("uniemox", f"finetune-{args.variant}", args.batch, CaseOptions())
         case.config.finetune.update(augmentation)
-        case.task = uniemox.finetune.build_task(case.config, case.task.num_classes)
+        case.task = uniemox.build_task(case.config)
         print(f"finetune-{args.variant} batch {args.batch}, {label}: "
               f"{seconds_per_step(case, args.steps, args.repeats):.2f} s per step", flush=True)
 

@@ -42,6 +42,7 @@ def get_config(arg: str | None = None):
     config.sample_rate = pre.sample_rate
     config.max_seconds = pre.max_seconds
     config.model = pre.model
+    config.classifier_heads = (("target", 2),)  # one new 2-class head per trial: the emotion against the rest
     if not paper:  # im2col convolutions: fast when every trial has its own conv weights (vmapped) on the CPU
         config.model.overrides.conv_impl = "matmul"
     if paper:

@@ -100,5 +100,6 @@ def get_config(arg: str | None = None):
     config.corpora = corpora_config(variant)
     config.heads = "all"  # "reference": the heads stay at their random initialisation, as the released code
     config.scale_loss = True  # cross-entropy / ln(classes)
+    config.classifier_heads = ()  # one (corpus, classes) per corpus, set by the stage from its corpora
     config.prefinetune = training_config(variant)
     return config

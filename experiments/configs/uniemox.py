@@ -51,6 +51,7 @@ def get_config(arg: str = "tiny"):
     variant = common.parse_variant(arg, ("tiny", "paper"))
     config = common.base_config()
     config.variant = variant
+    config.stage = "pretrain"  # the stage `uniemox.build_task` builds: teacher, pretrain or finetune
     config.model = config_dict.ConfigDict(dict(
         variant="L/16", image_size=224, width=config_dict.placeholder(int), depth=config_dict.placeholder(int),
         num_heads=config_dict.placeholder(int), mlp_dim=config_dict.placeholder(int), decoder_width=512,
@@ -67,6 +68,8 @@ def get_config(arg: str = "tiny"):
         embed_dim=config_dict.placeholder(int), text_width=config_dict.placeholder(int),
         text_depth=config_dict.placeholder(int), text_heads=config_dict.placeholder(int),
         text_mlp_dim=config_dict.placeholder(int), tokenizer_vocab_size=512,  # when one is trained
+        # the tokenizer's vocabulary and end-of-text id, set by the run once it has one (OpenAI's otherwise)
+        vocab_size=config_dict.placeholder(int), eot_token_id=config_dict.placeholder(int),
         train=_stage(256, 30, _adamw(5e-4, 2, b2=0.98, weight_decay=0.1)),
     ))
     config.loss_weights = config_dict.ConfigDict(dict(reconstruction=1.0, similarity=1.0, contrastive=1.0))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxemo import bench
+from jaxemo import perf
 from jaxemo.data import pipeline
 from jaxemo.train import checkpoint as checkpoint_lib
 from jaxemo.train import tasks
@@ -245,13 +245,13 @@ class _Run:
         self.config_json = json.loads(config.to_json_best_effort())
 
     def throughput(self, rates: dict) -> dict:
-        """samples/s, and with the task's FLOP count the achieved TFLOP/s and MFU against `bench.peak_flops`
+        """samples/s, and with the task's FLOP count the achieved TFLOP/s and MFU against `perf.peak_flops`
         (or `config.peak_flops`, FLOP/s of the whole job)."""
         flops = self.trainer.task.flops_per_example
         if not flops or "samples_per_sec" not in rates:
             return rates
         dtype = (self.config.get("model") or {}).get("dtype", "float32")
-        peak = self.config.get("peak_flops") or bench.peak_flops(dtype)[0]
+        peak = self.config.get("peak_flops") or perf.peak_flops(dtype)[0]
         achieved = rates["samples_per_sec"] * flops
         return {**rates, "achieved_tflops": achieved / 1e12, "mfu": achieved / peak}
 

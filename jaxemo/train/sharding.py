@@ -204,3 +204,18 @@ def shard_batch(local_batch, mesh: Mesh):
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def topology_mesh(name: str) -> Mesh:
+    """A mesh over the chips of a TPU topology (`jaxemo.perf.TPU_TOPOLOGIES`, `jax.experimental.topologies`;
+    needs libtpu): programs compile for it on any machine, nothing runs."""
+    from jaxemo.perf import TPU_TOPOLOGIES
+
+    # libtpu takes a machine-wide lock unless told otherwise; compiling only, several processes may share it
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    if name not in TPU_TOPOLOGIES:
+        raise ValueError(f"topology {name!r}: expected one of {sorted(TPU_TOPOLOGIES)}")
+    devices = topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+    return make_mesh(TPU_TOPOLOGIES[name].mesh_axes, devices=devices)

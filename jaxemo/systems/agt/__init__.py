@@ -7,8 +7,28 @@
     prior      Saerens-Latinne-Decaestecker EM for the class prior of the unlabelled pool, and the
                posterior reweighting from the training prior to a target prior (the "prior-knowledge" vote)
     semi       the whole pipeline (rounds, the vote, scores, submission, reports)
+
+`SYSTEM.build_task(config)` takes a trial config (`task.trial_config`: the recipe with one model's config and
+the data's feature facts); the recipe is `experiments/configs/agt_mer.py`, the run `python -m experiments.agt_mer`.
 """
 
 from jaxemo.systems.agt import cv, data, prior, selftrain, semi, task
+from jaxemo.systems.agt.task import build_task, flops, trial_config
+from jaxemo.systems.base import GpuRun, System
 
-__all__ = ["cv", "data", "prior", "selftrain", "semi", "task"]
+__all__ = ["cv", "data", "prior", "selftrain", "semi", "task", "build_task", "flops", "trial_config", "SYSTEM"]
+
+SYSTEM = System(
+    name="agt",
+    title="AGT for MER2024 MER-SEMI (Shi & Gao, MRAC 2024)",
+    configs=("agt_mer",),
+    build_task=build_task,
+    flops=flops,
+    workloads=(
+        GpuRun("agt", "benchmarks.agt_pipeline",
+               ("--paper_dims", "--train_size=5000", "--hidden=128", "--draws=6", "--epochs=2", "--rounds=1",
+                "--per_round=2000", "--no_torch"), ("--tiny",), 30,
+               "the MER-SEMI folds x draws x rounds trainings at MER2024's feature sizes, population groups vs "
+               "fold by fold"),
+    ),
+)

@@ -148,7 +148,7 @@ def train_model(config, name: str, model_config, train_extra: Optional[data_lib.
             model.modalities = labelled.feature_names
             for k, v in key:
                 model[k] = v
-        task = task_lib.build_task(model, tuple(labelled.lengths), dims)
+        task = task_lib.build_task(task_lib.trial_config(stage, model, tuple(labelled.lengths), dims))
         folder = os.path.join(workdir, name, _key_name(key))
         pop = population.Population(stage, task, trials, mesh=mesh)
         fn = _logits_fn(task)

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxemo.data.builders.mer2024 import CLASSES
 from jaxemo.models import agt as agt_model
+from jaxemo.systems.base import Flops
 from jaxemo.train import tasks
 
 
@@ -42,15 +43,37 @@ class MerTask(tasks.ClassificationTask):
         return metrics
 
 
-def build_task(model_config, frame_features: Sequence[str] = (), flops_dims: Mapping | None = None) -> MerTask:
-    """The task of one model config (`jaxemo.models.agt.create`, which names the features in
-    `modalities`); `frame_features` are those with `lengths/<name>` (frame level); `flops_dims`
-    ({feature: (tokens, dim)}) sets the analytic FLOPs per training example."""
-    model = agt_model.create(model_config)
+def trial_config(config, model_config, frame_features: Sequence[str] = (), feature_dims: Mapping | None = None):
+    """A copy of the recipe (or round) `config` for one model's trials: `model` (its config, naming the features
+    in `modalities`), `frame_features` (the features with `lengths/<name>`, frame level) and `feature_dims`
+    ({feature: (tokens, dim)}, tokens 0 for an utterance vector; for the FLOP count)."""
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        out.model = model_config
+        out.frame_features = tuple(frame_features)
+        out.feature_dims = {k: tuple(int(x) for x in v) for k, v in dict(feature_dims or {}).items()}
+    return out
+
+
+def build_task(config) -> MerTask:
+    """The task of a trial config (`trial_config`): the model of `config.model` (`jaxemo.models.agt.create`)
+    reading `features/<name>` per feature and `lengths/<name>` for `config.frame_features`; with
+    `config.feature_dims`, its analytic FLOPs per training example."""
+    model = agt_model.create(config.model)
+    frame_features = tuple(config.get("frame_features") or ())
     keys = tuple(f"features/{n}" for n in model.modalities)
-    keys += tuple(f"lengths/{n}" for n in model.modalities if n in tuple(frame_features))
-    flops = train_flops(model, flops_dims) if flops_dims else None
-    return MerTask(model=model, input_keys=keys, flops_per_example=flops)
+    keys += tuple(f"lengths/{n}" for n in model.modalities if n in frame_features)
+    counts = flops(config)
+    return MerTask(model=model, input_keys=keys, flops_per_example=counts.train if counts else None)
+
+
+def flops(config) -> Flops | None:
+    """Per-example FLOPs of the trial config's model where `config.feature_dims` is known (the data is read)."""
+    dims = config.get("feature_dims")
+    if not dims:
+        return None
+    forward = forward_flops(agt_model.create(config.model), dims)
+    return Flops(forward=forward, train=3 * forward)
 
 
 def forward_flops(model, dims: Mapping) -> int:
@@ -86,8 +109,3 @@ def forward_flops(model, dims: Mapping) -> int:
         flops += 2 * streams * w * streams + 2 * streams * w + 2 * w * model.num_classes
         return int(flops)
     raise TypeError(f"no FLOP count for {type(model).__name__}")
-
-
-def train_flops(model, dims: Mapping) -> int:
-    """Forward + backward: 3x the forward matmuls."""
-    return 3 * forward_flops(model, dims)

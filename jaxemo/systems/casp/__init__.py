@@ -1,7 +1,7 @@
 """CASP (Guo et al., AAAI 2025): source-free test-time adaptation of multimodal sentiment regressors. The
 backbones are `jaxemo/models/msa.py`, the methods and modes `jaxemo/tta/`; this module builds them from the
 recipe (`experiments/configs/casp.py`), adapts a source model on a target with every method in every mode,
-and holds the FLOP count and the benchmark cases (`python -m experiments.casp`, `experiments.tta_latency`).
+and holds the FLOP count and the benchmark cases (`python -m experiments.casp`, `benchmarks.tta_latency`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jaxemo import bench
 from jaxemo.data import sources
 from jaxemo.models import msa
+from jaxemo.systems.base import TINY, CaseOptions, Flops, GpuRun, StepBenchmark, StepCase, System
 from jaxemo.train import metrics, state as state_lib, tasks
 from jaxemo.tta import core, methods, modes
 
@@ -30,12 +30,20 @@ def build_model(config) -> msa.SentimentRegressor:
 
 def build_task(config) -> tasks.SentimentRegressionTask:
     """The source-training task; its FLOP count needs the sequence lengths, known for the synthetic data."""
-    model = build_model(config)
+    counts = flops(config)
+    return tasks.SentimentRegressionTask(build_model(config), flops_per_example=counts.train if counts else None)
+
+
+def flops(config) -> Flops | None:
+    """Per-example FLOPs of the source model where `config.data` gives every sequence length and feature dim
+    (the synthetic data; a dataset's lengths are known only once read); training counts 3x the forward."""
     d = config.data
     lengths = [d.get(f"{m}_len") for m in msa.MODALITIES]
     dims = [d.get(f"{m}_dim") for m in msa.MODALITIES]
-    count = 3 * flops(model, lengths, dims).forward if None not in lengths + dims else None
-    return tasks.SentimentRegressionTask(model, flops_per_example=count)
+    if None in lengths + dims:
+        return None
+    forward = model_flops(build_model(config), lengths, dims).forward
+    return Flops(forward=forward, train=3 * forward)
 
 
 def target_arrays(config, split: str, dims: dict) -> dict:
@@ -160,7 +168,7 @@ class MSAFlops:
         return self.weights + 2 * self.attention
 
 
-def flops(model, seq_lens: Sequence[int], dims: Sequence[int]) -> MSAFlops:
+def model_flops(model, seq_lens: Sequence[int], dims: Sequence[int]) -> MSAFlops:
     """(text, audio, vision) lengths and feature dims -> `MSAFlops`, read from the model's fields:
 
         projections   sum_m 2 T_m D_m P
@@ -216,23 +224,39 @@ def random_batch(batch_size: int, config, seed: int = 0) -> dict:
     return batch
 
 
-def benchmark_case(variant: str, batch_size: int, options: bench.CaseOptions) -> bench.StepCase:
+def benchmark_config(variant: str) -> tuple[str, str]:
+    return "casp", variant
+
+
+def benchmark_case(config, variant: str, batch_size: int, options: CaseOptions) -> StepCase:
     """Source training of the sentiment regressor: `synthetic` is MOSI-sized (50 steps; text 768, audio 5,
     vision 20), `tiny` the tiny config."""
-    config = options.load_config("casp", variant)
     config.model.dtype = options.dtype
     task = build_task(config)
-    lens = [config.data[f"{m}_len"] for m in msa.MODALITIES]
-    dims = [config.data[f"{m}_dim"] for m in msa.MODALITIES]
-    counts = flops(task.model, lens, dims)
-    label = f"CASP {config.model.fusion} fusion {variant} (depth {config.model.depth}, {lens[0]} steps)"
-    return bench.StepCase(label=label, config=config, task=task, batch=random_batch(batch_size, config),
-                          flops={"train": 3 * counts.forward, "inference": counts.forward})
+    counts = flops(config)
+    label = (f"CASP {config.model.fusion} fusion {variant} (depth {config.model.depth}, {config.data.text_len} "
+             "steps)")
+    return StepCase(label=label, config=config, task=task, batch=random_batch(batch_size, config),
+                    flops={"train": counts.train, "inference": counts.forward})
 
 
-BENCHMARK = bench.SystemBenchmark(
-    name="casp", section="casp-source-steps", title="CASP sentiment regressor: source train and inference steps",
-    unit="sample", default_variants=("synthetic",), default_batch={"synthetic": 24, bench.TINY: 24},
-    case=benchmark_case, cpu_steps={"synthetic": 20, bench.TINY: 20}, remat=False,
-    notes=("Random features and labels, one batch reused. GFLOP/sample: `jaxemo.systems.casp.flops` (matmuls "
-           "only), train = 3 x forward. Test-time adaptation latency is `python -m experiments.tta_latency`.",))
+SYSTEM = System(
+    name="casp",
+    title="CASP (Guo et al., AAAI 2025)",
+    configs=("casp",),
+    build_task=build_task,
+    flops=flops,
+    benchmark=StepBenchmark(
+        section="casp-source-steps", title="CASP sentiment regressor: source train and inference steps",
+        unit="sample", default_variants=("synthetic",), default_batch={"synthetic": 24, TINY: 24},
+        config_for=benchmark_config, case=benchmark_case, cpu_steps={"synthetic": 20, TINY: 20}, remat=False,
+        notes=("Random features and labels, one batch reused. GFLOP/sample: `jaxemo.systems.casp.flops` (matmuls "
+               "only), train = 3 x forward. Test-time adaptation latency is `python -m benchmarks.tta_latency`.",),
+        pod_variants=("synthetic",),
+        gpu_args=("--batch_size=1024",), gpu_limit_s=45),
+    workloads=(
+        GpuRun("tta", "benchmarks.tta_latency", ("--batches=1,256,4096", "--chunk=4096", "--notorch"),
+               ("--tiny", "--batches=1,4", "--steps=1", "--notorch", "--nooffline"), 60,
+               "test-time adaptation latency, episodic vmap vs per-sample loop"),
+    ),
+)

@@ -11,11 +11,12 @@ import logging
 
 import numpy as np
 
-from jaxemo import bench
+from jaxemo import perf
 from jaxemo.convert import load_torch_state_dict
 from jaxemo.convert import mma_dfer as mma_dfer_convert
 from jaxemo.data import augment, sources, video
 from jaxemo.models import mma_dfer
+from jaxemo.systems.base import TINY, CaseOptions, Flops, StepBenchmark, StepCase, System
 from jaxemo.train import state as state_lib, tasks
 
 
@@ -63,7 +64,7 @@ def build_task(config) -> tasks.ClassificationTask:
                                      brightness=config.augment.brightness, sampler=config.augment.crop_sampler),
         train_transform=functools.partial(transform, train=True),
         eval_transform=functools.partial(transform, train=False),
-        flops_per_example=flops(model).train(),
+        flops_per_example=model_flops(model).train(),
     )
 
 
@@ -151,7 +152,12 @@ class MMADFERFlops:
         return self.forward + sum(self.backward(recompute_attention_scores))
 
 
-def flops(model) -> MMADFERFlops:
+def flops(config) -> Flops:
+    counts = model_flops(build_model(config))
+    return Flops(forward=counts.forward, train=counts.train())
+
+
+def model_flops(model) -> MMADFERFlops:
     """Analytic matmul FLOPs of one clip through `jaxemo.models.mma_dfer.MMADFER` (read from its fields).
 
     With T frames of N patches (P x P x 3 pixels), an fbank of Na patches (P x P x 1), width D, MLP width M,
@@ -176,10 +182,10 @@ def flops(model) -> MMADFERFlops:
     audio_patches = (model.audio_shape[0] // p) * (model.audio_shape[1] // p)
     video_tokens = 1 + video_patches + model.num_prompts + extra
     audio_tokens = 1 + audio_patches + model.num_prompts + extra
-    video_dense, video_attention = bench.transformer_layer_flops(video_tokens, d, m)
-    audio_dense, audio_attention = bench.transformer_layer_flops(audio_tokens, d, m)
+    video_dense, video_attention = perf.transformer_layer_flops(video_tokens, d, m)
+    audio_dense, audio_attention = perf.transformer_layer_flops(audio_tokens, d, m)
     dt, steps = model.temporal_width, frames + 1
-    temporal_dense, temporal_attention = bench.transformer_layer_flops(steps, dt, model.temporal_mlp_dim)
+    temporal_dense, temporal_attention = perf.transformer_layer_flops(steps, dt, model.temporal_mlp_dim)
     adapters = 0
     if model.fusion == "bottleneck":
         adapters = depth * 2 * (2 * frames * video_tokens + 2 * audio_tokens) * d * model.latent_dim
@@ -207,31 +213,46 @@ def random_batch(batch_size: int, model: mma_dfer.MMADFER, seed: int = 0) -> dic
             "label": rng.integers(0, model.num_classes, (batch_size,), dtype=np.int32)}
 
 
-def benchmark_case(variant: str, batch_size: int, options: bench.CaseOptions) -> bench.StepCase:
+def benchmark_config(variant: str) -> tuple[str, str]:
+    return "mma_dfer", variant
+
+
+def benchmark_case(config, variant: str, batch_size: int, options: CaseOptions) -> StepCase:
     """A config variant (`dfew`, `mafw`, `tiny`) with the benchmark's dtype and remat, no stochastic depth
     (the PyTorch twin has none: both do the same work)."""
-    config = options.load_config("mma_dfer", variant)
     config.model.update(dtype=options.dtype, remat_policy=options.remat_policy, encoder_drop_path_rate=0.0)
     if options.image_size:
         config.model.image_size = options.image_size
     config.frozen_dtype = options.frozen_dtype
     task = build_task(config)
     model = task.model
-    counts = flops(model)
+    counts = model_flops(model)
     remat = "" if model.remat_policy == "none" else f", remat {model.remat_policy}"
     label = (f"MMA-DFER {variant} (w{model.width} d{model.depth} p{model.patch_size}; {model.num_frames} x "
              f"{model.image_size}px, fbank {model.audio_shape[0]}x{model.audio_shape[1]}{remat})")
-    return bench.StepCase(label=label, config=config, task=task, batch=random_batch(batch_size, model),
-                          flops={"train": counts.train(), "inference": counts.forward},
-                          torch_comparable=True)  # recomputation changes memory, not the math
+    return StepCase(label=label, config=config, task=task, batch=random_batch(batch_size, model),
+                    flops={"train": counts.train(), "inference": counts.forward},
+                    torch_comparable=True)  # recomputation changes memory, not the math
 
 
-BENCHMARK = bench.SystemBenchmark(
-    name="mma_dfer", section="mma-dfer-steps", title="MMA-DFER train and inference steps", unit="clip",
-    default_variants=("dfew", "tiny"), default_batch={"dfew": 2, "mafw": 2, bench.TINY: 16},
-    case=benchmark_case, cpu_steps={"dfew": 1, "mafw": 1, bench.TINY: 10},
-    notes=("Random uint8 clips (frames at the model's size), N(0, 1) fbanks and labels, one batch reused.",
-           "GFLOP/sample (per clip): `jaxemo.systems.mma_dfer.flops` (matmuls only); train rows count the forward, "
-           "activation gradients through every layer (frozen ones too) and weight gradients only for the "
-           "trainable weights (`MMADFERFlops.train()`), inference rows the forward. Remat's recomputation is not "
-           "counted."))
+SYSTEM = System(
+    name="mma_dfer",
+    title="MMA-DFER (Chumachenko et al., CVPRW 2024)",
+    configs=("mma_dfer",),
+    build_task=build_task,
+    flops=flops,
+    benchmark=StepBenchmark(
+        section="mma-dfer-steps", title="MMA-DFER train and inference steps", unit="clip",
+        default_variants=("dfew", "tiny"), default_batch={"dfew": 2, "mafw": 2, TINY: 16},
+        config_for=benchmark_config, case=benchmark_case, cpu_steps={"dfew": 1, "mafw": 1, TINY: 10},
+        notes=("Random uint8 clips (frames at the model's size), N(0, 1) fbanks and labels, one batch reused.",
+               "GFLOP/sample (per clip): `jaxemo.systems.mma_dfer.model_flops` (matmuls only); train rows count "
+               "the forward, activation gradients through every layer (frozen ones too) and weight gradients "
+               "only for the trainable weights (`MMADFERFlops.train()`), inference rows the forward. Remat's "
+               "recomputation is not counted."),
+        pod_variants=("dfew",),
+        # bf16 compute and frozen weights; batch 8 (the paper's) and 32, and 64 with remat
+        gpu_args=("--variants=dfew", "--dtype=bfloat16", "--frozen_dtype=bfloat16", "--batch_size=8,32,64",
+                  "--remat_policy=none,none,full"),
+        gpu_limit_s=120),
+)

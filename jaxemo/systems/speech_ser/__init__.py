@@ -24,10 +24,12 @@ import jax
 import numpy as np
 
 from jaxemo.models import wav2vec2
+from jaxemo.systems.base import Flops, GpuRun, System
 from jaxemo.systems.speech_ser.task import SpeechEmotionClassifier, SpeechEmotionTask
 from jaxemo.train import checkpoint
 
-__all__ = ["model_config", "build_task", "start_params", "SpeechEmotionClassifier", "SpeechEmotionTask"]
+__all__ = ["model_config", "build_task", "flops", "start_params", "SpeechEmotionClassifier", "SpeechEmotionTask",
+           "SYSTEM"]
 
 START_PARTS = ("backbone", "projector")  # what a starting model gives a new classifier; heads are new
 
@@ -52,15 +54,37 @@ def max_samples(config) -> int:
     return int(round(config.max_seconds * config.sample_rate))
 
 
-def build_task(config, heads, scale_by_log_classes: bool = False, trainable_patterns=None) -> SpeechEmotionTask:
-    """The task of a classifier with `heads` ((name, classes), ...) on `config.model`'s backbone."""
+def classifier_heads(config) -> tuple:
+    """`config.classifier_heads` ((name, classes), ...): a few-shot trial's one 2-class `target` head, or one head
+    per corpus (the pre-finetuning stage sets them from its corpora)."""
+    heads = tuple((str(n), int(c)) for n, c in (config.get("classifier_heads") or ()))
+    if not heads:
+        raise ValueError("config.classifier_heads is empty: give ((name, classes), ...); the pre-finetuning stage "
+                         "sets one head per corpus (prefinetune.build)")
+    return heads
+
+
+def build_task(config) -> SpeechEmotionTask:
+    """The task of a classifier with `config.classifier_heads` on `config.model`'s backbone; the loss is divided
+    by ln(classes) with `config.scale_loss`, and `config.heads == "reference"` leaves the heads untrained (the
+    released pre-finetuning code)."""
     backbone = model_config(config.model)
-    model = SpeechEmotionClassifier(backbone, tuple((str(n), int(c)) for n, c in heads),
+    model = SpeechEmotionClassifier(backbone, classifier_heads(config),
                                     normalize=bool(config.model.get("normalize", True)))
+    trainable = ("^backbone/", "^projector/") if config.get("heads") == "reference" else None
+    return SpeechEmotionTask(model, max_samples(config), bool(config.get("scale_loss")), trainable,
+                             flops(config).train)
+
+
+def flops(config) -> Flops:
+    """One clip of `max_seconds`: the backbone (`wav2vec2.flops`) and the projector on every frame; the heads'
+    few FLOPs on the pooled vector are left out. Training is 3x the forward."""
+    backbone = model_config(config.model)
     samples = max_samples(config)
-    flops = wav2vec2.flops(backbone, samples, train=True) + 3 * 2 * backbone.hidden_size * \
-        backbone.classifier_proj_size * int(wav2vec2.conv_output_length(backbone, samples))
-    return SpeechEmotionTask(model, samples, scale_by_log_classes, trainable_patterns, flops)
+    projector = 2 * backbone.hidden_size * backbone.classifier_proj_size * \
+        int(wav2vec2.conv_output_length(backbone, samples))
+    return Flops(forward=wav2vec2.flops(backbone, samples) + projector,
+                 train=wav2vec2.flops(backbone, samples, train=True) + 3 * projector)
 
 
 def start_params(config, path: str = "") -> dict:
@@ -69,7 +93,7 @@ def start_params(config, path: str = "") -> dict:
     `config.model.checkpoint`, else a random initialisation from `config.seed` (the synthetic runs' plain
     start). A converted backbone without a projector keeps a random projector, as transformers does when it
     adds a classification head to `facebook/wav2vec2-base`."""
-    task = build_task(config, (("target", 2),))
+    task = build_task(with_target_head(config))
     samples = task.max_samples
     example = {"waveform": np.zeros((1, samples), np.float32), "waveform_mask": np.ones((1, samples), bool)}
     init = jax.jit(lambda key: task.init(key, example))
@@ -108,6 +132,14 @@ def _check_shapes(expected, found, where: str) -> None:
                              f"{tuple(e[key].shape)} for config.model")
 
 
+def with_target_head(config):
+    """A copy of `config` whose classifier has the few-shot trials' one 2-class `target` head."""
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        out.classifier_heads = (("target", 2),)
+    return out
+
+
 def with_start(params: dict, start: dict) -> dict:
     """`params` (a classifier's) with the backbone and projector of `start`; the heads stay as they are."""
     return {**params, **{k: start[k] for k in START_PARTS}}
@@ -118,3 +150,19 @@ def write_json(path: str, value) -> None:
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1)
     os.replace(tmp, path)
+
+
+SYSTEM = System(
+    name="speech_ser",
+    title="Pre-finetuned few-shot speech emotion recognition (Chen & Yu, Interspeech 2023)",
+    configs=("prefinetune_ser", "fewshot_ser"),
+    build_task=build_task,
+    flops=flops,
+    workloads=(
+        GpuRun("fewshot", "benchmarks.fewshot",
+               ("--preset=base", "--seconds=5", "--dtype=bfloat16", "--trials=100", "--group_size=50",
+                "--sequential_trials=2", "--epochs=2", "--k=8", "--conv_impl=xla"), ("--tiny",), 60,
+               "few-shot trials per hour, wav2vec2-base on 5 s clips, population vs one at a time, and the "
+               "projected wall time of the 33,600 trials"),
+    ),
+)

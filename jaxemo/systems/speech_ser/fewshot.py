@@ -174,7 +174,7 @@ def run_start(config, workdir: str, data: SpeakerData, start: str, params: dict,
               k_values: Optional[Sequence[int]] = None) -> list[dict]:
     """Every trial of one starting model (`params`: its backbone and projector); rows in trial order."""
     rows = []
-    task = speech_ser.build_task(config, (("target", 2),))
+    task = speech_ser.build_task(config)
     for k in (k_values or config.protocol.k_values):
         stage = stage_config(config, int(k), _num_shots(data, int(k)))
         trials = make_trials(stage, data, int(k), start)

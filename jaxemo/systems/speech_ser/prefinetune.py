@@ -54,8 +54,8 @@ def build(config, corpora: tuple[str, ...]):
     """(stage config, task, train source, eval source) of pre-finetuning on `corpora`."""
     stage = stage_config(config, corpora)
     train, validation, heads = load_corpora(stage, corpora)
-    trainable = ("^backbone/", "^projector/") if stage.heads == "reference" else None
-    task = speech_ser.build_task(stage, heads, scale_by_log_classes=stage.scale_loss, trainable_patterns=trainable)
+    stage.classifier_heads = heads
+    task = speech_ser.build_task(stage)
     accum = int(stage.optimizer.get("grad_accum_steps", 1))
     micro = stage.batch_size // accum
     train_source = corpora_lib.MultiCorpusSource(

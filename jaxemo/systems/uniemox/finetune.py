@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxemo import bench, vit
+from jaxemo import perf, vit
 from jaxemo.convert import mae as mae_convert
 from jaxemo.data import augment
 from jaxemo.systems.uniemox.pretrain import IMAGENET_MEAN, IMAGENET_STD, SIZE_FIELDS, normalize
+from jaxemo.systems.base import Flops
 from jaxemo.train import state as state_lib
 from jaxemo.train import tasks
 
@@ -66,14 +67,14 @@ def mixing(rng, inputs: list, labels, *, num_classes: int, mixup: float, cutmix:
     return [images], targets
 
 
-def build_task(config, num_classes: int, linear_probe: bool | None = None) -> tasks.ClassificationTask:
-    """The fine-tuning (or, with `linear_probe`, linear-probe) task of `config.finetune`."""
-    f = config.finetune
-    probe = bool(f.linear_probe if linear_probe is None else linear_probe)
+def build_task(config) -> tasks.ClassificationTask:
+    """The fine-tuning (or, with `finetune.linear_probe`, linear-probe) task of `config.finetune` over
+    `config.data.num_classes` classes."""
+    f, num_classes = config.finetune, int(config.data.num_classes)
+    probe = bool(f.linear_probe)
     model = build_classifier(config, num_classes, probe)
     mixes = not probe and (f.mixup > 0 or f.cutmix > 0)
-    forward = bench.vit_forward_flops(model)
-    head = 2 * model.width * num_classes
+    counts = flops(model, probe)
     return tasks.ClassificationTask(
         model, num_classes, label_smoothing=0.0 if probe else f.label_smoothing,
         trainable_patterns=LINEAR_PROBE_PATTERNS if probe else None,
@@ -83,8 +84,15 @@ def build_task(config, num_classes: int, linear_probe: bool | None = None) -> ta
         mixing=functools.partial(mixing, num_classes=num_classes, mixup=f.mixup, cutmix=f.cutmix,
                                  smoothing=f.label_smoothing) if mixes else None,
         top_k=(3,) if num_classes > 3 else (),
-        flops_per_example=forward + 2 * head if probe else bench.train_flops(forward),
+        flops_per_example=counts.train,
     )
+
+
+def flops(model: vit.ViT, linear_probe: bool) -> Flops:
+    """A fine-tuning example: 3x the classifier's forward; a linear probe's backward is its head's alone."""
+    forward = perf.vit_forward_flops(model)
+    head = 2 * model.width * model.num_classes
+    return Flops(forward=forward, train=forward + 2 * head if linear_probe else perf.train_flops(forward))
 
 
 def student_encoder(params: Mapping) -> Mapping:

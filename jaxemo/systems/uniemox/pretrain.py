@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxemo import bench, vit
+from jaxemo import perf, vit
 from jaxemo.convert import mae as mae_convert
 from jaxemo.data import augment, text as text_lib
 from jaxemo.models import clip, mae, uniemox
@@ -59,17 +59,15 @@ def build_student(config) -> uniemox.UniEmoX:
     return uniemox.UniEmoX(student, fusion=m.fusion, dtype=state_lib.dtype_from_name(m.dtype))
 
 
-def build_teacher(config, vocab_size: Optional[int] = None, eot_token_id: Optional[int] = None) -> clip.CLIP:
+def build_teacher(config) -> clip.CLIP:
     """The CLIP of `config.teacher` at the student's image size; the text tower's vocabulary and end-of-text id
-    come from the tokenizer when given (OpenAI's 49408 / 49407 otherwise)."""
+    are the tokenizer's where the run set them (`teacher.vocab_size`, `teacher.eot_token_id`; OpenAI's 49408 /
+    49407 otherwise)."""
     t = config.teacher
     overrides = {k: t[k] for k in ("vision_width", "vision_depth", "vision_heads", "vision_mlp_dim", "embed_dim",
-                                   "text_width", "text_depth", "text_heads", "text_mlp_dim", "context_length")
+                                   "text_width", "text_depth", "text_heads", "text_mlp_dim", "context_length",
+                                   "vocab_size", "eot_token_id")
                  if t.get(k) is not None}
-    if vocab_size is not None:
-        overrides["vocab_size"] = vocab_size
-    if eot_token_id is not None:
-        overrides["eot_token_id"] = eot_token_id
     teacher = clip.create_clip(t.variant, image_size=config.model.image_size, scan_layers=config.model.scan_layers,
                                dtype=state_lib.dtype_from_name(t.dtype), **overrides)
     width = build_student(config).student.decoder_width
@@ -79,8 +77,23 @@ def build_teacher(config, vocab_size: Optional[int] = None, eot_token_id: Option
     return teacher
 
 
-def build_pretrainer(config, vocab_size=None, eot_token_id=None) -> uniemox.Pretrainer:
-    return uniemox.Pretrainer(build_student(config), build_teacher(config, vocab_size, eot_token_id))
+def build_pretrainer(config) -> uniemox.Pretrainer:
+    return uniemox.Pretrainer(build_student(config), build_teacher(config))
+
+
+def with_tokenizer(config, tokenizer):
+    """`config` with the teacher's vocabulary and end-of-text id of `tokenizer` (`jaxemo.data.text.ClipTokenizer`)."""
+    config.teacher.vocab_size = tokenizer.tokenizer.get_vocab_size()
+    config.teacher.eot_token_id = tokenizer.end_id
+    return config
+
+
+def build_task(config) -> "PretrainTask":
+    """The pretraining task of a `pretrain` stage config; the prompt-feature table (`PromptFeatures`, from the
+    run's teacher) is the run's: `dataclasses.replace(task, host=...)`."""
+    model = build_pretrainer(config)
+    return PretrainTask(model, weights=uniemox.LossWeights(**config.loss_weights), teacher_input=config.teacher.input,
+                        crop_scale=tuple(config.data.crop_scale), flops_per_example=flops(model)["train"])
 
 
 def teacher_image_params(clip_params: Mapping) -> dict:
@@ -98,7 +111,7 @@ def load_teacher(config):
     if not t.tokenizer:
         raise ValueError("teacher.checkpoint needs teacher.tokenizer (the CLIP tokenizer.json)")
     tokenizer = text_lib.ClipTokenizer(t.tokenizer, t.context_length)
-    model = build_teacher(config, tokenizer.tokenizer.get_vocab_size(), tokenizer.end_id)
+    model = build_teacher(with_tokenizer(config.copy_and_resolve_references(), tokenizer))
     params = checkpoint.load_params(t.checkpoint)
     teacher_image_params(params)  # fails early, naming what is missing
     return model, params, tokenizer, os.path.abspath(t.checkpoint)
@@ -344,7 +357,7 @@ class ClipContrastiveTask:
 
 
 def flops(model: uniemox.Pretrainer) -> dict:
-    """Matmul FLOPs of one pretraining image: `{"forward", "train"}` (`bench` conventions).
+    """Matmul FLOPs of one pretraining image: `{"forward", "train"}` (`jaxemo.perf` conventions).
 
     Student (N patches of P x P x C, width D, MLP M, depth L, K = int(N (1 - ratio)) visible; decoder width Dd,
     depth Ld, MLP Md): per view a patch embedding of all N patches (2 N P^2 C D, as the gather follows it) and
@@ -356,23 +369,23 @@ def flops(model: uniemox.Pretrainer) -> dict:
     (ph, pw), d, c = student.patch_size, student.width, student.in_channels
     n = student.num_patches
     keep = mae.num_visible(n, student.mask_ratio)
-    dense, attention = bench.transformer_layer_flops(1 + keep, d, student.mlp_dim)
+    dense, attention = perf.transformer_layer_flops(1 + keep, d, student.mlp_dim)
     view = 2 * n * ph * pw * c * d + student.depth * (dense + attention)
     dd = student.decoder_width
-    dec_dense, dec_attention = bench.transformer_layer_flops(1 + n, dd, student.decoder_mlp_dim)
+    dec_dense, dec_attention = perf.transformer_layer_flops(1 + n, dd, student.decoder_mlp_dim)
     decoder = 2 * (1 + keep) * d * dd + student.decoder_depth * (dec_dense + dec_attention) \
         + 2 * (1 + n) * dd * ph * pw * c
     fusion = 2 * dd * dd if model.uniemox.fusion == "easyfusion" else 0
     student_forward = 2 * view + decoder + 2 * d * dd + fusion
     teacher = model.teacher
     visual = clip_visual(teacher)
-    teacher_forward = bench.vit_forward_flops(visual) + 2 * teacher.vision_width * teacher.embed_dim
+    teacher_forward = perf.vit_forward_flops(visual) + 2 * teacher.vision_width * teacher.embed_dim
     return {"forward": student_forward + teacher_forward, "train": 3 * student_forward + teacher_forward,
             "student_forward": student_forward, "teacher_forward": teacher_forward}
 
 
 def clip_visual(teacher: clip.CLIP):
-    """A stand-in with the image tower's fields for `bench.vit_forward_flops` (the ViT is built in setup)."""
+    """A stand-in with the image tower's fields for `perf.vit_forward_flops` (the ViT is built in setup)."""
     size = teacher.image_size
     return vit.ViT(image_size=(size, size), patch_size=(teacher.patch_size,) * 2, width=teacher.vision_width,
                    depth=teacher.vision_depth, num_heads=teacher.vision_heads, mlp_dim=teacher.vision_mlp_dim)
