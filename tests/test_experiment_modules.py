@@ -1,22 +1,35 @@
-"""Every experiment module imports into one process, and its command line still parses its flags."""
+"""Every experiment and benchmark module imports into one process, experiments hold recipes only, and their
+command lines still parse their flags."""
 
 import importlib
 import pkgutil
 import subprocess
 import sys
 
+import benchmarks
 import experiments
+
+RECIPE_RUNS = {"vit_classifier", "mma_dfer", "mma_dfer_eval", "casp", "uniemox", "prefinetune_ser", "fewshot_ser",
+               "agt_mer"}
 
 
 def experiment_modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if m.name != "configs")
+    return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if m.name not in ("configs", "cli"))
 
 
 def test_all_experiment_modules_import_together():
     names = experiment_modules()
-    assert {"mma_dfer", "vit_classifier", "mma_dfer_eval", "benchmark"} <= set(names)
+    assert set(names) == RECIPE_RUNS  # recipes only: the benchmark drivers live in benchmarks/
     for name in names:
         importlib.import_module(f"experiments.{name}")
+
+
+def test_all_benchmark_drivers_import_together():
+    names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.ispkg)
+    assert {"steps", "gpu_suite", "pod_compile", "tta_latency", "population", "fewshot", "agt_pipeline",
+            "casp_epoch", "data_pipeline", "report", "population_timing"} <= set(names)
+    for name in names:
+        importlib.import_module(f"benchmarks.{name}")
 
 
 def test_command_line_flags_are_defined_when_run_as_a_program():
@@ -47,7 +60,5 @@ def test_experiments_are_thin_and_import_no_other_experiment():
     for name in experiment_modules():
         path = os.path.join(experiments.__path__[0], f"{name}.py")
         others = {m for m in _imported_modules(path) if m.startswith("experiments.")
-                  and not m.startswith("experiments.configs") and m != f"experiments.{name}"}
+                  and not m.startswith(("experiments.configs", "experiments.cli")) and m != f"experiments.{name}"}
         assert not others, f"experiments/{name}.py imports {sorted(others)}"
-    harness = _imported_modules(os.path.join(experiments.__path__[0], "benchmark.py"))
-    assert not {m for m in harness if m.startswith(("experiments", "benchmarks"))}, harness  # twins: by name

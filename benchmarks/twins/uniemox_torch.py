@@ -1,4 +1,4 @@
-"""UniEmoX's PyTorch twin for the benchmark (`python -m experiments.benchmark --system=uniemox`): the same fp32
+"""UniEmoX's PyTorch twin for the benchmark (`python -m benchmarks.steps --system=uniemox`): the same fp32
 train steps as `jaxemo.systems.uniemox.benchmark_case` builds, on transformers' models, randomly initialised.
 
 Pretraining (`PretrainTask` cases), per step on the case's batch:
