@@ -251,7 +251,7 @@ class _SpeechBuilder(ManualShardBuilder, skip_registration=True):
     def _shard_iterators_per_split(self, dl_manager):
         manual_dir = os.fspath(dl_manager.manual_dir)
         splits = self._scan(manual_dir)
-        classes = getattr(self.builder_config, "classes", None) if self.builder_config else None
+        classes = self.builder_config.classes if self.builder_config is not None else None  # ESD etc.: no configs
         if classes:
             splits = {s: [u for u in utts if u.label in classes] for s, utts in splits.items()}
         empty = [s for s, utts in splits.items() if not utts]
