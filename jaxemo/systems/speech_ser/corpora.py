@@ -100,7 +100,8 @@ class Relabelled(SourceBase):
         source = as_data_source(source, "Relabelled's source")
         index = source.row_index
         if index is None:
-            raise ValueError(f"Relabelled: {type(source).__name__} has no row_index to find labels {list(keep)} in")
+            raise ValueError(f"Relabelled: {type(source).__name__} has no row_index to find the labels "
+                             f"{list(keep)} in")
         self.source, self.keep = source, [int(k) for k in keep]
         self.rows = np.flatnonzero(np.isin(index["label"], self.keep))
         lookup = {k: i for i, k in enumerate(self.keep)}
