@@ -29,7 +29,7 @@ in a fixed order (sorted by id; ESD ids start with the speaker), so indices are 
 through TFDS's Shuffler (which needs TensorFlow past 1 GB). `info.metadata` holds the sample rate, the
 label names, the speakers and, per stored split, every example's label and speaker index:
 `builder.index(split)` returns them without reading audio, e.g. to draw ESD's per-speaker few-shot sets
-(`synthetic_speech` sources have the same `.index`).
+(`synthetic_speech` sources give the same arrays as their `row_index`, the `DataSource` capability).
 
 Virtual splits (`builders.data_source(name, split)` returns a `Subset`): `evaluation` <-> `validation`
 aliases everywhere; ESD `<speaker>_<split>` (e.g. `0011_train`); IEMOCAP `loso` `fold<k>_train` /
