@@ -254,7 +254,7 @@ def test_whole_batch_reads_equal_the_grain_pipeline():
         assert set(a) == set(b) == set(keys)
         for k in keys:
             np.testing.assert_array_equal(a[k], b[k])
-    assert not hasattr(sources.EpochShuffled(list(range(4)), 0, 1), "read_batch")
+    assert not sources.EpochShuffled(list(range(4)), 0, 1).reads_batches  # rows read one by one: grain's path
 
 
 def test_vote_given_and_none_and_calibration():

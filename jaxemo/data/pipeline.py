@@ -19,18 +19,24 @@ Variable-length fields are padded or cropped to a fixed length on axis 0 (`pad_s
 in the map stage, which adds `waveform_mask` (bool [L], True on real entries) and `waveform_length`
 (int32, the number of real entries); batching then stacks static shapes.
 
-Sources are anything with `len` and `[i]` returning a dict of numpy arrays: TFDS array_record data sources
-(`jaxemo.data.builders.data_source`), `Subset`s of them, synthetic generators.
+Sources are `DataSource`s (`jaxemo.data.datasource`): `len` and `[i]` returning a dict of numpy arrays, and
+the capabilities the pipeline asks about (`orders_itself`: read in index order instead of reshuffled;
+`reads_batches` / `read_batch`: whole batches at once, `array_batches`). Each pipeline converts the source it
+is given once (`as_data_source`): jaxemo's sources pass as they are, a third-party random-access object (a TFDS
+array_record source, a list of examples) gets the default capabilities.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grain
 import jax
 import numpy as np
 from absl import flags
+
+from jaxemo.data.datasource import DataSource, SourceBase, as_data_source, stack_examples
 
 Transform = Callable[[dict, np.random.Generator], dict]
 
@@ -107,21 +113,7 @@ class PadFields:
         return f"PadFields({self.pad_spec})"
 
 
-# ------------------------------------------------------------------------------------------------ batching
-
-
-def stack_examples(rows: Sequence[dict]) -> dict:
-    """Stacks a list of examples (dicts of arrays) into a batch; names the field whose shapes differ."""
-    keys = list(rows[0])
-    out = {}
-    for key in keys:
-        values = [np.asarray(r[key]) for r in rows]
-        shapes = {v.shape for v in values}
-        if len(shapes) > 1:
-            raise ValueError(f"field {key!r} has shapes {sorted(shapes)} within one batch; give it a fixed "
-                             f"length with pad_spec={{{key!r}: <length>}} or a transform")
-        out[key] = np.stack(values)
-    return out
+# ------------------------------------------------------------------------------------------------ transforms
 
 
 class _ApplyTransform:
@@ -137,7 +129,8 @@ class _ApplyTransform:
         return out
 
     def __repr__(self) -> str:
-        return f"Transform({getattr(self.transform, '__name__', self.transform)!r})"
+        named = isinstance(self.transform, (types.FunctionType, types.BuiltinFunctionType, types.MethodType))
+        return f"Transform({(self.transform.__name__ if named else self.transform)!r})"
 
 
 def _per_example(examples: grain.MapDataset, transform: Transform | None, pad_spec, seed: int):
@@ -206,7 +199,7 @@ class BatchIterator:
 
     def close(self) -> None:
         """Stops grain's threads and worker processes (a later `next` restarts them at the same batch)."""
-        if self._iterator is not None and hasattr(self._iterator, "close"):
+        if self._iterator is not None:
             self._iterator.close()
         self._iterator = None
 
@@ -235,17 +228,18 @@ def train_dataset(source, global_batch_size: int, seed: int, process_index: int 
                   read_options: grain.ReadOptions | None = None) -> Batches:
     """Endless, reshuffled-every-epoch batches of this process's rows (dicts of numpy arrays).
 
-    A source with a true `orders_itself` attribute is read in its own order (it shuffles itself, e.g. whole
-    batches of one corpus); every other source is reshuffled every epoch. `transform(example, rng)` runs per
-    example with a generator seeded from (seed, position in the shuffled stream); `pad_spec` pads/crops variable-length fields and adds their masks and lengths (see module
-    docstring). `worker_count` > 0 reads, transforms and batches in that many grain worker processes
-    (the transform and the source must pickle). Iterators' `get_state`/`set_state` resume exactly, also
-    with another worker or process count (`BatchIterator`). `read_options` sets the threads and look-ahead
-    (in batches) of each reading process.
+    A source that `orders_itself` is read in its own order (it shuffles itself, e.g. whole batches of one
+    corpus); every other source is reshuffled every epoch. `transform(example, rng)` runs per example with a
+    generator seeded from (seed, position in the shuffled stream); `pad_spec` pads/crops variable-length
+    fields and adds their masks and lengths (see module docstring). `worker_count` > 0 reads, transforms and
+    batches in that many grain worker processes (the transform and the source must pickle). Iterators'
+    `get_state`/`set_state` resume exactly, also with another worker or process count (`BatchIterator`).
+    `read_options` sets the threads and look-ahead (in batches) of each reading process.
     """
+    source = as_data_source(source, "train_dataset's source")
     process_index, process_count, local = _processes(process_index, process_count, global_batch_size)
     examples = grain.MapDataset.source(source)
-    if not getattr(source, "orders_itself", False):  # e.g. a multi-corpus source that shuffles whole batches
+    if not source.orders_itself:  # e.g. a multi-corpus source that shuffles whole batches
         examples = examples.shuffle(seed=seed)
     examples = examples.repeat()
     examples = _per_example(examples, transform, pad_spec, seed)
@@ -255,12 +249,14 @@ def train_dataset(source, global_batch_size: int, seed: int, process_index: int 
 
 
 def array_batches(source, global_batch_size: int, keys: Sequence[str]):
-    """Endless batches of a source that orders itself (`orders_itself`) and reads many rows at once
-    (`read_batch(positions) -> {field: [n, ...]}`), with the fields `keys`: the batches `train_dataset` gives
-    for it with a transform that only keeps `keys`, without grain's per-example work (one process). A
-    population reads hundreds of such small sources every step (`population.Population`)."""
-    if not getattr(source, "orders_itself", False) or not hasattr(source, "read_batch"):
-        raise ValueError(f"{type(source).__name__} does not order itself and read whole batches")
+    """Endless batches of a source that orders itself (`orders_itself`), each one `read_batch(positions)`,
+    with the fields `keys`: the batches `train_dataset` gives for it with a transform that only keeps `keys`,
+    without grain's per-example work (one process). A population reads hundreds of small sources that also
+    read whole batches cheaply (`reads_batches`) this way every step (`population.Population`)."""
+    source = as_data_source(source, "array_batches' source")
+    if not source.orders_itself:
+        raise ValueError(f"{source!r} does not order itself (orders_itself is False): its batches "
+                         f"are reshuffled by train_dataset, not read in index order")
     size, position = len(source), 0
     while True:
         batch = source.read_batch(np.arange(position, position + global_batch_size) % size)
@@ -271,10 +267,10 @@ def array_batches(source, global_batch_size: int, keys: Sequence[str]):
         position += global_batch_size
 
 
-class _PaddedRows:
+class _PaddedRows(SourceBase):
     """`source` extended to `length` rows by repeating its last row; every row gets `mask` (real or not)."""
 
-    def __init__(self, source, length: int):
+    def __init__(self, source: DataSource, length: int):
         self.source, self.length = source, length
 
     def __len__(self) -> int:
@@ -298,6 +294,7 @@ def eval_dataset(source, global_batch_size: int, process_index: int | None = Non
     Eval transforms should be deterministic (e.g. `sample_clip(..., train=False)`); the generator they get
     depends only on (seed, row), so even a random one gives the same batches on every call.
     """
+    source = as_data_source(source, "eval_dataset's source")
     if len(source) == 0:
         raise ValueError("eval source is empty")
     process_index, process_count, local = _processes(process_index, process_count, global_batch_size)

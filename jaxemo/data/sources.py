@@ -2,6 +2,11 @@
 
 `config.data.name` is either a synthetic generator (no files needed; every experiment's default) or a TFDS
 builder from `jaxemo.data.builders.REGISTRY`, read from `config.data.manual_dir`.
+
+Every source made here is a `DataSource` (`jaxemo.data.datasource`): random access (`len`, `[i]` -> dict of
+numpy arrays) with the capabilities `orders_itself`, `reads_batches` / `read_batch` and `row_index` always
+declared. jaxemo's sources inherit `SourceBase` (the defaults); builders' TFDS sources come wrapped
+(`builders.data_source`). `ConcatSource` and `EpochShuffled` are views over other sources.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import importlib
 import numpy as np
 
 from jaxemo.data import builders
+from jaxemo.data.datasource import DataSource, SourceBase, as_data_source
 
 # name -> "module:function"; each function is `make(data_config, split, seed) -> random-access source`.
 SYNTHETIC = {
@@ -23,11 +29,11 @@ SYNTHETIC = {
 }
 
 
-class ConcatSource:
+class ConcatSource(SourceBase):
     """Random access over several sources in order (`len`, `[i]`), e.g. EmoSet's train and val splits."""
 
     def __init__(self, parts):
-        self.parts = list(parts)
+        self.parts = [as_data_source(p, "ConcatSource part") for p in parts]
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
 
     def __len__(self) -> int:
@@ -40,17 +46,20 @@ class ConcatSource:
         return self.parts[part][index - int(self.offsets[part])]
 
 
-class EpochShuffled:
+class EpochShuffled(SourceBase):
     """`epochs` passes over a small source, each in its own random order (NumPy, from (seed, epoch)), read in
     this order by the pipeline (`orders_itself`). For the many tiny training sets of a population: grain's
-    index shuffle costs milliseconds per element, more than a few-shot trial's step."""
+    index shuffle costs milliseconds per element, more than a few-shot trial's step. Reads whole batches as
+    cheaply as the wrapped source does (`reads_batches`)."""
 
     orders_itself = True
 
     def __init__(self, source, seed: int, epochs: int):
-        self.source, self.seed, self.epochs, self.size = source, int(seed), max(int(epochs), 1), len(source)
+        self.source = as_data_source(source, "EpochShuffled's source")
+        self.seed, self.epochs, self.size = int(seed), max(int(epochs), 1), len(self.source)
         if not self.size:
             raise ValueError("EpochShuffled: the source is empty")
+        self.reads_batches = self.source.reads_batches
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -66,14 +75,11 @@ class EpochShuffled:
     def __getitem__(self, index: int):
         return self.source[self._index(index)]
 
-    def __getattr__(self, name: str):
-        # `read_batch` exists only when the wrapped source reads many rows at once (`pipeline.array_batches`).
-        if name == "read_batch" and hasattr(self.__dict__.get("source"), "read_batch"):
-            return lambda positions: self.source.read_batch(np.asarray([self._index(p) for p in positions]))
-        raise AttributeError(name)
+    def read_batch(self, positions) -> dict:
+        return self.source.read_batch(np.asarray([self._index(p) for p in positions]))
 
 
-def make_source(data_config, split: str, seed: int):
+def make_source(data_config, split: str, seed: int) -> DataSource:
     """One split's source: synthetic splits are generated; builder splits are read (and built once).
     `"train+val"` is the concatenation of both splits."""
     if "+" in split:

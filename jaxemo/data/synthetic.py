@@ -15,9 +15,11 @@ from typing import Optional
 
 import numpy as np
 
+from jaxemo.data.datasource import SourceBase
+
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticImages:
+class SyntheticImages(SourceBase):
     """Random-access source (`len`, `[i]`) of deterministic samples: sample i depends only on (seed, i)."""
 
     num_examples: int

@@ -30,6 +30,7 @@ import dataclasses
 import numpy as np
 
 from jaxemo.data import audio
+from jaxemo.data.datasource import SourceBase
 from jaxemo.data.synthetic import split_size_and_seed
 
 SILENT_LEVEL = float(audio.normalize_audioset(np.float32(0.0)))  # a zero fbank after AudioSet normalisation
@@ -44,7 +45,7 @@ def audio_code(label, num_classes: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticAVClips:
+class SyntheticAVClips(SourceBase):
     """Random-access source (`len`, `[i]`) of deterministic audio-visual clips."""
 
     num_examples: int

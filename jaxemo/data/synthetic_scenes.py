@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from jaxemo.data.datasource import SourceBase
 from jaxemo.data.synthetic import split_size_and_seed
 
 SCENE_NAMES = ("beach", "forest", "street", "desert", "snowfield", "stage", "swamp", "playground")
@@ -45,7 +46,7 @@ def _bin(value: float) -> bytes:
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticScenes:
+class SyntheticScenes(SourceBase):
     """Random-access source (`len`, `[i]`) of deterministic scene images with a person region."""
 
     num_examples: int

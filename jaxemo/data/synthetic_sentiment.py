@@ -35,12 +35,13 @@ given, else `(1 - prior_shift) prior + prior_shift reversed(prior)`, renormalise
 of the labelled set and the pool differ, as MER2024's train and test sets do (what AGT's prior-knowledge
 voting corrects).
 
-Config fields (`data_config.get`, defaults in brackets): sentiment: train_size, eval_size, test_size
-[eval_size], text_len [8], audio_len [16], vision_len [12], text_dim [16], audio_dim [8], vision_dim [12],
-num_factors [4], text_noise [0.6], audio_noise [1.0], vision_noise [1.0], aligned [False], domain
-["source"], shift [1.0], text_shift / audio_shift / vision_shift [shift], shift_seed [4321], world_seed [1234]. MER: train_size, eval_size, pool_size [2 * train_size], feature_dims
-[{"audio": 32, "text": 48, "vision": 24}] (used in sorted name order, as the builder does), num_factors
-[8], spread [2.0], noise [0.8], prior, pool_prior, prior_shift [0.7], world_seed [1234].
+Config fields (read with `data_config.get`; absent or None: the default in brackets): sentiment: train_size,
+eval_size, test_size [eval_size], text_len [8], audio_len [16], vision_len [12], text_dim [16], audio_dim [8],
+vision_dim [12], num_factors [4], text_noise [0.6], audio_noise [1.0], vision_noise [1.0], aligned [False],
+domain ["source"], shift [1.0], text_shift / audio_shift / vision_shift [shift], shift_seed [4321], world_seed
+[1234]. MER: train_size, eval_size, pool_size [2 * train_size], feature_dims [{"audio": 32, "text": 48,
+"vision": 24}] (used in sorted name order, as the builder does), num_factors [8], spread [2.0], noise [0.8],
+prior, pool_prior, prior_shift [0.7], world_seed [1234].
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ import dataclasses
 import numpy as np
 import scipy.linalg
 
+from jaxemo.data.datasource import SourceBase
+
 MODALITIES = ("text", "audio", "vision")
 MER_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 MER_PRIOR = (0.30, 0.20, 0.20, 0.15, 0.10, 0.05)  # illustrative imbalance, not MER2024's measured counts
@@ -57,8 +60,10 @@ _SPLIT_OFFSETS = {"train": 0, "test": 1_000_003, "valid": 2_000_003, "unlabeled"
 _TARGET_OFFSET = 5_000_011
 
 
-def _get(config, key, default):
-    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+def _field(data_config, key: str, default):
+    """`data_config[key]`, or `default` when the field is absent or None. `data_config` is an ml_collections
+    ConfigDict (`config.data`, `config.target`), as every caller passes."""
+    value = data_config.get(key)
     return default if value is None else value
 
 
@@ -67,7 +72,7 @@ def _get(config, key, default):
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticSentiment:
+class SyntheticSentiment(SourceBase):
     """Random-access source (`len`, `[i]`) of clips whose sample i depends only on (seed, i)."""
 
     num_examples: int
@@ -143,7 +148,7 @@ class SyntheticSentiment:
 
 
 def _parse_sentiment_split(data_config, split: str) -> tuple[str, str]:
-    domain, name = _get(data_config, "domain", "source"), split
+    domain, name = _field(data_config, "domain", "source"), split
     head, _, tail = split.partition("_")
     if head in ("source", "target") and tail:
         domain, name = head, tail
@@ -155,19 +160,19 @@ def _parse_sentiment_split(data_config, split: str) -> tuple[str, str]:
 
 def _modality_shift(data_config) -> tuple | None:
     """(text, audio, vision) shift strengths from `<modality>_shift` fields; None when none is set."""
-    values = [_get(data_config, f"{m}_shift", None) for m in MODALITIES]
+    values = [_field(data_config, f"{m}_shift", None) for m in MODALITIES]
     if all(v is None for v in values):
         return None
-    shift = float(_get(data_config, "shift", 1.0))
+    shift = float(_field(data_config, "shift", 1.0))
     return tuple(shift if v is None else float(v) for v in values)
 
 
 def _target_noise(data_config) -> tuple | None:
     """(text, audio, vision) target noise multipliers from `<modality>_target_noise`; None when none is set."""
-    values = [_get(data_config, f"{m}_target_noise", None) for m in MODALITIES]
+    values = [_field(data_config, f"{m}_target_noise", None) for m in MODALITIES]
     if all(v is None for v in values):
         return None
-    shifts = _modality_shift(data_config) or (float(_get(data_config, "shift", 1.0)),) * len(MODALITIES)
+    shifts = _modality_shift(data_config) or (float(_field(data_config, "shift", 1.0)),) * len(MODALITIES)
     return tuple(1.0 + 0.5 * s if v is None else float(v) for v, s in zip(values, shifts))
 
 
@@ -179,18 +184,19 @@ def make_sentiment(data_config, split: str, seed: int) -> SyntheticSentiment:
     domain, name = _parse_sentiment_split(data_config, split)
     size = data_config.train_size if name == "train" else data_config.eval_size
     if name == "test":
-        size = int(_get(data_config, "test_size", size))
+        size = int(_field(data_config, "test_size", size))
     split_seed = seed + _SPLIT_OFFSETS[name] + (_TARGET_OFFSET if domain == "target" else 0)
     return SyntheticSentiment(
         size,
-        seq_lens=tuple(int(_get(data_config, f"{m}_len", d)) for m, d in zip(MODALITIES, (8, 16, 12))),
-        dims=tuple(int(_get(data_config, f"{m}_dim", d)) for m, d in zip(MODALITIES, (16, 8, 12))),
-        num_factors=int(_get(data_config, "num_factors", 4)),
-        noise=tuple(float(_get(data_config, f"{m}_noise", d)) for m, d in zip(MODALITIES, (0.6, 1.0, 1.0))),
-        aligned=bool(_get(data_config, "aligned", False)),
-        domain=domain, shift=float(_get(data_config, "shift", 1.0)), seed=split_seed,
+        seq_lens=tuple(int(_field(data_config, f"{m}_len", d)) for m, d in zip(MODALITIES, (8, 16, 12))),
+        dims=tuple(int(_field(data_config, f"{m}_dim", d)) for m, d in zip(MODALITIES, (16, 8, 12))),
+        num_factors=int(_field(data_config, "num_factors", 4)),
+        noise=tuple(float(_field(data_config, f"{m}_noise", d)) for m, d in zip(MODALITIES, (0.6, 1.0, 1.0))),
+        aligned=bool(_field(data_config, "aligned", False)),
+        domain=domain, shift=float(_field(data_config, "shift", 1.0)), seed=split_seed,
         modality_shift=_modality_shift(data_config), target_noise=_target_noise(data_config),
-        world_seed=int(_get(data_config, "world_seed", 1234)), shift_seed=int(_get(data_config, "shift_seed", 4321)))
+        world_seed=int(_field(data_config, "world_seed", 1234)),
+        shift_seed=int(_field(data_config, "shift_seed", 4321)))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -198,7 +204,7 @@ def make_sentiment(data_config, split: str, seed: int) -> SyntheticSentiment:
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticMer:
+class SyntheticMer(SourceBase):
     """Random-access source of MER-style samples; sample i depends only on (seed, i)."""
 
     num_examples: int
@@ -241,12 +247,12 @@ class SyntheticMer:
 
 def pool_prior(data_config) -> tuple:
     """The unlabelled pool's class prior: `pool_prior`, else the labelled prior shifted towards its reverse."""
-    explicit = _get(data_config, "pool_prior", None)
+    explicit = _field(data_config, "pool_prior", None)
     if explicit is not None:
         return tuple(float(p) for p in explicit)
-    prior = np.asarray(_get(data_config, "prior", MER_PRIOR), np.float64)
+    prior = np.asarray(_field(data_config, "prior", MER_PRIOR), np.float64)
     prior = prior / prior.sum()
-    s = float(_get(data_config, "prior_shift", 0.7))
+    s = float(_field(data_config, "prior_shift", 0.7))
     mixed = (1 - s) * prior + s * prior[::-1]
     return tuple((mixed / mixed.sum()).tolist())
 
@@ -255,17 +261,18 @@ def make_mer(data_config, split: str, seed: int) -> SyntheticMer:
     """`train` / `test` (or `valid`): labelled, labelled prior; `unlabeled`: the pool, pool prior, label -1."""
     if split not in _SPLIT_OFFSETS:
         raise ValueError(f"synthetic_mer split {split!r}: expected one of {sorted(_SPLIT_OFFSETS)}")
-    dims = _get(data_config, "feature_dims", {"audio": 32, "text": 48, "vision": 24})
+    dims = _field(data_config, "feature_dims", {"audio": 32, "text": 48, "vision": 24})
     feature_dims = tuple(sorted((str(name), int(d)) for name, d in dict(dims).items()))
     if split == "train":
         size = data_config.train_size
     elif split == "unlabeled":
-        size = int(_get(data_config, "pool_size", 2 * data_config.train_size))
+        size = int(_field(data_config, "pool_size", 2 * data_config.train_size))
     else:
         size = data_config.eval_size
     labelled = split != "unlabeled"
-    prior = tuple(_get(data_config, "prior", MER_PRIOR)) if labelled else pool_prior(data_config)
+    prior = tuple(_field(data_config, "prior", MER_PRIOR)) if labelled else pool_prior(data_config)
     return SyntheticMer(size, feature_dims=feature_dims, prior=prior, labelled=labelled,
-                        num_factors=int(_get(data_config, "num_factors", 8)),
-                        spread=float(_get(data_config, "spread", 2.0)), noise=float(_get(data_config, "noise", 0.8)),
-                        seed=seed + _SPLIT_OFFSETS[split], world_seed=int(_get(data_config, "world_seed", 1234)))
+                        num_factors=int(_field(data_config, "num_factors", 8)),
+                        spread=float(_field(data_config, "spread", 2.0)),
+                        noise=float(_field(data_config, "noise", 0.8)),
+                        seed=seed + _SPLIT_OFFSETS[split], world_seed=int(_field(data_config, "world_seed", 1234)))

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from jaxemo.data.builders.base import Subset
+from jaxemo.data.datasource import SourceBase
 
 EMOTIONS = ("Angry", "Happy", "Neutral", "Sad", "Surprise")  # the `esd` builder's ClassLabel order
 SPLITS = ("train", "evaluation", "test")
@@ -59,7 +60,7 @@ TONES = np.array([[0.0, 0.0], [-1.0, 1.0], [-0.5, 0.5], [1.0, -1.0]])  # Mandari
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticSpeech:
+class SyntheticSpeech(SourceBase):
     """Random-access source (`len`, `[i]`) of one split; sample i depends only on (seed, i)."""
 
     per_emotion: int  # utterances per speaker and emotion in this split
@@ -101,6 +102,8 @@ class SyntheticSpeech:
         speaker, rest = np.divmod(rows, len(EMOTIONS) * self.per_emotion)
         return {"label": (rest // self.per_emotion).astype(np.int32),
                 "speaker": np.asarray(self.speakers)[speaker]}
+
+    row_index = index  # the DataSource capability: the same arrays
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):

@@ -3,6 +3,9 @@
 `train_and_evaluate(config, workdir, task, train_source, eval_source)` runs the whole job and resumes from
 the newest readable checkpoint in `workdir/checkpoints`, so a killed run restarted with the same command
 ends with the same parameters as one that was never interrupted.
+
+Sources are `DataSource`s (`jaxemo.data.datasource`); `Trainer` and `Evaluator` convert the ones they are
+given once (`as_data_source`), so a third-party random-access object works with the default capabilities.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tqdm import tqdm
 
 from jaxemo import perf
 from jaxemo.data import pipeline
+from jaxemo.data.datasource import as_data_source
 from jaxemo.train import checkpoint as checkpoint_lib
 from jaxemo.train import tasks
 from jaxemo.train import metrics as metrics_lib
@@ -107,18 +111,19 @@ class Trainer:
         self.config, self.task = config, task
         self.mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
         sharding.check_batch_size(config.batch_size, self.mesh)
+        self.train_source, self.eval_source = as_data_source(train_source, "train_source"), None
         if eval_source is not None:
             sharding.check_batch_size(config.eval_batch_size, self.mesh)
-        self.train_source, self.eval_source = train_source, eval_source
-        self.total_steps, self.steps_per_epoch = total_steps(config, len(train_source))
-        self.example_batch = example_batch(task, train_source)
+            self.eval_source = as_data_source(eval_source, "eval_source")
+        self.total_steps, self.steps_per_epoch = total_steps(config, len(self.train_source))
+        self.example_batch = example_batch(task, self.train_source)
         self.setup = setup_train_step(config, task, self.example_batch, self.mesh, self.total_steps,
                                       self.steps_per_epoch)
         self.optimizer, self.tx = self.setup.optimizer, self.setup.tx
         self.abstract, self.shardings = self.setup.abstract, self.setup.shardings
         self.frozen_dtype, self.train_step = self.setup.frozen_dtype, self.setup.train_step
-        self.evaluator = Evaluator(config, task, eval_source, self.mesh, self.shardings.params) \
-            if eval_source is not None else None
+        self.evaluator = Evaluator(config, task, self.eval_source, self.mesh, self.shardings.params) \
+            if self.eval_source is not None else None
 
     def init_state(self, init_params=None) -> state_lib.TrainState:
         """A fresh state; `init_params(params) -> params` (host numpy trees) may replace the initial params,
@@ -166,7 +171,7 @@ class Evaluator:
 
     def __init__(self, config, task, source, mesh, param_shardings):
         sharding.check_batch_size(config.eval_batch_size, mesh)
-        self.config, self.task, self.source, self.mesh = config, task, source, mesh
+        self.config, self.task, self.source, self.mesh = config, task, as_data_source(source, "eval source"), mesh
         self.param_shardings = param_shardings
         self.eval_step = step_lib.jit_eval_step(task, param_shardings, mesh, sharding.rules_from_config(config))
 
@@ -193,7 +198,8 @@ def evaluate_params(config, task, params, eval_source, mesh=None) -> tuple[dict,
 
 def train_and_evaluate(config, workdir: str, task: tasks.Task, train_source, eval_source=None, mesh=None,
                        init_params=None) -> TrainResult:
-    """Trains `task` on `train_source` (random access: len and [i]), evaluating on `eval_source`.
+    """Trains `task` on `train_source` (a `DataSource`, or any random-access object: len and [i]), evaluating
+    on `eval_source`.
 
     `mesh` defaults to one built from `config.mesh` over all devices. `init_params(params) -> params` adjusts
     the initial parameters of a fresh run (not of a resumed one). With `config.best.metric` set, the best

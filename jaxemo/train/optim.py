@@ -96,8 +96,17 @@ def make_schedule(config, total_steps: int, steps_per_epoch: int) -> Callable:
     return lambda step: config.learning_rate * shape(step)
 
 
+def _key_name(key) -> str:
+    """One entry of a jax tree path as a name: a dict key, a sequence index, else the entry's own str."""
+    if isinstance(key, (jax.tree_util.DictKey, jax.tree_util.FlattenedIndexKey)):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    return str(key)
+
+
 def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return "/".join(_key_name(k) for k in path)
 
 
 def layer_decay_factor(name: str, leaf, decay: float, depth: int) -> jax.Array | float:

@@ -16,6 +16,12 @@ trial). A trial that stops early (or whose loss stays non-finite for `max_consec
 longer changes: its update is masked out. Its best params, by its own validation metric, stay on the device.
 Validation is one vmapped evaluation of every trial on its own source.
 
+A trial's sources are `DataSource`s (`jaxemo.data.datasource`); the population converts the ones it is given
+once (`as_data_source`: a third-party random-access object gets the default capabilities; one that declares
+only some capabilities is refused, naming the missing ones). A training source that orders itself and reads
+whole batches cheaply (`orders_itself`, `reads_batches`, e.g. an `EpochShuffled` `MerSet`) is read a batch at
+a time (`pipeline.array_batches`) when the task keeps fields without a transform: the same batches as grain's.
+
 Trials of a population share the schedule, so their (total steps, steps per epoch) must agree: equal-sized
 training sets, or `config.total_steps` and `config.steps_per_epoch` set.
 
@@ -50,6 +56,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxemo.data import pipeline
+from jaxemo.data.datasource import DataSource, as_data_source
 from jaxemo.train import early_stopping, loop, optim, sharding, state as state_lib, step as step_lib, tasks
 
 logger = logging.getLogger(__name__)
@@ -64,9 +71,9 @@ class Trial:
 
     name: str
     seed: int
-    train: Any  # random-access source: len and [i]
-    eval: Any = None
-    test: Any = None
+    train: DataSource  # or any random-access object (len, [i]): `Population` adapts it
+    eval: Optional[DataSource] = None
+    test: Optional[DataSource] = None
     hyperparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
     tags: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -106,6 +113,23 @@ def _host(tree):
     return jax.tree.map(get, tree)
 
 
+def _with_data_sources(trials: Sequence[Trial]) -> list[Trial]:
+    """The trials with their sources as `DataSource`s (`as_data_source`), converted once each: trials that
+    share a source still share it (a group reads each eval source once)."""
+    converted: dict[int, DataSource] = {}
+
+    def convert(source, what: str):
+        if source is None:
+            return None
+        if id(source) not in converted:
+            converted[id(source)] = as_data_source(source, what)
+        return converted[id(source)]
+
+    return [dataclasses.replace(t, train=convert(t.train, f"trial {t.name!r} train"),
+                                eval=convert(t.eval, f"trial {t.name!r} eval"),
+                                test=convert(t.test, f"trial {t.name!r} test")) for t in trials]
+
+
 def _stack(rows: Sequence[dict]) -> dict:
     return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 
@@ -126,7 +150,8 @@ class Population:
         names = [t.name for t in trials]
         if len(set(names)) != len(names):
             raise ValueError(f"trial names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
-        self.config, self.task, self.trials, self.init_params = config, task, list(trials), init_params
+        self.config, self.task, self.init_params = config, task, init_params
+        self.trials = trials = _with_data_sources(trials)
         self.mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
         self.rules = sharding.rules_from_config(config)
         self.total_steps, self.steps_per_epoch = self._shared_schedule()
@@ -319,7 +344,7 @@ class Population:
         """A trial's training batches: whole batches from a source that reads them at once (its own order, a
         transform that only keeps fields), else grain's per-example pipeline; the same batches either way."""
         transform = self.task.host_transform(True)
-        if (hasattr(trial.train, "read_batch") and getattr(trial.train, "orders_itself", False)
+        if (trial.train.orders_itself and trial.train.reads_batches
                 and isinstance(transform, tasks.HostTransform) and transform.transform is None
                 and self.task.pad_spec is None and not self.config.get("data_workers", 0)):
             return pipeline.array_batches(trial.train, self.config.batch_size, transform.keys)

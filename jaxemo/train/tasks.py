@@ -1,8 +1,13 @@
-"""The task contract the trainer, the evaluator and population training rely on, and the generic tasks.
+"""The contracts the trainer, the evaluator and population training rely on, and the generic tasks.
 
 A task ties a model to its inputs, loss and evaluation statistics; the trainer is generic over tasks. The
 contract is `Task` below; `SupervisedTask` gives the methods every task of the form "the model reads
 `input_keys`, the label is `label_key`" shares, so a concrete task writes only its loss and metrics.
+
+The data a task trains on comes from `DataSource`s (random access, `len` and `[i]` -> dict of numpy arrays,
+plus the capabilities `orders_itself`, `reads_batches` / `read_batch` and `row_index`). The protocol lives in
+the data layer (`jaxemo.data.datasource`, with `SourceBase`, its defaults) because the input pipeline checks
+sources too and the data layer does not import training code; it is re-exported here beside `Task`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxemo.data.datasource import DataSource, SourceBase, as_data_source  # noqa: F401  (re-exported)
 from jaxemo.train import metrics as metrics_lib
 from jaxemo.train import optim
 

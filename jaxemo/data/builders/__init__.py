@@ -20,6 +20,7 @@ from typing import Optional
 import tensorflow_datasets as tfds
 
 from jaxemo.data.builders.base import DataError, Subset
+from jaxemo.data.datasource import RandomAccessSource
 
 # name -> "module:Class". Every name here is a TFDS builder reading the corpus's native layout.
 REGISTRY = {
@@ -81,13 +82,14 @@ def prepare(name: str, manual_dir: Optional[str], config: Optional[str] = None, 
 
 def data_source(name: str, split: str, manual_dir: Optional[str] = None, config: Optional[str] = None,
                 data_dir: Optional[str] = None):
-    """Random-access source (`len`, `[i]` -> dict of numpy arrays) of one split, building it first if needed."""
+    """A `DataSource` (`len`, `[i]` -> dict of numpy arrays) of one split, building it first if needed: TFDS's
+    array_record source wrapped with the default capabilities, or a `Subset` of it for a virtual split."""
     builder = prepare(name, manual_dir, config, data_dir)
-    virtual = builder.virtual_splits() if hasattr(builder, "virtual_splits") else {}
+    virtual = builder.virtual_splits()
     if split in virtual:
         stored, indices = virtual[split]
         return Subset(builder.as_data_source(split=stored), indices, f"{name}/{split}")
     if split not in builder.info.splits:
         available = sorted(set(builder.info.splits) | set(virtual))
         raise DataError(builder.data_dir, "split", f"{split!r} not in {name}; it has {available}")
-    return builder.as_data_source(split=split)
+    return RandomAccessSource(builder.as_data_source(split=split))

@@ -16,9 +16,9 @@ interleaving files. It must be the `DatasetInfo` argument: a `disable_shuffling`
 builder is ignored by TFDS.
 
 Virtual splits: a builder whose examples belong to several splits (cross-validation folds) stores each
-example once and defines `virtual_splits(self) -> {name: (stored_split, indices)}`, usually from
-`self.info.metadata` written at build time (indices into the stored split, stable by the order above).
-`builders.data_source(name, "fold1_train", ...)` then returns a `Subset` of the stored split.
+example once and overrides `virtual_splits(self) -> {name: (stored_split, indices)}` (`ManualShardBuilder`'s
+has none), usually from `self.info.metadata` written at build time (indices into the stored split, stable by
+the order above). `builders.data_source(name, "fold1_train", ...)` then returns a `Subset` of the stored split.
 
 Features known only after reading the files (sentiment pickles' sequence lengths, MER2024's feature dims):
 `_info` declares them from `restored_features(self)` when the dataset is already built, else from the
@@ -39,6 +39,8 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 from etils import epath
+
+from jaxemo.data.datasource import SourceBase, as_data_source
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +87,12 @@ class FallbackCounter:
         return dict(self.counts)
 
 
-class Subset:
+class Subset(SourceBase):
     """Random-access view of some rows of a source (e.g. one fold of clips stored once)."""
 
     def __init__(self, source, indices, name: str = ""):
-        self.source, self.indices, self.name = source, [int(i) for i in indices], name
+        self.source = as_data_source(source, "Subset's source")
+        self.indices, self.name = [int(i) for i in indices], name
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -180,6 +183,11 @@ class ManualShardBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
         items or a `range` of row numbers (a slice of a range is a range)."""
         ranges = shard_rows(row_bytes, self.SHARD_BYTES, len(rows))
         return [functools.partial(generate, rows[r.start:r.stop]) for r in ranges]
+
+    def virtual_splits(self) -> dict[str, tuple[str, list[int]]]:
+        """{split name: (stored split, indices into it)} of the splits read as `Subset`s of a stored one
+        (see the module docstring); none unless a builder stores examples shared by several splits."""
+        return {}
 
     def non_empty(self, shards: dict[str, list]) -> dict[str, list]:
         """The splits that have shards; an empty split is left out and logged (TFDS cannot read it)."""

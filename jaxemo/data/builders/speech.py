@@ -29,7 +29,7 @@ in a fixed order (sorted by id; ESD ids start with the speaker), so indices are 
 through TFDS's Shuffler (which needs TensorFlow past 1 GB). `info.metadata` holds the sample rate, the
 label names, the speakers and, per stored split, every example's label and speaker index:
 `builder.index(split)` returns them without reading audio, e.g. to draw ESD's per-speaker few-shot sets
-(`synthetic_speech` sources have the same `.index`).
+(`synthetic_speech` sources give the same arrays as their `row_index`, the `DataSource` capability).
 
 Virtual splits (`builders.data_source(name, split)` returns a `Subset`): `evaluation` <-> `validation`
 aliases everywhere; ESD `<speaker>_<split>` (e.g. `0011_train`); IEMOCAP `loso` `fold<k>_train` /
@@ -251,7 +251,7 @@ class _SpeechBuilder(ManualShardBuilder, skip_registration=True):
     def _shard_iterators_per_split(self, dl_manager):
         manual_dir = os.fspath(dl_manager.manual_dir)
         splits = self._scan(manual_dir)
-        classes = getattr(self.builder_config, "classes", None) if self.builder_config else None
+        classes = self.builder_config.classes if self.builder_config is not None else None  # ESD etc.: no configs
         if classes:
             splits = {s: [u for u in utts if u.label in classes] for s, utts in splits.items()}
         empty = [s for s, utts in splits.items() if not utts]

@@ -3,8 +3,9 @@
 Once MERTools' utterance features are extracted the data is small (MER2024: about 5,000 labelled samples and
 a pool of about 115,000, 6,912 floats each for the top-1 features), so both splits are read once into host
 arrays (`MerSet`) and every trial of every round indexes them: a fold, a fold plus pseudo-labelled pool
-samples. `MerSet` is itself a random-access source (`len`, `[i]`) of the builder's elements flattened for
-batching: `features/<name>` [D] or [T, D], `lengths/<name>` (frame-level features), `label`.
+samples. `MerSet` is itself a `DataSource` (`len`, `[i]`) of the builder's elements flattened for batching:
+`features/<name>` [D] or [T, D], `lengths/<name>` (frame-level features), `label`; it reads whole batches at
+once (`reads_batches`), so population trials read their folds without per-example work.
 
 Sources: `config.data.name` = "synthetic_mer" (`jaxemo.data.synthetic_sentiment.make_mer`: a `train` set and
 an `unlabeled` pool with a shifted class prior whose hidden labels are kept as `true_labels`) or "mer2024"
@@ -22,16 +23,19 @@ import numpy as np
 from jaxemo.data import sources
 from jaxemo.data.builders.base import DataError
 from jaxemo.data.builders.mer2024 import CLASSES  # MERTools `emos_mer`, index order
+from jaxemo.data.datasource import SourceBase
 
 logger = logging.getLogger(__name__)
 
 
 
 @dataclasses.dataclass
-class MerSet:
+class MerSet(SourceBase):
     """Samples as arrays: `features` {name: [N, D] or [N, T, D]}, `lengths` {name: [N]} (frame-level only),
     `labels` [N] (-1: unknown), `true_labels` [N] or None (the pool's hidden labels, synthetic data only),
     `ids` [N] sample names."""
+
+    reads_batches = True
 
     features: dict
     labels: np.ndarray

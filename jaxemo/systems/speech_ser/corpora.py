@@ -8,9 +8,14 @@ do. Splits are `train`, `validation` and `test`.
     MultiCorpusSource   pre-finetuning batches: each block of `block` consecutive examples (a micro-batch)
                         from one corpus, the blocks of all corpora shuffled together every epoch, so a corpus
                         is drawn in proportion to its size (the reference's `MultitaskDataloader`)
+    Relabelled          a synthetic corpus restricted to some emotions, relabelled 0..n-1
     Tagged              an example with its corpus index (the evaluation sets)
     BinaryTarget        few-shot labels: 1 for the target emotion, 0 for the rest
     Cached              keeps the examples it has read (a trial reads its few shots every epoch)
+
+All are `DataSource`s (`jaxemo.data.datasource`). The per-speaker few-shot sets are drawn from a split's
+`{'label', 'speaker'}` of every row without reading audio: the source's `row_index` where it has one
+(synthetic corpora), else the builder's `index(split)` (metadata written at build time).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 
 from jaxemo.data import builders, sources
 from jaxemo.data import synthetic_speech
+from jaxemo.data.datasource import DataSource, SourceBase, as_data_source
 
 # The four pre-finetuning corpora of Chen & Yu (2023), in the order of the paper's README.
 PREFINETUNE_CORPORA = ("iemocap", "msp_podcast", "msp_improv", "mandarin_affective_speech")
@@ -54,7 +60,7 @@ def parse_subset(name: str) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------------ sources
 
 
-def make_split(data_config, split: str, seed: int = 0):
+def make_split(data_config, split: str, seed: int = 0) -> DataSource:
     """One split of a corpus: synthetic (restricted to `data_config.emotions` and relabelled 0..n-1 if given)
     or read through its builder."""
     source = sources.make_source(data_config, split, seed)
@@ -77,36 +83,41 @@ def label_names(data_config) -> tuple[str, ...]:
     return tuple(builder.info.features["label"].names)
 
 
-def split_index(data_config, split: str, source) -> dict[str, np.ndarray]:
-    """{'label', 'speaker'} of every row of a split without reading audio."""
-    if hasattr(source, "index") and not callable(source.index):
-        return source.index
+def split_index(data_config, split: str, source: DataSource) -> dict[str, np.ndarray]:
+    """{'label', 'speaker'} of every row of a split (`make_split`'s source) without reading audio."""
+    if source.row_index is not None:
+        return dict(source.row_index)
     builder = builders.prepare(data_config.name, data_config.get("manual_dir") or None,
                                data_config.get("builder_config") or None, data_config.get("data_dir") or None)
     return builder.index(split)
 
 
-class Relabelled:
-    """The rows of `source` whose label is in `keep`, labelled by their position in `keep`."""
+class Relabelled(SourceBase):
+    """The rows of `source` whose label is in `keep`, labelled by their position in `keep`; `source` needs a
+    `row_index` (its labels without reading examples)."""
 
     def __init__(self, source, keep: Sequence[int]):
-        index = source.index
+        source = as_data_source(source, "Relabelled's source")
+        index = source.row_index
+        if index is None:
+            raise ValueError(f"Relabelled: {type(source).__name__} has no row_index to find the labels "
+                             f"{list(keep)} in")
         self.source, self.keep = source, [int(k) for k in keep]
         self.rows = np.flatnonzero(np.isin(index["label"], self.keep))
         lookup = {k: i for i, k in enumerate(self.keep)}
-        self.index = {"label": np.asarray([lookup[int(v)] for v in index["label"][self.rows]], np.int32),
-                      "speaker": index["speaker"][self.rows]}
+        self.row_index = {"label": np.asarray([lookup[int(v)] for v in index["label"][self.rows]], np.int32),
+                          "speaker": index["speaker"][self.rows]}
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
         example = dict(self.source[int(self.rows[i])])
-        example["label"] = np.int32(self.index["label"][i])
+        example["label"] = np.int32(self.row_index["label"][i])
         return example
 
 
-class Tagged:
+class Tagged(SourceBase):
     """`source` with a `corpus` field (int32) on every example."""
 
     def __init__(self, source, corpus: int):
@@ -119,7 +130,7 @@ class Tagged:
         return {**self.source[i], "corpus": self.corpus}
 
 
-class BinaryTarget:
+class BinaryTarget(SourceBase):
     """Rows `rows` of `source` with label 1 for `target` (an emotion index) and 0 otherwise."""
 
     def __init__(self, source, rows: Sequence[int], target: int, name: str = ""):
@@ -137,15 +148,16 @@ class BinaryTarget:
         return f"BinaryTarget({self.name or 'rows'}: {len(self)} rows, target {self.target})"
 
 
-class Cached:
-    """Keeps every example of `source` it has returned (thread-safe), keeping only `keys` of it."""
+class Cached(SourceBase):
+    """Keeps every example of `source` it has returned (thread-safe), keeping only `keys` of it; the same
+    `row_index` as `source`."""
 
     def __init__(self, source, keys: Optional[Sequence[str]] = ("waveform", "label")):
-        self.source, self.keys = source, tuple(keys) if keys else None
+        self.source = as_data_source(source, "Cached's source")
+        self.keys = tuple(keys) if keys else None
+        self.row_index = self.source.row_index
         self._cache: dict[int, dict] = {}
         self._lock = threading.Lock()
-        if hasattr(source, "index") and not callable(source.index):
-            self.index = source.index
 
     def __len__(self) -> int:
         return len(self.source)
@@ -161,7 +173,7 @@ class Cached:
         return found
 
 
-class MultiCorpusSource:
+class MultiCorpusSource(SourceBase):
     """Pre-finetuning examples of several corpora for `epochs` epochs, read in order (`orders_itself`).
 
     Every epoch, each corpus is shuffled and cut into blocks of `block` examples (a last partial block is left

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxemo.data import sources, synthetic_speech
+from jaxemo.data.builders.base import Subset
 from jaxemo.systems import speech_ser
 from jaxemo.systems.speech_ser import corpora as corpora_lib
 from jaxemo.train import population
@@ -107,19 +108,8 @@ class SpeakerData:
         key = (split, speaker)
         if key not in self._views:
             rows = self.rows(split, speaker)
-            self._views[key] = corpora_lib.Cached(_Rows(self.splits[split], rows))
+            self._views[key] = corpora_lib.Cached(Subset(self.splits[split], rows, f"{speaker}/{split}"))
         return self._views[key]
-
-
-class _Rows:
-    def __init__(self, source, rows):
-        self.source, self.rows = source, np.asarray(rows)
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.source[int(self.rows[i])]
 
 
 def trial_specs(config, speakers: Sequence[str], k: int) -> list[TrialSpec]:
