@@ -77,7 +77,7 @@ def read_checkpoint(path: str, key: Optional[str] = "model") -> TorchCheckpoint:
     """`load_state_dict`, with the format, the entry the state dict came from and the prefix stripped."""
     if os.path.isdir(path):
         parts = [_read_file(name, key) for name in _folder_weight_files(path)]
-        merged = {k: v for part in parts for k, v in part.state_dict.items()}
+        merged = {k: v for part in parts for k, v in _checked(part.path, part.state_dict).items()}
         return _finish(path, parts[0].format, merged, parts[0].entry)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -106,7 +106,7 @@ def checkpoint_format(path: str) -> str:
         if 8 + int.from_bytes(head[:8], "little") > os.path.getsize(path):
             raise ValueError(f"{path}: a safetensors file whose header runs past its end (truncated or corrupt)")
         return "safetensors"
-    what = "an empty file" if not head else "none of these"
+    what = "the file is empty" if not head else "its first bytes fit none of the formats"
     raise ValueError(f"{path}: not a PyTorch checkpoint ({what}): expected {_DESCRIPTION}")
 
 
@@ -134,13 +134,17 @@ def _state_dict_entry(checkpoint: Any, key: Optional[str]) -> Optional[str]:
     return next((name for name in names if isinstance(checkpoint.get(name), Mapping)), None)
 
 
-def _finish(path: str, file_format: str, state_dict: Any, entry: Optional[str]) -> TorchCheckpoint:
+def _checked(path: str, state_dict: Any) -> Mapping:
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), found "
                          f"{type(state_dict).__name__}")
     if not state_dict:
         raise ValueError(f"{path}: the state dict is empty")
-    prefix = data_parallel_prefix(state_dict)
+    return state_dict
+
+
+def _finish(path: str, file_format: str, state_dict: Any, entry: Optional[str]) -> TorchCheckpoint:
+    prefix = data_parallel_prefix(_checked(path, state_dict))
     stripped = {k[len(prefix):] if prefix else k: v for k, v in state_dict.items()}
     return TorchCheckpoint(path, file_format, stripped, entry, prefix)
 
@@ -193,8 +197,9 @@ def _read_safetensors(path: str) -> dict[str, Any]:
 
 def _torch_load(torch, path: str, key: Optional[str]) -> Any:
     try:
-        with torch.serialization.safe_globals(list(EXTRA_SAFE_TYPES)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # An open file, not its name: torch.load would read a name ending in .safetensors as safetensors.
+        with open(path, "rb") as f, torch.serialization.safe_globals(list(EXTRA_SAFE_TYPES)):
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # weights-only refusals, but also damaged pickles
         unsafe = _unsafe_globals(torch, path, str(error))
         if not unsafe:
