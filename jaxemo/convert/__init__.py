@@ -1,27 +1,14 @@
-"""PyTorch checkpoints -> jaxemo params (plain nested dicts of numpy arrays)."""
+"""PyTorch checkpoints -> jaxemo params (plain nested dicts of numpy arrays).
 
-from __future__ import annotations
-
-import os
-
-
-def load_torch_state_dict(path: str, key: str | None = "model") -> dict:
-    """A `.pth` checkpoint's state dict, read with torch on the CPU (weights only, never executing code).
-
-    MAE / MAE-Face / AudioMAE checkpoints keep it under "model", the MMA-DFER releases under "state_dict";
-    `key` is tried first and the whole file is returned when it holds no such entry.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError(f"reading {path} needs torch (pip install torch==2.13.0 for the CPU build)") from error
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
-    for name in (key, "state_dict", "model"):
-        if name and isinstance(checkpoint, dict) and isinstance(checkpoint.get(name), dict):
-            return checkpoint[name]
-    return checkpoint
+- `torch_state`: the one checkpoint loader (`load_state_dict(path)`, `read_checkpoint(path)`). It reads
+  `torch.save` files (`.pth` / `.pt` / `.bin`, zip or legacy format) with `torch.load(weights_only=True)`,
+  TorchScript archives (the scripted module's state dict), `.safetensors` files and Hugging Face model
+  directories, telling them apart by content. Saved dicts may carry plain containers, numbers, strings and
+  `argparse.Namespace` beside the weights; the state dict is the entry named by `key`, else "state_dict",
+  else "model", else the whole file; a `module.` (DataParallel / DDP) prefix is stripped. A pickled model or
+  any other object is refused with the one-line command that re-saves its weights as a state dict.
+- `common`: what the converters share: `StateDictReader` (key look-ups with errors naming the key), `to_numpy`,
+  and the torch -> flax leaf layouts (`dense_params`, `norm_params`, `heads_in_params`, ...).
+- one module per source layout: `vit`, `mae`, `clip`, `mma_dfer`, `casp`, `wav2vec2`; `python -m jaxemo.convert`
+  runs them on a file.
+"""

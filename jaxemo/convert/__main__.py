@@ -16,8 +16,10 @@ take a weights file or a directory holding config.json and the weights (without 
 inferred from the weights, and the CLI says what it assumed); they also write the model config
 (`<output_dir>/0/model_config.json`): `jaxemo.convert.wav2vec2.load(output_dir)` returns (config, params).
 
-Inputs: `.safetensors` (read with safetensors), TorchScript archives (`torch.jit.load`) or `.pth` / `.bin` /
-`.pt` files (`torch.load(weights_only=True)`); nothing else is unpickled. Head counts are not stored in the
+Inputs are read by `jaxemo.convert.torch_state`: `torch.save` files (`.pth` / `.bin` / `.pt`, with
+`torch.load(weights_only=True)`: weights, plain containers and `argparse.Namespace` only), TorchScript archives,
+`.safetensors` files or a Hugging Face model directory; a `module.` (DataParallel) prefix is stripped, and a
+pickled model is refused with the command that re-saves it as a state dict. Head counts are not stored in the
 weights: they default by width (ViT 192/384/768/1024/1280 -> 3/6/12/16/16 heads, MAE decoder 512 -> 16, CLIP
 text 512/768 -> 8/12, wav2vec2 / HuBERT without config.json 768/1024 -> 12/16) and `--num_heads`,
 `--decoder_heads`, `--text_heads` override them.
@@ -28,52 +30,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
-import zipfile
 
 import jax
 import numpy as np
 
 from jaxemo.convert import clip as convert_clip, mae as convert_mae, mma_dfer as convert_mma_dfer
-from jaxemo.convert import vit as convert_vit, wav2vec2 as convert_wav2vec2
+from jaxemo.convert import torch_state, vit as convert_vit, wav2vec2 as convert_wav2vec2
+from jaxemo.convert.common import layer_count
 
 VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 DECODER_HEADS = {512: 16}
 TEXT_HEADS = {512: 8, 768: 12}
 KINDS = ("mae", "mae_hf", "clip", "clip_hf", "vit_hf", "vit_timm", "mma_dfer", "wav2vec2", "hubert")
-
-
-def read_state_dict(path: str) -> dict:
-    """{name: array or tensor} from a `.safetensors`, TorchScript or `torch.save` file (weights only)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(path)
-        except Exception as error:
-            raise ValueError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from error
-    if _is_torchscript(path):
-        import torch
-
-        try:
-            with warnings.catch_warnings():  # OpenAI's checkpoints are TorchScript; torch deprecates the format
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return dict(torch.jit.load(path, map_location="cpu").state_dict())
-        except Exception as error:
-            raise ValueError(f"{path}: not a readable TorchScript archive ({type(error).__name__}: {error})") from error
-    from jaxemo.convert import load_torch_state_dict
-
-    return load_torch_state_dict(path)
-
-
-def _is_torchscript(path: str) -> bool:
-    """A TorchScript archive is a zip holding `<name>/constants.pkl` (a `torch.save` zip holds `data.pkl` only)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def _heads(table: dict, width: int, override, what: str) -> int:
@@ -115,8 +83,8 @@ def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
     if kind == "vit_hf":
         prefix = "vit." if any(k.startswith("vit.") for k in state_dict) else ""
         width = _width(state_dict, prefix + "embeddings.cls_token")
-        depth = max(convert_vit.layer_count(state_dict, prefix + "encoder.layer."),
-                    convert_vit.layer_count(state_dict, prefix + "layers."))
+        depth = max(layer_count(state_dict, prefix + "encoder.layer."),
+                    layer_count(state_dict, prefix + "layers."))
         return convert_vit.from_hf_vit(state_dict, depth, _heads(VIT_HEADS, width, args.num_heads, "ViT"),
                                        prefix=prefix), []
     if kind == "vit_timm":
@@ -131,8 +99,8 @@ def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m jaxemo.convert", description=__doc__.split("\n")[0])
     p.add_argument("kind", choices=KINDS)
-    p.add_argument("input", help="the PyTorch checkpoint (.pth, .bin, .pt, TorchScript or .safetensors); "
-                   "wav2vec2 / hubert: also a directory holding config.json and the weights")
+    p.add_argument("input", help="the PyTorch checkpoint (.pth, .bin, .pt, TorchScript or .safetensors) or a "
+                   "Hugging Face model directory (wav2vec2 / hubert: config.json read from it)")
     p.add_argument("output_dir", help="the jaxemo checkpoint directory to create (its step 0)")
     p.add_argument("--num_heads", type=int, default=None,
                    help="(image / speech) encoder heads; default by width (wav2vec2 / hubert: config.json first)")
@@ -148,20 +116,25 @@ def main(argv=None) -> dict:
     from jaxemo.train import checkpoint
 
     if args.kind in ("wav2vec2", "hubert"):
-        params = convert_wav2vec2.convert_checkpoint(args.input, args.output_dir, args.kind, read_state_dict,
+        params = convert_wav2vec2.convert_checkpoint(args.input, args.output_dir, args.kind,
                                                      num_heads=args.num_heads, overwrite=args.overwrite)
         count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
         print(f"{args.input} -> {os.path.join(os.path.abspath(args.output_dir), '0')}: {count:,} parameters "
               f"({args.kind})")
         return params
-    params, unused = convert(args.kind, read_state_dict(args.input), args)
+    source = torch_state.read_checkpoint(args.input)
+    params, unused = convert(args.kind, source.state_dict, args)
     path = checkpoint.save_params(args.output_dir, params, overwrite=args.overwrite)
     count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-    print(f"{args.input} -> {path}: {count:,} parameters ({args.kind})")
+    stripped = f"; the keys' {source.stripped_prefix!r} prefix stripped" if source.stripped_prefix else ""
+    print(f"{args.input} -> {path}: {count:,} parameters ({args.kind}{stripped})")
     if unused:
         print(f"unused keys ({len(unused)}): {', '.join(unused[:20])}{' ...' if len(unused) > 20 else ''}")
     return params
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:  # a bad input: the message says what to do, no traceback
+        sys.exit(f"python -m jaxemo.convert: {error}")

@@ -45,16 +45,14 @@ dict.
 from __future__ import annotations
 
 import logging
-import os
-import pickletools
 import re
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from jaxemo.convert.vit import _to_numpy
+from jaxemo.convert.common import as_float32, heads_in_params, to_numpy
+from jaxemo.convert.torch_state import data_parallel_prefix, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +60,7 @@ FUSIONS = ("late", "early")
 MODALITIES = ("text", "audio", "vision")
 DEFAULT_NUM_HEADS = 8  # CASP's main.py --num_heads (its help string says 5; the value is 8)
 _BUFFERS = ("version", "embed_positions._float_tensor")
-# globals a plain state dict's pickle refers to (tensor rebuilding, storages, OrderedDict)
-_TENSOR_GLOBALS = ("torch._utils.", "collections.OrderedDict", "torch.storage.", "torch.FloatStorage",
-                   "torch.float", "torch.device", "builtins.", "__builtin__.")
 _LAYOUT = "CASP reference (zrguo/CASP models/model.py)"
-_RESAVE = ('python -c "import torch; torch.save(torch.load(\'{path}\', map_location=\'cpu\', weights_only=False)'
-           '.state_dict(), \'{target}\')"')
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -78,13 +71,6 @@ def _encoder_prefixes(fusion: str) -> list[tuple[str, str]]:
     if fusion == "late":
         return [(f"encoder_{m}", f"encoders.{i}.") for i, m in enumerate(MODALITIES)]
     return [("fusion", "fusion.")]
-
-
-def _leaf(value) -> np.ndarray:
-    """A param leaf (jax / numpy array, or a flax `Partitioned` box) as a float32 numpy array."""
-    if hasattr(value, "unbox"):
-        value = value.unbox()
-    return np.asarray(value, dtype=np.float32)
 
 
 class _Reader:
@@ -101,11 +87,11 @@ class _Reader:
         return key
 
     def shape(self, name: str) -> tuple:
-        return tuple(_to_numpy(self.arrays[self._key(name)]).shape)
+        return tuple(to_numpy(self.arrays[self._key(name)]).shape)
 
     def get(self, name: str, shape: tuple) -> np.ndarray:
         key = self._key(name)
-        value = _to_numpy(self.arrays[key]).astype(np.float32)
+        value = to_numpy(self.arrays[key]).astype(np.float32)
         if value.shape != tuple(shape):
             raise ValueError(f"key {key!r} has shape {tuple(value.shape)}, expected {tuple(shape)}")
         self.used.add(key)
@@ -124,10 +110,6 @@ def _contiguous(tree):
     if isinstance(tree, dict):
         return {k: _contiguous(v) for k, v in tree.items()}
     return np.ascontiguousarray(tree, dtype=np.float32)
-
-
-def _data_parallel_prefix(state_dict: Mapping[str, Any]) -> str:
-    return "module." if state_dict and all(k.startswith("module.") for k in state_dict) else ""
 
 
 def _indices(keys, start: str) -> list[int]:
@@ -160,18 +142,13 @@ def _infer_fusion(keys, prefix: str, fusion: str | None) -> str:
     return found
 
 
-def _split_heads_in(weight: np.ndarray, bias: np.ndarray, num_heads: int) -> dict:
-    """Linear rows [P_out, P_in] -> DenseGeneral kernel [P_in, H, P_out / H], bias [H, P_out / H]."""
-    return {"kernel": weight.T.reshape(weight.shape[1], num_heads, -1), "bias": bias.reshape(num_heads, -1)}
-
-
 def _encoder_from(sd: _Reader, start: str, depth: int, width: int, num_heads: int) -> dict:
     encoder = {}
     for i in range(depth):
         at = f"{start}layers.{i}."
         in_weight = sd.get(at + "self_attn.in_proj_weight", (3 * width, width))
         in_bias = sd.get(at + "self_attn.in_proj_bias", (3 * width,))
-        attention = {name: _split_heads_in(w, b, num_heads) for name, w, b
+        attention = {name: heads_in_params(w, b, num_heads) for name, w, b
                      in zip(("query", "key", "value"), np.split(in_weight, 3), np.split(in_bias, 3))}
         out = sd.linear(at + "self_attn.out_proj", width, width)
         attention["out"] = {"kernel": out["kernel"].reshape(num_heads, -1, width), "bias": out["bias"]}
@@ -195,21 +172,21 @@ def _encoder_to(encoder: dict, start: str) -> dict:
     for i, name in enumerate(layers):
         layer, at = encoder[name], f"{start}layers.{i}."
         attention = layer["self_attn"]
-        width = _leaf(attention["query"]["kernel"]).shape[0]
+        width = as_float32(attention["query"]["kernel"]).shape[0]
         state[at + "self_attn.in_proj_weight"] = np.concatenate(
-            [_leaf(attention[n]["kernel"]).reshape(width, -1).T for n in ("query", "key", "value")])
+            [as_float32(attention[n]["kernel"]).reshape(width, -1).T for n in ("query", "key", "value")])
         state[at + "self_attn.in_proj_bias"] = np.concatenate(
-            [_leaf(attention[n]["bias"]).reshape(-1) for n in ("query", "key", "value")])
-        state[at + "self_attn.out_proj.weight"] = _leaf(attention["out"]["kernel"]).reshape(-1, width).T
-        state[at + "self_attn.out_proj.bias"] = _leaf(attention["out"]["bias"])
+            [as_float32(attention[n]["bias"]).reshape(-1) for n in ("query", "key", "value")])
+        state[at + "self_attn.out_proj.weight"] = as_float32(attention["out"]["kernel"]).reshape(-1, width).T
+        state[at + "self_attn.out_proj.bias"] = as_float32(attention["out"]["bias"])
         for fc in ("fc1", "fc2"):
-            state[f"{at}{fc}.weight"] = _leaf(layer[fc]["kernel"]).T
-            state[f"{at}{fc}.bias"] = _leaf(layer[fc]["bias"])
+            state[f"{at}{fc}.weight"] = as_float32(layer[fc]["kernel"]).T
+            state[f"{at}{fc}.bias"] = as_float32(layer[fc]["bias"])
         for j in (0, 1):
-            state[f"{at}layer_norms.{j}.weight"] = _leaf(layer[f"layer_norms_{j}"]["scale"])
-            state[f"{at}layer_norms.{j}.bias"] = _leaf(layer[f"layer_norms_{j}"]["bias"])
-    state[start + "layer_norm.weight"] = _leaf(encoder["layer_norm"]["scale"])
-    state[start + "layer_norm.bias"] = _leaf(encoder["layer_norm"]["bias"])
+            state[f"{at}layer_norms.{j}.weight"] = as_float32(layer[f"layer_norms_{j}"]["scale"])
+            state[f"{at}layer_norms.{j}.bias"] = as_float32(layer[f"layer_norms_{j}"]["bias"])
+    state[start + "layer_norm.weight"] = as_float32(encoder["layer_norm"]["scale"])
+    state[start + "layer_norm.bias"] = as_float32(encoder["layer_norm"]["bias"])
     return state
 
 
@@ -227,7 +204,7 @@ def convert_reference_state_dict(state_dict: Mapping[str, Any], fusion: str | No
     if fusion is not None and fusion not in FUSIONS:
         raise ValueError(f"fusion={fusion!r}; expected 'late' or 'early'")
     keys = list(state_dict)
-    prefix = _data_parallel_prefix(state_dict)
+    prefix = data_parallel_prefix(state_dict)
     fusion = _infer_fusion(keys, prefix, fusion)
     sd = _Reader(state_dict, prefix)
 
@@ -315,72 +292,33 @@ def to_reference_state_dict(params: Mapping[str, Any], fusion: str) -> dict[str,
         raise ValueError(f"fusion={fusion!r} needs params {missing}{hint}")
     state = {}
     for i, m in enumerate(MODALITIES):
-        state[f"proj.{i}.weight"] = _leaf(params[f"proj_{m}"]["kernel"]).T[:, :, None]
-        state[f"proj.{i}.bias"] = _leaf(params[f"proj_{m}"]["bias"])
+        state[f"proj.{i}.weight"] = as_float32(params[f"proj_{m}"]["kernel"]).T[:, :, None]
+        state[f"proj.{i}.bias"] = as_float32(params[f"proj_{m}"]["bias"])
     for name, start in encoders:
         state.update(_encoder_to(params[name], start))
     if fusion == "late":
-        state["out_layer_proj0.weight"] = _leaf(params["out_layer_proj0"]["kernel"]).T
-        state["out_layer_proj0.bias"] = _leaf(params["out_layer_proj0"]["bias"])
+        state["out_layer_proj0.weight"] = as_float32(params["out_layer_proj0"]["kernel"]).T
+        state["out_layer_proj0.bias"] = as_float32(params["out_layer_proj0"]["bias"])
     for name in ("out_layer_proj1", "out_layer_proj2", "out_layer"):
-        state[f"{name}.weight"] = _leaf(params["head"][name]["kernel"]).T
-        state[f"{name}.bias"] = _leaf(params["head"][name]["bias"])
+        state[f"{name}.weight"] = as_float32(params["head"][name]["kernel"]).T
+        state[f"{name}.bias"] = as_float32(params["head"][name]["bias"])
     return {k: np.array(v, np.float32) for k, v in state.items()}  # contiguous, writable copies
-
-
-def _pickled_classes(path: str) -> list[str]:
-    """`module.Class` names a torch zip checkpoint's pickle refers to, read without unpickling anything."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            data = archive.read(name) if name else b""
-    except (OSError, zipfile.BadZipFile):
-        return []
-    classes, strings = [], []
-    try:
-        for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(arg)
-            elif opcode.name == "GLOBAL":
-                classes.append(arg.replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                classes.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # a truncated or unusual pickle: report what was found so far
-        pass
-    return list(dict.fromkeys(classes))
 
 
 def load_reference_checkpoint(path: str, num_heads: int = DEFAULT_NUM_HEADS,
                               fusion: str | None = None) -> tuple[dict, str, dict]:
     """A `.pt` / `.pth` file holding a CASP `Latefusion` / `Earlyfusion` state dict -> (params, fusion, info).
 
-    The file is read with `torch.load(weights_only=True)` (no code runs); the state dict may be the whole
-    file or sit under "state_dict" / "model". CASP's own scripts save the whole pickled model instead
-    (`torch.save(model, name)`), which cannot be read that way: the error then gives the line that re-saves
-    it as a state dict, to be run once where the CASP code imports. See `convert_reference_state_dict` for
-    `info`; it also holds `path`.
+    The file is read by `jaxemo.convert.torch_state.read_checkpoint` (weights only, no code runs); the state
+    dict may be the whole file or sit under "state_dict" / "model". CASP's own scripts save the whole pickled
+    model instead (`torch.save(model, name)`), which cannot be read that way: the error then gives the line
+    that re-saves it as a state dict, to be run once where the CASP code imports. See
+    `convert_reference_state_dict` for `info`; it also holds `path`, and `prefix` is the one the file's keys
+    had ("module." for a DataParallel model's, stripped on reading).
     """
-    from jaxemo.convert import load_torch_state_dict
-
-    try:
-        state_dict = load_torch_state_dict(path, key="state_dict")
-    except ValueError as error:
-        pickled = [c for c in _pickled_classes(path) if not c.startswith(_TENSOR_GLOBALS)]
-        if pickled or "Weights only load failed" in str(error):
-            what = f" ({', '.join(pickled[:4])})" if pickled else ""
-            resave = _RESAVE.format(path=path, target=os.path.splitext(path)[0] + "_state_dict.pt")
-            raise ValueError(
-                f"{path} is not a state dict but a pickled object{what}: CASP's training scripts save the whole "
-                f"model (`torch.save(model, name)`), which only full unpickling can read, and that runs code, "
-                f"so torch.load(weights_only=True) refuses it. Re-save it once as a state dict, from the CASP "
-                f"repository's root (where `models.model` imports) and only if you trust the file:\n    {resave}\n"
-                f"then pass the new file.") from error
-        raise
-    if not isinstance(state_dict, Mapping) or not state_dict:
-        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), found "
-                         f"{type(state_dict).__name__}")
-    params, info = convert_reference_state_dict(state_dict, fusion, num_heads)
-    info["path"] = path
+    checkpoint = read_checkpoint(path, key="state_dict")
+    params, info = convert_reference_state_dict(checkpoint.state_dict, fusion, num_heads)
+    info["path"], info["prefix"] = path, checkpoint.stripped_prefix
     if info["ignored"]:
         logger.info("%s: ignored %d buffers without weights: %s", path, len(info["ignored"]),
                     ", ".join(info["ignored"]))

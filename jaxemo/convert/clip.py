@@ -1,7 +1,7 @@
 """CLIP checkpoints -> `jaxemo.models.clip.CLIP` params.
 
     params = from_hf_clip(hf_model.state_dict(), vision_heads=12, text_heads=8)    # transformers' CLIPModel
-    params = from_openai_clip(torch.jit.load("ViT-B-16.pt").state_dict(), 12, 8)   # OpenAI / open_clip
+    params = from_openai_clip(load_state_dict("ViT-B-16.pt"), 12, 8)               # OpenAI / open_clip
 
 transformers' `CLIPModel` names (`vision_model.*`, `text_model.*`, `visual_projection`, `text_projection`,
 `logit_scale`), as its hub files and its in-memory state dicts hold them; OpenAI's and open_clip's names
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from jaxemo.convert.vit import _StateDict, _layer_norm, _norm, layer_count, stacked_blocks
+from jaxemo.convert.common import StateDictReader, layer_count, norm_params
+from jaxemo.convert.vit import stacked_blocks
 
 _HF_CLIP_LAYER = dict(layer="encoder.layers.{}.", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
                       proj="self_attn.out_proj", fc1="mlp.fc1", fc2="mlp.fc2", norm1="layer_norm1",
@@ -29,13 +30,13 @@ def _count(state_dict: Mapping[str, Any], start: str) -> int:
     return depth
 
 
-def _tower_blocks(sd: _StateDict, width: int, num_heads: int, scan: bool) -> dict:
+def _tower_blocks(sd: StateDictReader, width: int, num_heads: int, scan: bool) -> dict:
     depth = _count(sd.arrays, sd.prefix + "encoder.layers.")
     return stacked_blocks(sd, _HF_CLIP_LAYER, depth, width, num_heads, scan)
 
 
 def from_hf_clip(state_dict: Mapping[str, Any], vision_heads: int, text_heads: int, scan: bool = True) -> dict:
-    vision = _StateDict(state_dict, "vision_model.", "CLIPModel vision tower")
+    vision = StateDictReader(state_dict, "vision_model.", "CLIPModel vision tower")
     cls = vision.get("embeddings.class_embedding", (None,))
     width = cls.shape[0]
     patch = vision.get("embeddings.patch_embedding.weight", (width, 3, None, None))
@@ -43,20 +44,20 @@ def from_hf_clip(state_dict: Mapping[str, Any], vision_heads: int, text_heads: i
         "cls_token": cls.reshape(1, 1, width),
         "patch_embed": {"kernel": patch.transpose(2, 3, 1, 0)},
         "pos_embed": vision.get("embeddings.position_embedding.weight", (None, width))[None],
-        "norm_pre": _norm(*_layer_norm(vision, "pre_layrnorm", width)),
+        "norm_pre": norm_params(*vision.layer_norm("pre_layrnorm", width)),
         "encoder": _tower_blocks(vision, width, vision_heads, scan),
-        "norm": _norm(*_layer_norm(vision, "post_layernorm", width)),
+        "norm": norm_params(*vision.layer_norm("post_layernorm", width)),
     }
-    text = _StateDict(state_dict, "text_model.", "CLIPModel text tower")
+    text = StateDictReader(state_dict, "text_model.", "CLIPModel text tower")
     tokens = text.get("embeddings.token_embedding.weight", (None, None))
     text_width = tokens.shape[1]
     text_params = {
         "token_embedding": {"embedding": tokens},
         "position_embedding": text.get("embeddings.position_embedding.weight", (None, text_width)),
         "encoder": _tower_blocks(text, text_width, text_heads, scan),
-        "final_norm": _norm(*_layer_norm(text, "final_layer_norm", text_width)),
+        "final_norm": norm_params(*text.layer_norm("final_layer_norm", text_width)),
     }
-    root = _StateDict(state_dict, "", "CLIPModel")
+    root = StateDictReader(state_dict, "", "CLIPModel")
     params = {
         "visual": visual,
         "text": text_params,
@@ -78,7 +79,7 @@ _OPENAI_LAYER = dict(layer="transformer.resblocks.{}.", qkv_weight="attn.in_proj
 _OPENAI_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
-def _openai_blocks(sd: _StateDict, width: int, num_heads: int, scan: bool) -> dict:
+def _openai_blocks(sd: StateDictReader, width: int, num_heads: int, scan: bool) -> dict:
     depth = _count(sd.arrays, sd.prefix + "transformer.resblocks.")
     return stacked_blocks(sd, _OPENAI_LAYER, depth, width, num_heads, scan, fused_qkv=True)
 
@@ -88,25 +89,25 @@ def from_openai_clip(state_dict: Mapping[str, Any], vision_heads: int, text_head
     if "visual.conv1.weight" not in state_dict:
         raise ValueError("not an OpenAI / open_clip ViT CLIP state dict: no 'visual.conv1.weight' (ResNet image "
                          "towers are not supported)")
-    vision = _StateDict(state_dict, "visual.", "OpenAI CLIP image tower")
+    vision = StateDictReader(state_dict, "visual.", "OpenAI CLIP image tower")
     cls = vision.get("class_embedding", (None,))
     width = cls.shape[0]
     visual = {
         "cls_token": cls.reshape(1, 1, width),
         "patch_embed": {"kernel": vision.get("conv1.weight", (width, 3, None, None)).transpose(2, 3, 1, 0)},
         "pos_embed": vision.get("positional_embedding", (None, width))[None],
-        "norm_pre": _norm(*_layer_norm(vision, "ln_pre", width)),
+        "norm_pre": norm_params(*vision.layer_norm("ln_pre", width)),
         "encoder": _openai_blocks(vision, width, vision_heads, scan),
-        "norm": _norm(*_layer_norm(vision, "ln_post", width)),
+        "norm": norm_params(*vision.layer_norm("ln_post", width)),
     }
-    root = _StateDict(state_dict, "", "OpenAI CLIP")
+    root = StateDictReader(state_dict, "", "OpenAI CLIP")
     tokens = root.get("token_embedding.weight", (None, None))
     text_width = tokens.shape[1]
     text = {
         "token_embedding": {"embedding": tokens},
         "position_embedding": root.get("positional_embedding", (None, text_width)),
         "encoder": _openai_blocks(root, text_width, text_heads, scan),
-        "final_norm": _norm(*_layer_norm(root, "ln_final", text_width)),
+        "final_norm": norm_params(*root.layer_norm("ln_final", text_width)),
     }
     params = {
         "visual": visual,

@@ -5,7 +5,7 @@
   `*_full` checkpoints (encoder and decoder);
 - transformers' `ViTMAEForPreTraining` (`vit.*`, `decoder.*`), hub files or transformers >= 5 in-memory names.
 
-    params, unused = from_timm_mae(torch.load(path, weights_only=True)["model"], num_heads=16, decoder_heads=16)
+    params, unused = from_timm_mae(load_state_dict(path), num_heads=16, decoder_heads=16)  # torch_state's
     params = from_hf_mae(hf_model.state_dict(), num_heads=12, decoder_heads=16)
 
 An encoder-only checkpoint gives params without the decoder (`decoder_*`, `mask_token` absent): `init` the
@@ -22,9 +22,9 @@ import numpy as np
 
 from jaxemo import vit
 from jaxemo.convert import vit as convert_vit
-from jaxemo.convert.vit import _StateDict, _dense, _layer_norm, _linear, _norm
+from jaxemo.convert.common import StateDictReader, dense_params, layer_count, norm_params
 
-_TIMM_DECODER = dict(convert_vit._TIMM, layer="decoder_blocks.{}.", qkv_weight="attn.qkv.weight",
+_TIMM_DECODER = dict(convert_vit.TIMM_BLOCK_NAMES, layer="decoder_blocks.{}.", qkv_weight="attn.qkv.weight",
                      qkv_bias="attn.qkv.bias")
 
 
@@ -40,16 +40,16 @@ def _check_sincos(table, width: int, name: str) -> None:
                          f"that table itself; a learned or resized table is not supported here)")
 
 
-def _decoder_head(sd: _StateDict, width: int, names: dict) -> dict:
+def _decoder_head(sd: StateDictReader, width: int, names: dict) -> dict:
     """decoder_embed, mask_token, decoder_norm, decoder_pred under `names` (role -> key)."""
-    embed = _dense(*_linear(sd, names["embed"], (None, width)))
+    embed = dense_params(*sd.linear(names["embed"], (None, width)))
     decoder_width = embed["kernel"].shape[1]
     pred_weight = sd.get(names["pred"] + ".weight", (None, decoder_width))
     return {
         "decoder_embed": embed,
         "mask_token": sd.get(names["mask_token"], (1, 1, decoder_width)),
-        "decoder_norm": _norm(*_layer_norm(sd, names["norm"], decoder_width)),
-        "decoder_pred": _dense(pred_weight, sd.get(names["pred"] + ".bias", (pred_weight.shape[0],))),
+        "decoder_norm": norm_params(*sd.layer_norm(names["norm"], decoder_width)),
+        "decoder_pred": dense_params(pred_weight, sd.get(names["pred"] + ".bias", (pred_weight.shape[0],))),
     }
 
 
@@ -62,8 +62,8 @@ def from_timm_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: 
     _check_sincos(encoder.pop("pos_embed"), width, "pos_embed")
     encoder.pop("head", None)
     params = {"encoder": encoder}
-    sd = _StateDict(state_dict, "", "official MAE")
-    depth = convert_vit.layer_count(state_dict, "decoder_blocks.")
+    sd = StateDictReader(state_dict, "", "official MAE")
+    depth = layer_count(state_dict, "decoder_blocks.")
     if depth:
         head = _decoder_head(sd, width, dict(embed="decoder_embed", mask_token="mask_token", norm="decoder_norm",
                                              pred="decoder_pred"))
@@ -79,21 +79,21 @@ def from_timm_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: 
 
 def from_hf_mae(state_dict: Mapping[str, Any], num_heads: int, decoder_heads: int, scan: bool = True) -> dict:
     """transformers `ViTMAEForPreTraining` state dict (hub or transformers >= 5 names) -> `MAE` params."""
-    depth = max(convert_vit.layer_count(state_dict, "vit.encoder.layer."), convert_vit.layer_count(state_dict, "vit.layers."))
+    depth = max(layer_count(state_dict, "vit.encoder.layer."), layer_count(state_dict, "vit.layers."))
     if not depth:
         raise ValueError("not a ViTMAEForPreTraining state dict: no vit.encoder.layer.* or vit.layers.* keys")
     encoder = convert_vit.from_hf_vit(state_dict, depth, num_heads, scan, prefix="vit.")
     width = encoder["cls_token"].shape[-1]
     _check_sincos(encoder.pop("pos_embed"), width, "vit.embeddings.position_embeddings")
     params = {"encoder": encoder}
-    sd = _StateDict(state_dict, "decoder.", "ViTMAEForPreTraining decoder")
+    sd = StateDictReader(state_dict, "decoder.", "ViTMAEForPreTraining decoder")
     head = _decoder_head(sd, width, dict(embed="decoder_embed", mask_token="mask_token", norm="decoder_norm",
                                          pred="decoder_pred"))
     decoder_width = head["mask_token"].shape[-1]
     _check_sincos(sd.get("decoder_pos_embed", (1, None, decoder_width)), decoder_width, "decoder.decoder_pos_embed")
     v5 = any(k.startswith("decoder.decoder_layers.0.attention.q_proj") for k in state_dict)
-    names = dict(convert_vit._HF_V5 if v5 else convert_vit._HF_CHECKPOINT, layer="decoder_layers.{}.")
-    decoder_depth = convert_vit.layer_count(state_dict, "decoder.decoder_layers.")
+    names = dict(convert_vit.HF_V5_BLOCK_NAMES if v5 else convert_vit.HF_BLOCK_NAMES, layer="decoder_layers.{}.")
+    decoder_depth = layer_count(state_dict, "decoder.decoder_layers.")
     params.update(head)
     params["decoder"] = convert_vit.stacked_blocks(sd, names, decoder_depth, decoder_width, decoder_heads, scan)
     leftover = [k for k in sd.unused() if not k.startswith("vit.")]  # the encoder's are checked by from_hf_vit

@@ -2,7 +2,7 @@
 
 Three entry points, all numpy-only (torch tensors or numpy arrays in, float32 numpy out):
 
-    params, unused = from_reference_checkpoint(torch.load("model.pth")["state_dict"])
+    params, unused = from_reference_checkpoint(load_state_dict("model.pth"))      # torch_state.load_state_dict
     state_dict = to_reference_checkpoint(params, prefix="module.", extra={k: sd[k] for k in unused})
     params, unused = from_pretrained_encoders(mae_face_sd, audiomae_sd, template_params)
 
@@ -35,21 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from jaxemo.convert.vit import (
-    _as_numpy_tree,
-    _dense,
-    _heads_in,
-    _heads_out,
-    _layer_norm,
-    _linear,
-    _norm,
-    _stack,
-    _StateDict,
-    _to_numpy,
-    fit_pos_embed,
-    from_timm_vit,
-    to_timm_vit,
+from jaxemo.convert.common import (
+    StateDictReader,
+    as_numpy_tree,
+    dense_params,
+    heads_in_params,
+    heads_out_params,
+    norm_params,
+    stack_trees,
+    to_numpy,
 )
+from jaxemo.convert.torch_state import data_parallel_prefix, select_state_dict
+from jaxemo.convert.vit import fit_pos_embed, from_timm_vit, to_timm_vit
 
 VIDEO, AUDIO = "image_encoder.", "audio_model."
 _SIDES = (("video", VIDEO), ("audio", AUDIO))
@@ -59,17 +56,6 @@ _LAYOUT = "MMA-DFER checkpoint"
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _unwrap(checkpoint: Mapping[str, Any], wrapper: str) -> Mapping[str, Any]:
-    """`{"state_dict": {...}, "optimizer": ...}` (a whole saved checkpoint) -> its state dict."""
-    inner = checkpoint.get(wrapper) if hasattr(checkpoint, "get") else None
-    return inner if isinstance(inner, Mapping) else checkpoint
-
-
-def _data_parallel_prefix(state_dict: Mapping[str, Any]) -> str:
-    """"module." when every key has it (a DataParallel model's state dict, as the reference saves)."""
-    return "module." if state_dict and all(k.startswith("module.") for k in state_dict) else ""
 
 
 def _num_indexed(state_dict: Mapping[str, Any], start: str) -> int:
@@ -90,7 +76,7 @@ def _encoder_from_timm(state_dict: Mapping[str, Any], prefix: str, num_heads: in
     return {k: vit[k] for k in _ENCODER_PARTS}, vit["encoder"]["layers"]["block"], used
 
 
-def _prompts(sd: _StateDict, side: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _prompts(sd: StateDictReader, side: str, width: int) -> tuple[np.ndarray, np.ndarray]:
     """`learnable_prompts_init` [P, D] and the stacked `learnable_prompts_progr.{g}` [G, P/G, D]."""
     initial = sd.get(side + "learnable_prompts_init", (None, width))
     groups = max(1, _num_indexed(sd.arrays, sd.prefix + side + "learnable_prompts_progr."))
@@ -102,13 +88,13 @@ def _prompts(sd: _StateDict, side: str, width: int) -> tuple[np.ndarray, np.ndar
     return initial, np.stack(updates)
 
 
-def _adapter_layer(sd: _StateDict, i: int, width: int, latent: int) -> dict:
-    linear = lambda name, shape: _dense(*_linear(sd, name, shape))
+def _adapter_layer(sd: StateDictReader, i: int, width: int, latent: int) -> dict:
+    linear = lambda name, shape: dense_params(*sd.linear(name, shape))
     return {
         "video_down": linear(f"{VIDEO}temporal_pre.{i}", (latent, width)),
-        "video_down_norm": _norm(*_layer_norm(sd, f"{VIDEO}temporal_pre_norm.{i}", latent)),
+        "video_down_norm": norm_params(*sd.layer_norm(f"{VIDEO}temporal_pre_norm.{i}", latent)),
         "audio_down": linear(f"{VIDEO}audio_proj_pre.{i}.0", (latent, width)),
-        "audio_down_norm": _norm(*_layer_norm(sd, f"{VIDEO}audio_proj_pre.{i}.1", latent)),
+        "audio_down_norm": norm_params(*sd.layer_norm(f"{VIDEO}audio_proj_pre.{i}.1", latent)),
         "video_up": linear(f"{VIDEO}temporal_att_post.{i}.0", (width, latent)),
         "audio_up": linear(f"{AUDIO}temporal_att_post.{i}.0", (width, latent)),
         "video_gate": sd.get(f"{VIDEO}all_gate.{i}", (1,)),
@@ -116,12 +102,12 @@ def _adapter_layer(sd: _StateDict, i: int, width: int, latent: int) -> dict:
     }
 
 
-def _adapter(sd: _StateDict, depth: int, width: int) -> dict:
+def _adapter(sd: StateDictReader, depth: int, width: int) -> dict:
     latent = sd.get(VIDEO + "temporal_pre.0.weight", (None, width)).shape[0]
-    return _stack([_adapter_layer(sd, i, width, latent) for i in range(depth)])
+    return stack_trees([_adapter_layer(sd, i, width, latent) for i in range(depth)])
 
 
-def _temporal_block(sd: _StateDict, i: int, width: int, num_heads: int) -> dict:
+def _temporal_block(sd: StateDictReader, i: int, width: int, num_heads: int) -> dict:
     attn, ff = _TEMPORAL_LAYER.format(i) + "0.fn.", _TEMPORAL_LAYER.format(i) + "1.fn."
     query = sd.get(attn + "fn.to_q.weight", (None, width))
     inner = query.shape[0]
@@ -131,29 +117,29 @@ def _temporal_block(sd: _StateDict, i: int, width: int, num_heads: int) -> dict:
     key, value = np.split(sd.get(attn + "fn.to_kv.weight", (2 * inner, width)), 2)  # to_kv = [k; v], (h d)
     mlp_dim = sd.get(ff + "fn.net.0.weight", (None, width)).shape[0]
     return {
-        "norm1": _norm(*_layer_norm(sd, attn + "norm", width)),
+        "norm1": norm_params(*sd.layer_norm(attn + "norm", width)),
         "attn": {
-            "query": _heads_in(query, None, num_heads),
-            "key": _heads_in(key, None, num_heads),
-            "value": _heads_in(value, None, num_heads),
-            "out": _heads_out(*_linear(sd, attn + "fn.to_out.0", (width, inner)), num_heads),
+            "query": heads_in_params(query, None, num_heads),
+            "key": heads_in_params(key, None, num_heads),
+            "value": heads_in_params(value, None, num_heads),
+            "out": heads_out_params(*sd.linear(attn + "fn.to_out.0", (width, inner)), num_heads),
         },
-        "norm2": _norm(*_layer_norm(sd, ff + "norm", width)),
-        "mlp": {"fc1": _dense(*_linear(sd, ff + "fn.net.0", (mlp_dim, width))),
-                "fc2": _dense(*_linear(sd, ff + "fn.net.3", (width, mlp_dim)))},
+        "norm2": norm_params(*sd.layer_norm(ff + "norm", width)),
+        "mlp": {"fc1": dense_params(*sd.linear(ff + "fn.net.0", (mlp_dim, width))),
+                "fc2": dense_params(*sd.linear(ff + "fn.net.3", (width, mlp_dim)))},
     }
 
 
-def _unused_norms(sd: _StateDict, i: int, width: int) -> dict:
+def _unused_norms(sd: StateDictReader, i: int, width: int) -> dict:
     """The PreNorms' `norm2` (defined, trained by weight decay, never called) as the model names them."""
     out = {}
     for part, branch in (("attn", "0"), ("mlp", "1")):
-        scale, bias = _layer_norm(sd, f"{_TEMPORAL_LAYER.format(i)}{branch}.fn.norm2", width)
+        scale, bias = sd.layer_norm(f"{_TEMPORAL_LAYER.format(i)}{branch}.fn.norm2", width)
         out[f"block_{i}_{part}_unused_norm_scale"], out[f"block_{i}_{part}_unused_norm_bias"] = scale, bias
     return out
 
 
-def _temporal(sd: _StateDict, num_heads: int, reference_unused_norms: bool) -> dict:
+def _temporal(sd: StateDictReader, num_heads: int, reference_unused_norms: bool) -> dict:
     cls_token = sd.get("temporal_net.cls_token", (1, 1, None))
     width = cls_token.shape[-1]
     params = {"cls_token": cls_token, "pos_embed": sd.get("temporal_net.pos_embedding", (1, None, width))}
@@ -186,9 +172,9 @@ def from_reference_checkpoint(state_dict: Mapping[str, Any], num_heads: int = 12
     width and depth, classes) come from the shapes; the head counts cannot, so pass them.
     A whole saved checkpoint (`{"state_dict": ...}`) is unwrapped.
     """
-    state_dict = _unwrap(state_dict, "state_dict")
-    prefix = _data_parallel_prefix(state_dict)
-    sd = _StateDict(state_dict, prefix, _LAYOUT)
+    state_dict = select_state_dict(state_dict, "state_dict")
+    prefix = data_parallel_prefix(state_dict)
+    sd = StateDictReader(state_dict, prefix, _LAYOUT)
     params, used = {"fusion_layers": {}}, set()
     for side, name in _SIDES:
         encoder, blocks, encoder_used = _encoder_from_timm(state_dict, prefix + name, num_heads)
@@ -201,8 +187,8 @@ def from_reference_checkpoint(state_dict: Mapping[str, Any], num_heads: int = 12
     fusion["adapter"] = _adapter(sd, depth, width)
     params["temporal"] = _temporal(sd, temporal_heads, reference_unused_norms)
     temporal_width = params["temporal"]["cls_token"].shape[-1]
-    params["joint_proj"] = _dense(*_linear(sd, "vision_proj", (temporal_width, width)))
-    params["classifier"] = _dense(*_linear(sd, "our_classifier", (None, temporal_width)))
+    params["joint_proj"] = dense_params(*sd.linear("vision_proj", (temporal_width, width)))
+    params["classifier"] = dense_params(*sd.linear("our_classifier", (None, temporal_width)))
     return params, sorted(set(state_dict) - used - sd.used)
 
 
@@ -273,7 +259,7 @@ def to_reference_checkpoint(params: Mapping[str, Any], prefix: str = "",
     Temporal `norm2`s the params lack are written as LayerNorm's initial ones / zeros (they are never
     called). Takes params as `model.init` gives them (boxed, jax arrays) or plain numpy.
     """
-    params = _as_numpy_tree(params)
+    params = as_numpy_tree(params)
     out = {}
     for side, name in _SIDES:
         out.update(_encoder_to_reference(params, side, name))
@@ -282,7 +268,7 @@ def to_reference_checkpoint(params: Mapping[str, Any], prefix: str = "",
     for key, module in (("joint_proj", "vision_proj"), ("classifier", "our_classifier")):
         out[module + ".weight"], out[module + ".bias"] = params[key]["kernel"].T, params[key]["bias"]
     out = {prefix + k: np.asarray(v, np.float32) for k, v in out.items()}
-    out.update({k: _to_numpy(v) for k, v in (extra or {}).items()})
+    out.update({k: to_numpy(v) for k, v in (extra or {}).items()})
     return out
 
 
@@ -346,7 +332,7 @@ def from_pretrained_encoders(mae_face_state_dict: Mapping[str, Any], audiomae_st
                              audiomae_grid: Sequence[int] = (64, 8)) -> tuple[dict, dict[str, list[str]]]:
     """Initial MMA-DFER params for training, built as the reference's `GenerateModel.__init__` does.
 
-    The MAE-Face ViT (timm names, e.g. `torch.load("mae_face_pretrain_vit_base.pth")["model"]`) fills
+    The MAE-Face ViT (timm names, e.g. `load_state_dict("mae_face_pretrain_vit_base.pth")`) fills
     `video_encoder` and `fusion_layers/video_block`, its `pos_embed` resized to the template's square grid
     (bicubic, torch-compatible). AudioMAE (`audiomae_pretrained.pth`) fills `audio_encoder` and
     `fusion_layers/audio_block`; its `pos_embed`, pretrained on 1024 x 128 fbanks (`audiomae_grid`, the
@@ -357,10 +343,11 @@ def from_pretrained_encoders(mae_face_state_dict: Mapping[str, Any], audiomae_st
 
     Returns `(params, unused)`, `unused` = {"mae_face": [...], "audiomae": [...]} (decoder, mask_token, head).
     """
-    params = _as_numpy_tree(template_params)
+    params = as_numpy_tree(template_params)
     rng = np.random.default_rng(rng_seed)
     unused = {}
     for key, side, state_dict, source in (("mae_face", "video", mae_face_state_dict, "MAE-Face checkpoint"),
                                           ("audiomae", "audio", audiomae_state_dict, "AudioMAE checkpoint")):
-        unused[key] = _load_encoder(params, side, _unwrap(state_dict, "model"), rng, audiomae_grid, source)
+        state_dict = select_state_dict(state_dict, "model")
+        unused[key] = _load_encoder(params, side, state_dict, rng, audiomae_grid, source)
     return params, unused

@@ -4,8 +4,9 @@ The converters take a state dict whose values are numpy arrays or torch tensors 
 here) and return a plain nested dict of float32 numpy arrays, ready for `model.apply({"params": params}, x)`:
 
     params = from_hf_vit(hf_model.state_dict(), depth=12, num_heads=12)
-    params, unused = from_timm_vit(torch.load("mae_pretrain_vit_base.pth")["model"], num_heads=12)
+    params, unused = from_timm_vit(load_state_dict("mae_pretrain_vit_base.pth"), num_heads=12)
 
+(`load_state_dict` is `jaxemo.convert.torch_state`'s; the key / leaf helpers are `jaxemo.convert.common`'s.)
 Torch conventions mapped here: Linear weight [out, in] -> kernel [in, out]; q/k/v -> DenseGeneral kernel
 [D, heads, head_dim] and bias [heads, head_dim]; attention output -> kernel [heads, head_dim, D];
 Conv2d OIHW -> HWIO; LayerNorm weight -> scale. Position embeddings are copied as they are: resizing them
@@ -14,12 +15,24 @@ to another grid (or adding prompt positions) is the caller's job, see `fit_pos_e
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-# Per-block module names, by role, in each supported layout.
-_HF_CHECKPOINT = dict(
+from jaxemo.convert.common import (
+    StateDictReader,
+    as_numpy_tree,
+    block_stack_params,
+    dense_params,
+    heads_in_params,
+    heads_out_params,
+    layer_count,
+    norm_params,
+    to_numpy,
+)
+
+# Per-block module names, by role, in each supported layout (`stacked_blocks` reads any of them).
+HF_BLOCK_NAMES = dict(
     layer="encoder.layer.{}.",
     q="attention.attention.query",
     k="attention.attention.key",
@@ -31,8 +44,8 @@ _HF_CHECKPOINT = dict(
     norm2="layernorm_after",
 )
 # transformers >= 5 renames the modules in memory (`model.state_dict()`); files on the hub keep the names above.
-_HF_V5 = dict(
-    _HF_CHECKPOINT,
+HF_V5_BLOCK_NAMES = dict(
+    HF_BLOCK_NAMES,
     layer="layers.{}.",
     q="attention.q_proj",
     k="attention.k_proj",
@@ -41,96 +54,25 @@ _HF_V5 = dict(
     fc1="mlp.fc1",
     fc2="mlp.fc2",
 )
-_TIMM = dict(layer="blocks.{}.", qkv="attn.qkv", proj="attn.proj", fc1="mlp.fc1", fc2="mlp.fc2", norm1="norm1",
-             norm2="norm2")
-
-
-def _to_numpy(value) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no numpy dtype, so widen floats first
-        value = value.detach().cpu()
-        value = value.float() if value.is_floating_point() else value
-        value = value.numpy()
-    return np.asarray(value)
-
-
-class _StateDict:
-    """Key look-ups with clear errors, remembering which keys were consumed."""
-
-    def __init__(self, state_dict: Mapping[str, Any], prefix: str, layout: str, hint: str = ""):
-        self.arrays, self.prefix, self.layout, self.hint = state_dict, prefix, layout, hint
-        self.used: set[str] = set()
-
-    def has(self, name: str) -> bool:
-        return self.prefix + name in self.arrays
-
-    def get(self, name: str, shape: Sequence[Optional[int]], prefixed: bool = True) -> np.ndarray:
-        """The float32 array at `prefix + name`; `shape` may hold None for any size."""
-        key = self.prefix + name if prefixed else name
-        if key not in self.arrays:
-            raise ValueError(f"state dict has no key {key!r} (expected the {self.layout} layout with "
-                             f"prefix={self.prefix!r}){self.hint}")
-        value = _to_numpy(self.arrays[key]).astype(np.float32)
-        if len(value.shape) != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
-            expected = tuple("*" if s is None else s for s in shape)
-            raise ValueError(f"key {key!r} has shape {tuple(value.shape)}, expected {expected}")
-        self.used.add(key)
-        return value
-
-    def unused(self) -> list[str]:
-        return sorted(k for k in self.arrays if k not in self.used)
-
-
-# ----------------------------------------------------------------------------------- torch -> flax leaves
-
-
-def _dense(weight, bias) -> dict:
-    return {"kernel": weight.T, "bias": bias}
-
-
-def _norm(weight, bias) -> dict:
-    return {"scale": weight, "bias": bias}
-
-
-def _heads_in(weight, bias, num_heads: int) -> dict:
-    """q/k/v Linear [H*hd, D] -> DenseGeneral kernel [D, H, hd] (bias [H, hd], if any)."""
-    out = {"kernel": weight.T.reshape(weight.shape[1], num_heads, -1)}
-    if bias is not None:
-        out["bias"] = bias.reshape(num_heads, -1)
-    return out
-
-
-def _heads_out(weight, bias, num_heads: int) -> dict:
-    """Output Linear [D, H*hd] -> DenseGeneral kernel [H, hd, D]."""
-    return {"kernel": weight.T.reshape(num_heads, -1, weight.shape[0]), "bias": bias}
+TIMM_BLOCK_NAMES = dict(layer="blocks.{}.", qkv="attn.qkv", proj="attn.proj", fc1="mlp.fc1", fc2="mlp.fc2",
+                        norm1="norm1", norm2="norm2")
 
 
 def _block(linear: Callable, norm: Callable, num_heads: int) -> dict:
     """One `EncoderBlock`'s params; `linear(role)` gives torch (weight, bias), `norm(role)` (weight, bias)."""
-    attn = {name: _heads_in(*linear(role), num_heads) for name, role in (("query", "q"), ("key", "k"),
-                                                                          ("value", "v"))}
-    attn["out"] = _heads_out(*linear("proj"), num_heads)
+    attn = {name: heads_in_params(*linear(role), num_heads)
+            for name, role in (("query", "q"), ("key", "k"), ("value", "v"))}
+    attn["out"] = heads_out_params(*linear("proj"), num_heads)
     return {
-        "norm1": _norm(*norm("norm1")),
+        "norm1": norm_params(*norm("norm1")),
         "attn": attn,
-        "norm2": _norm(*norm("norm2")),
-        "mlp": {"fc1": _dense(*linear("fc1")), "fc2": _dense(*linear("fc2"))},
+        "norm2": norm_params(*norm("norm2")),
+        "mlp": {"fc1": dense_params(*linear("fc1")), "fc2": dense_params(*linear("fc2"))},
     }
-
-
-def _stack(trees: list) -> Any:
-    if isinstance(trees[0], dict):
-        return {k: _stack([t[k] for t in trees]) for k in trees[0]}
-    return np.stack(trees)
 
 
 def _index(tree, i: int) -> Any:
     return {k: _index(v, i) for k, v in tree.items()} if isinstance(tree, dict) else tree[i]
-
-
-def _encoder(blocks: list[dict], scan: bool) -> dict:
-    if scan:
-        return {"layers": {"block": _stack(blocks)}}
-    return {f"layers_{i}": {"block": b} for i, b in enumerate(blocks)}
 
 
 def _check_heads(width: int, num_heads: int) -> None:
@@ -138,14 +80,14 @@ def _check_heads(width: int, num_heads: int) -> None:
         raise ValueError(f"width {width} is not divisible by num_heads={num_heads}")
 
 
-def _check_blocks_consumed(sd: _StateDict, layer_prefix: str) -> None:
+def _check_blocks_consumed(sd: StateDictReader, layer_prefix: str) -> None:
     """Every key under the blocks must have been used: a leftover is a feature jaxemo's block lacks."""
     leftover = [k for k in sd.unused() if k.startswith(sd.prefix + layer_prefix)]
     if leftover:
         raise ValueError(f"unsupported (or beyond `depth`) encoder keys in the {sd.layout} state dict: {leftover}")
 
 
-def _embeddings(sd: _StateDict, cls_token: str, pos_embed: str, patch: str) -> dict:
+def _embeddings(sd: StateDictReader, cls_token: str, pos_embed: str, patch: str) -> dict:
     width = sd.get(cls_token, (1, 1, None)).shape[-1]
     kernel = sd.get(patch + ".weight", (width, None, None, None))
     return {
@@ -155,19 +97,9 @@ def _embeddings(sd: _StateDict, cls_token: str, pos_embed: str, patch: str) -> d
     }
 
 
-def _head(sd: _StateDict, name: str, width: int, prefixed: bool = True) -> dict:
+def _head(sd: StateDictReader, name: str, width: int, prefixed: bool = True) -> dict:
     weight = sd.get(name + ".weight", (None, width), prefixed)
-    return _dense(weight, sd.get(name + ".bias", (weight.shape[0],), prefixed))
-
-
-def _linear(sd: _StateDict, name: str, shape: tuple, optional_bias: bool = False) -> tuple:
-    """torch (weight, bias) of Linear `name`; bias is None where optional (qkv_bias=False) and absent."""
-    bias = None if optional_bias and not sd.has(name + ".bias") else sd.get(name + ".bias", shape[:1])
-    return sd.get(name + ".weight", shape), bias
-
-
-def _layer_norm(sd: _StateDict, name: str, width: int) -> tuple:
-    return sd.get(name + ".weight", (width,)), sd.get(name + ".bias", (width,))
+    return dense_params(weight, sd.get(name + ".bias", (weight.shape[0],), prefixed))
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -182,9 +114,9 @@ def from_hf_vit(state_dict: Mapping[str, Any], depth: int, num_heads: int, scan:
     ViT) is ignored; a root-level `classifier` becomes `head`.
     """
     v5 = any(k.startswith(prefix + "layers.") for k in state_dict)
-    names = _HF_V5 if v5 else _HF_CHECKPOINT
+    names = HF_V5_BLOCK_NAMES if v5 else HF_BLOCK_NAMES
     layout = "transformers>=5 ViT" if v5 else "HuggingFace ViT checkpoint"
-    sd = _StateDict(state_dict, prefix, layout, hint="; ViTForImageClassification weights need prefix='vit.'")
+    sd = StateDictReader(state_dict, prefix, layout, hint="; ViTForImageClassification weights need prefix='vit.'")
     params = _embeddings(sd, "embeddings.cls_token", "embeddings.position_embeddings",
                          "embeddings.patch_embeddings.projection")
     width = params["cls_token"].shape[-1]
@@ -195,18 +127,18 @@ def from_hf_vit(state_dict: Mapping[str, Any], depth: int, num_heads: int, scan:
 
     def layer(i):
         at = names["layer"].format(i)
-        linear = lambda role: _linear(sd, at + names[role], shapes[role], optional_bias=role in ("q", "k", "v"))
-        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
+        linear = lambda role: sd.linear(at + names[role], shapes[role], optional_bias=role in ("q", "k", "v"))
+        return _block(linear, lambda role: sd.layer_norm(at + names[role], width), num_heads)
 
-    params["encoder"] = _encoder([layer(i) for i in range(depth)], scan)
+    params["encoder"] = block_stack_params([layer(i) for i in range(depth)], scan)
     _check_blocks_consumed(sd, names["layer"].split("{")[0])
-    params["norm"] = _norm(*_layer_norm(sd, "layernorm", width))
+    params["norm"] = norm_params(*sd.layer_norm("layernorm", width))
     if "classifier.weight" in state_dict:
         params["head"] = _head(sd, "classifier", width, prefixed=False)
     return params
 
 
-def stacked_blocks(sd: _StateDict, names: dict, depth: int, width: int, num_heads: int, scan: bool,
+def stacked_blocks(sd: StateDictReader, names: dict, depth: int, width: int, num_heads: int, scan: bool,
                    fused_qkv: bool = False) -> dict:
     """`depth` `EncoderBlock`s under `names` (role -> module name under `names["layer"].format(i)`); with
     `fused_qkv`, q/k/v come from the full keys `names["qkv_weight"]` / `names["qkv_bias"]`, split in order."""
@@ -216,21 +148,15 @@ def stacked_blocks(sd: _StateDict, names: dict, depth: int, width: int, num_head
 
     def layer(i):
         at = names["layer"].format(i)
-        linear = lambda role: _linear(sd, at + names[role], shapes[role])
+        linear = lambda role: sd.linear(at + names[role], shapes[role])
         if fused_qkv:
             weight = sd.get(at + names["qkv_weight"], (3 * width, width))
             bias = sd.get(at + names["qkv_bias"], (3 * width,))
             q_k_v = dict(zip("qkv", zip(np.split(weight, 3), np.split(bias, 3))))
-            linear = lambda role: q_k_v[role] if role in q_k_v else _linear(sd, at + names[role], shapes[role])
-        return _block(linear, lambda role: _layer_norm(sd, at + names[role], width), num_heads)
+            linear = lambda role: q_k_v[role] if role in q_k_v else sd.linear(at + names[role], shapes[role])
+        return _block(linear, lambda role: sd.layer_norm(at + names[role], width), num_heads)
 
-    return _encoder([layer(i) for i in range(depth)], scan)
-
-
-def layer_count(state_dict: Mapping[str, Any], start: str) -> int:
-    """1 + the largest i of the `start{i}.*` keys (0 when there are none): a stack's depth."""
-    indices = {int(k[len(start):].split(".")[0]) for k in state_dict if k.startswith(start)}
-    return max(indices) + 1 if indices else 0
+    return block_stack_params([layer(i) for i in range(depth)], scan)
 
 
 def _timm_depth(state_dict: Mapping[str, Any], prefix: str) -> int:
@@ -250,26 +176,27 @@ def from_timm_vit(state_dict: Mapping[str, Any], num_heads: int, scan: bool = Tr
     The final norm is `norm`, or `fc_norm` when `norm` is absent (MAE fine-tuning with global pooling); note
     jaxemo normalises every token before pooling, whereas timm's `fc_norm` normalises the pooled feature.
     """
-    sd = _StateDict(state_dict, prefix, "timm ViT")
+    sd = StateDictReader(state_dict, prefix, "timm ViT")
     depth = _timm_depth(state_dict, prefix)
     params = _embeddings(sd, "cls_token", "pos_embed", "patch_embed.proj")
     width = params["cls_token"].shape[-1]
     _check_heads(width, num_heads)
-    mlp_dim = sd.get(_TIMM["layer"].format(0) + _TIMM["fc1"] + ".weight", (None, width)).shape[0]
+    names = TIMM_BLOCK_NAMES
+    mlp_dim = sd.get(names["layer"].format(0) + names["fc1"] + ".weight", (None, width)).shape[0]
     shapes = dict(qkv=(3 * width, width), proj=(width, width), fc1=(mlp_dim, width), fc2=(width, mlp_dim))
 
     def layer(i):
-        at = _TIMM["layer"].format(i)
-        qkv_weight, qkv_bias = _linear(sd, at + _TIMM["qkv"], shapes["qkv"], optional_bias=True)
+        at = names["layer"].format(i)
+        qkv_weight, qkv_bias = sd.linear(at + names["qkv"], shapes["qkv"], optional_bias=True)
         biases = [None] * 3 if qkv_bias is None else np.split(qkv_bias, 3)
         q_k_v = dict(zip("qkv", zip(np.split(qkv_weight, 3), biases)))
-        linear = lambda role: q_k_v[role] if role in q_k_v else _linear(sd, at + _TIMM[role], shapes[role])
-        return _block(linear, lambda role: _layer_norm(sd, at + _TIMM[role], width), num_heads)
+        linear = lambda role: q_k_v[role] if role in q_k_v else sd.linear(at + names[role], shapes[role])
+        return _block(linear, lambda role: sd.layer_norm(at + names[role], width), num_heads)
 
-    params["encoder"] = _encoder([layer(i) for i in range(depth)], scan)
+    params["encoder"] = block_stack_params([layer(i) for i in range(depth)], scan)
     _check_blocks_consumed(sd, "blocks.")
     norm = "norm" if sd.has("norm.weight") or not sd.has("fc_norm.weight") else "fc_norm"
-    params["norm"] = _norm(*_layer_norm(sd, norm, width))
+    params["norm"] = norm_params(*sd.layer_norm(norm, width))
     if sd.has("head.weight"):
         params["head"] = _head(sd, "head", width)
     return params, sd.unused()
@@ -307,7 +234,7 @@ def _timm_block(block: dict, at: str) -> dict:
 
 def to_timm_vit(params: Mapping[str, Any], scan: bool = True) -> dict[str, np.ndarray]:
     """jaxemo ViT params -> timm-named state dict of float32 numpy arrays (inverse of `from_timm_vit`)."""
-    params = _as_numpy_tree(params)
+    params = as_numpy_tree(params)
     extra = sorted(set(params) - {"cls_token", "pos_embed", "patch_embed", "encoder", "norm", "head"})
     if extra:
         raise ValueError(f"params {extra} have no timm ViT counterpart; remove them before exporting")
@@ -325,14 +252,6 @@ def to_timm_vit(params: Mapping[str, Any], scan: bool = True) -> dict[str, np.nd
     return out
 
 
-def _as_numpy_tree(tree) -> Any:
-    """Nested dict (possibly a FrozenDict of jax arrays / flax Partitioned boxes) -> dict of float32 numpy."""
-    if hasattr(tree, "items"):
-        return {k: _as_numpy_tree(v) for k, v in tree.items()}
-    value = getattr(tree, "value", tree)  # unbox nn.Partitioned
-    return np.asarray(value, np.float32)
-
-
 def fit_pos_embed(pos_embed, old_grid: Sequence[int], new_grid: Sequence[int], num_prefix: int = 1,
                   num_extra: int = 0, rng=None) -> np.ndarray:
     """Resize a `[1, prefix + gh*gw, D]` table to `new_grid` and append `num_extra` N(0, 1) rows.
@@ -342,7 +261,7 @@ def fit_pos_embed(pos_embed, old_grid: Sequence[int], new_grid: Sequence[int], n
     """
     from jaxemo.vit import resize_pos_embed  # imported here so that this module needs only numpy to load
 
-    table = resize_pos_embed(_to_numpy(pos_embed), old_grid, new_grid, num_prefix)
+    table = resize_pos_embed(to_numpy(pos_embed), old_grid, new_grid, num_prefix)
     if num_extra:
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
         extra = rng.standard_normal((1, num_extra, table.shape[-1])).astype(np.float32)

@@ -19,7 +19,6 @@ q/k/v -> DenseGeneral [D, heads, head_dim]; LayerNorm / GroupNorm weight -> scal
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -27,7 +26,16 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from jaxemo.convert.vit import _StateDict, _dense, _encoder, _heads_in, _heads_out, _norm, layer_count
+from jaxemo.convert.common import (
+    StateDictReader,
+    block_stack_params,
+    dense_params,
+    heads_in_params,
+    heads_out_params,
+    layer_count,
+    norm_params,
+)
+from jaxemo.convert.torch_state import load_state_dict
 from jaxemo.models.wav2vec2 import CONFIG_FILE, Wav2Vec2Config, load  # noqa: F401 (load: re-exported)
 
 logger = logging.getLogger(__name__)
@@ -49,23 +57,23 @@ def model_prefix(state_dict: Mapping[str, Any]) -> str:
     return ""
 
 
-def _layer(sd: _StateDict, at: str, c: Wav2Vec2Config) -> dict:
+def _layer(sd: StateDictReader, at: str, c: Wav2Vec2Config) -> dict:
     d, m, h = c.hidden_size, c.intermediate_size, c.num_attention_heads
-    linear = lambda name, shape: (sd.get(at + name + ".weight", shape), sd.get(at + name + ".bias", shape[:1]))
-    norm = lambda name: _norm(sd.get(at + name + ".weight", (d,)), sd.get(at + name + ".bias", (d,)))
-    attention = {ours: _heads_in(*linear(f"attention.{theirs}_proj", (d, d)), h)
+    linear = lambda name, shape: sd.linear(at + name, shape)
+    norm = lambda name: norm_params(*sd.layer_norm(at + name, d))
+    attention = {ours: heads_in_params(*linear(f"attention.{theirs}_proj", (d, d)), h)
                  for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v"))}
-    attention["out"] = _heads_out(*linear("attention.out_proj", (d, d)), h)
+    attention["out"] = heads_out_params(*linear("attention.out_proj", (d, d)), h)
     return {
         "attention": attention,
         "layer_norm": norm("layer_norm"),
-        "feed_forward": {"intermediate_dense": _dense(*linear("feed_forward.intermediate_dense", (m, d))),
-                         "output_dense": _dense(*linear("feed_forward.output_dense", (d, m)))},
+        "feed_forward": {"intermediate_dense": dense_params(*linear("feed_forward.intermediate_dense", (m, d))),
+                         "output_dense": dense_params(*linear("feed_forward.output_dense", (d, m)))},
         "final_layer_norm": norm("final_layer_norm"),
     }
 
 
-def _backbone(sd: _StateDict, c: Wav2Vec2Config, scan: bool) -> dict:
+def _backbone(sd: StateDictReader, c: Wav2Vec2Config, scan: bool) -> dict:
     d = c.hidden_size
     extractor, channels = {}, 1
     for i, (dim, kernel) in enumerate(zip(c.conv_dim, c.conv_kernel)):
@@ -75,14 +83,11 @@ def _backbone(sd: _StateDict, c: Wav2Vec2Config, scan: bool) -> dict:
             conv["bias"] = sd.get(at + "conv.bias", (dim,))
         extractor[f"conv_{i}"] = conv
         if c.feat_extract_norm == "layer" or i == 0:
-            extractor[f"norm_{i}"] = _norm(sd.get(at + "layer_norm.weight", (dim,)),
-                                           sd.get(at + "layer_norm.bias", (dim,)))
+            extractor[f"norm_{i}"] = norm_params(*sd.layer_norm(at + "layer_norm", dim))
         channels = dim
-    projection = {"projection": _dense(sd.get("feature_projection.projection.weight", (d, channels)),
-                                       sd.get("feature_projection.projection.bias", (d,)))}
+    projection = {"projection": dense_params(*sd.linear("feature_projection.projection", (d, channels)))}
     if c.has_feat_proj_layer_norm:
-        projection["layer_norm"] = _norm(sd.get("feature_projection.layer_norm.weight", (channels,)),
-                                         sd.get("feature_projection.layer_norm.bias", (channels,)))
+        projection["layer_norm"] = norm_params(*sd.layer_norm("feature_projection.layer_norm", channels))
     params = {"feature_extractor": extractor, "feature_projection": projection}
     if c.has_masked_spec_embed:
         params["masked_spec_embed"] = sd.get("masked_spec_embed", (d,))
@@ -93,9 +98,8 @@ def _backbone(sd: _StateDict, c: Wav2Vec2Config, scan: bool) -> dict:
                 "weight_v": sd.get(_POS_CONV + v_name, (d, d // groups, k)).transpose(2, 1, 0),
                 "bias": sd.get(_POS_CONV + "bias", (d,))}
     blocks = [_layer(sd, f"encoder.layers.{i}.", c) for i in range(c.num_hidden_layers)]
-    params["encoder"] = {"pos_conv_embed": pos_conv, "blocks": _encoder(blocks, scan),
-                         "layer_norm": _norm(sd.get("encoder.layer_norm.weight", (d,)),
-                                             sd.get("encoder.layer_norm.bias", (d,)))}
+    params["encoder"] = {"pos_conv_embed": pos_conv, "blocks": block_stack_params(blocks, scan),
+                         "layer_norm": norm_params(*sd.layer_norm("encoder.layer_norm", d))}
     return params
 
 
@@ -113,15 +117,16 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: Wav2Vec2Config, sc
     """
     scan = config.scan_layers if scan is None else scan
     prefix = model_prefix(state_dict)
-    sd = _StateDict(state_dict, prefix, f"transformers {config.model_type}",
+    sd = StateDictReader(state_dict, prefix, f"transformers {config.model_type}",
                     hint=f"; the backbone's keys may carry one of {PREFIXES} (head models) or none")
     params = {"backbone": _backbone(sd, config, scan)}
     if "projector.weight" in state_dict or "classifier.weight" in state_dict:
         d, p = config.hidden_size, config.classifier_proj_size
-        params["projector"] = _dense(sd.get("projector.weight", (p, d), prefixed=False),
-                                     sd.get("projector.bias", (p,), prefixed=False))
+        params["projector"] = dense_params(sd.get("projector.weight", (p, d), prefixed=False),
+                                           sd.get("projector.bias", (p,), prefixed=False))
         classifier = sd.get("classifier.weight", (None, p), prefixed=False)
-        params["classifier"] = _dense(classifier, sd.get("classifier.bias", classifier.shape[:1], prefixed=False))
+        params["classifier"] = dense_params(classifier,
+                                            sd.get("classifier.bias", classifier.shape[:1], prefixed=False))
         if config.use_weighted_layer_sum:
             params["layer_weights"] = sd.get("layer_weights", (config.num_hidden_layers + 1,), prefixed=False)
     leftover = sd.unused()
@@ -178,34 +183,15 @@ def infer_config(state_dict: Mapping[str, Any], model_type: str = "wav2vec2",
     return Wav2Vec2Config(**values), notes
 
 
-def _weight_files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if os.path.isfile(os.path.join(path, index)):
-            with open(os.path.join(path, index)) as f:
-                return [os.path.join(path, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if os.path.isfile(os.path.join(path, name)):
-            return [os.path.join(path, name)]
-    found = sorted(glob.glob(os.path.join(path, "*.safetensors")) + glob.glob(os.path.join(path, "*.bin")))
-    if len(found) != 1:
-        raise FileNotFoundError(f"{path}: expected one weights file (model.safetensors, pytorch_model.bin), "
-                                f"found {[os.path.basename(f) for f in found]}")
-    return found
-
-
-def convert_checkpoint(path: str, output_dir: str, model_type: str, read: Callable[[str], dict],
-                       num_heads: Optional[int] = None, overwrite: bool = False, echo: Callable = print) -> dict:
-    """A weights file or a directory (config.json + weights) -> `<output_dir>/0/params` and
-    `<output_dir>/0/model_config.json`; `read` reads one weights file into a state dict. Returns the params."""
+def convert_checkpoint(path: str, output_dir: str, model_type: str, num_heads: Optional[int] = None,
+                       overwrite: bool = False, echo: Callable = print) -> dict:
+    """A weights file or a directory (config.json + weights, as `torch_state.load_state_dict` reads it) ->
+    `<output_dir>/0/params` and `<output_dir>/0/model_config.json`. Returns the params."""
     from jaxemo.train import checkpoint
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
-    state_dict = {}
-    for name in _weight_files(path):
-        state_dict.update(read(name))
+    state_dict = load_state_dict(path)
     config_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
     if os.path.isfile(config_path):
         with open(config_path) as f:

@@ -12,8 +12,8 @@ import logging
 import numpy as np
 
 from jaxemo import perf
-from jaxemo.convert import load_torch_state_dict
 from jaxemo.convert import mma_dfer as mma_dfer_convert
+from jaxemo.convert.torch_state import load_state_dict
 from jaxemo.data import augment, sources, video
 from jaxemo.models import mma_dfer
 from jaxemo.systems.base import TINY, CaseOptions, Flops, StepBenchmark, StepCase, System
@@ -84,7 +84,7 @@ def pretrained_params(config):
         return None
     if not (image and audio):
         raise ValueError("set both --config.pretrained.image (MAE-Face) and --config.pretrained.audio (AudioMAE)")
-    mae_face, audiomae = load_torch_state_dict(image), load_torch_state_dict(audio)
+    mae_face, audiomae = load_state_dict(image), load_state_dict(audio)
 
     def load(template):
         params, unused = mma_dfer_convert.from_pretrained_encoders(
