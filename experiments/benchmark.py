@@ -32,7 +32,7 @@ from typing import Optional
 
 import jax
 
-from jaxemo import bench, cli, systems
+from jaxemo import bench, cli, layers, systems
 from jaxemo.train import loop, sharding, state as state_lib, step as step_lib
 
 # Only the learning-rate schedule's shape depends on these; the step's cost does not.
@@ -53,7 +53,7 @@ def parse_args(argv) -> argparse.Namespace:
                         "--batch_size values runs once per batch")
     p.add_argument("--batch_size", default=None, help="global batch: one integer, or one per variant")
     p.add_argument("--image_size", type=int, default=None, help="pixels, where the system has images")
-    p.add_argument("--dtype", default="float32", choices=sorted(state_lib.DTYPES), help="JAX compute dtype")
+    p.add_argument("--dtype", default="float32", choices=sorted(layers.DTYPES), help="JAX compute dtype")
     p.add_argument("--steps", type=int, default=None,
                    help="steps per timed run (default: the system's per-variant CPU figure, 10 on accelerators)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs; the median counts (default 3 / 5)")
@@ -77,7 +77,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--grad_accum_steps", default="1",
                    help="micro-batches per train step (the recipe's gradient accumulation): one, or one per row")
     p.add_argument("--trainable", default=None, help="comma-separated regexes of trainable params (vit_classifier)")
-    p.add_argument("--frozen_dtype", default="float32", choices=sorted(state_lib.DTYPES),
+    p.add_argument("--frozen_dtype", default="float32", choices=sorted(layers.DTYPES),
                    help="storage dtype of the frozen params")
     return resolve_defaults(p.parse_args(argv))
 
@@ -206,7 +206,7 @@ def benchmark_jax(case: bench.StepCase, steps: int, args) -> list[bench.Measurem
 
 def jax_peak_flops(args) -> float:
     """Measured matmul peak of the JAX devices in --dtype (CPU devices share one pool of cores)."""
-    matmul = bench.jax_matmul(args.peak_size, state_lib.dtype_from_name(args.dtype))
+    matmul = bench.jax_matmul(args.peak_size, layers.dtype_from_name(args.dtype))
     one_device = bench.matmul_peak_flops(matmul, args.peak_size, args.peak_repeats)
     return one_device * (1 if jax.default_backend() == "cpu" else jax.device_count())
 

@@ -445,7 +445,7 @@ def test_flops_match_xla_cost_analysis():
     # wav2vec2-base's widths with 2 unscanned layers (XLA counts a scanned body once): the elementwise work XLA
     # also counts (norms, GELU, softmax) stays under 1% (the tiny config's 16 channels would be dominated by it)
     config = wav2vec2.Wav2Vec2Config.preset("base", num_hidden_layers=2, scan_layers=False)
-    model = wav2vec2.create(config, num_labels=5)
+    model = wav2vec2.create(config=config, num_labels=5)
     wave = jnp.zeros((2, 16000))
     params = jax.eval_shape(model.init, jax.random.key(0), wave)["params"]
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])

@@ -1,10 +1,11 @@
 """wav2vec 2.0 (Baevski et al., NeurIPS 2020) and HuBERT (Hsu et al., 2021): the pre-finetuning SER backbone
 and AGT's audio encoder.
 
-    config = wav2vec2.Wav2Vec2Config.preset("base")             # or .from_hf(json.load(open("config.json")))
-    model = wav2vec2.create(config, num_labels=7)               # Wav2Vec2ForSequenceClassification
+    model = wav2vec2.create("base", num_labels=7)           # Wav2Vec2ForSequenceClassification
     logits, aux = model.apply({"params": params}, waveform, sample_mask)       # waveform [B, T] float
     hidden, aux = wav2vec2.create("hubert-base").apply({"params": p}, waveform)  # the backbone alone
+    config = wav2vec2.Wav2Vec2Config.from_hf(json.load(open("config.json")))   # a transformers checkpoint's
+    model = wav2vec2.create(config=config, num_labels=7)
 
 The layout follows transformers' `Wav2Vec2Model` / `HubertModel` one to one, so that converted checkpoints
 (`jaxemo.convert.wav2vec2`) reproduce it to float32 precision:
@@ -241,10 +242,7 @@ def compute_span_mask(rng, shape: Sequence[int], prob: float, span: int, min_mas
     return covered - before > 0
 
 
-def _dense(features: int, axes: tuple, dtype, name: str, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=layers.with_axes(nn.initializers.normal(0.02), *axes),
-                    bias_init=layers.with_axes(nn.initializers.zeros, axes[-1]))
+_hf_linear = functools.partial(layers.dense, kernel_init=nn.initializers.normal(0.02))  # as transformers inits
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -326,7 +324,7 @@ class FeatureProjection(nn.Module):
         c, dtype = self.config, _dtype(self.config)
         if c.has_feat_proj_layer_norm:
             features = layers.layer_norm(c.layer_norm_eps, dtype, "layer_norm")(features)
-        x = _dense(c.hidden_size, (None, "embed"), dtype, "projection")(features)
+        x = _hf_linear(c.hidden_size, "projection", (None, "embed"), dtype)(features)
         return nn.Dropout(c.feat_proj_dropout)(x, deterministic=deterministic), features
 
 
@@ -396,9 +394,9 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         c, dtype = self.config, _dtype(self.config)
-        x = _dense(c.intermediate_size, ("embed", "mlp"), dtype, "intermediate_dense")(x)
+        x = _hf_linear(c.intermediate_size, "intermediate_dense", ("embed", "mlp"), dtype)(x)
         x = nn.Dropout(c.activation_dropout)(ACTIVATIONS[c.hidden_act](x), deterministic=deterministic)
-        x = _dense(c.hidden_size, ("mlp", "embed"), dtype, "output_dense")(x)
+        x = _hf_linear(c.hidden_size, "output_dense", ("mlp", "embed"), dtype)(x)
         return nn.Dropout(c.hidden_dropout)(x, deterministic=deterministic)
 
 
@@ -522,8 +520,8 @@ class Wav2Vec2ForSequenceClassification(nn.Module):
             depth = c.num_hidden_layers + 1
             self.layer_weights = self.param("layer_weights", layers.with_axes(nn.initializers.constant(1 / depth),
                                                                               None), (depth,))
-        self.projector = _dense(c.classifier_proj_size, ("embed", "mlp"), dtype, "projector")
-        self.classifier = _dense(self.num_labels, ("mlp", "classes"), dtype, "classifier")
+        self.projector = _hf_linear(c.classifier_proj_size, "projector", ("embed", "mlp"), dtype)
+        self.classifier = _hf_linear(self.num_labels, "classifier", ("mlp", "classes"), dtype)
 
     def __call__(self, waveform, sample_mask=None, deterministic: bool = True, mask_time=None,
                  output_hidden_states: bool = False):
@@ -565,13 +563,22 @@ def load(path: str, step: Optional[int] = None, params: bool = True, **overrides
     return config, tree
 
 
-def create(name_or_config, num_labels: Optional[int] = None, **overrides) -> nn.Module:
-    """A `Wav2Vec2Model` (or, with `num_labels`, a `Wav2Vec2ForSequenceClassification`) from a preset name
-    ("base", "large", "hubert-base", "hubert-large", "tiny") or a config; `overrides` replace config fields."""
-    if isinstance(name_or_config, Wav2Vec2Config):
-        config = name_or_config.replace(**overrides)
-    else:
-        config = Wav2Vec2Config.preset(name_or_config, **overrides)
+def resolve_config(variant: Optional[str] = None, config: Optional[Wav2Vec2Config] = None,
+                   **fields) -> Wav2Vec2Config:
+    """The preset `variant` ("base" when None, "large", "hubert-base", "hubert-large", "tiny") or `config`, with
+    `fields` (Wav2Vec2Config's) replacing its own."""
+    if config is None:
+        return Wav2Vec2Config.preset("base" if variant is None else variant, **fields)
+    if variant is not None:
+        raise ValueError(f"variant={variant!r} and a config are given: pass one of them")
+    return config.replace(**fields)
+
+
+def create(variant: Optional[str] = None, *, config: Optional[Wav2Vec2Config] = None,
+           num_labels: Optional[int] = None, **fields) -> nn.Module:
+    """A `Wav2Vec2Model` (or, with `num_labels`, a `Wav2Vec2ForSequenceClassification`) of the preset `variant`
+    or of `config`, `fields` replacing Wav2Vec2Config fields (`resolve_config`)."""
+    config = resolve_config(variant, config, **fields)
     if num_labels is None:
         return Wav2Vec2Model(config)
     return Wav2Vec2ForSequenceClassification(config, num_labels)

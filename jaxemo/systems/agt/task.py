@@ -42,11 +42,39 @@ class MerTask(tasks.ClassificationTask):
         return metrics
 
 
+AGT_FIELDS = ("guide", "width", "depth", "self_depth", "num_heads", "mlp_ratio", "dropout", "attention_dropout",
+              "input_dropout", "utt_tokens", "frame_positions", "gate", "fuse")
+
+
+def build_model(model_config) -> agt_model.MERToolsAttention | agt_model.AudioGuidedTransformer:
+    """The model named by `model_config.name` ("attention" | "agt", the default) from a ConfigDict or a dict.
+    Keys: `modalities` (feature names, required), `num_classes` (6); for "attention" `hidden_dim` (128),
+    `dropout` (0.3), `lstm_front_padding` (False); for "agt" the fields of `AudioGuidedTransformer` (`roles`
+    may be a mapping). A key set to None takes its default; other keys (`search`) are the recipe's."""
+    def get(key, default=None):
+        value = model_config.get(key)
+        return default if value is None else value
+
+    modalities = tuple(get("modalities", ()))
+    if not modalities:
+        raise ValueError("config.modalities must name the input features")
+    name = get("name", "agt")
+    num_classes = int(get("num_classes", agt_model.NUM_CLASSES))
+    if name == "attention":
+        return agt_model.create(name, modalities=modalities, hidden_dim=int(get("hidden_dim", 128)),
+                                dropout=float(get("dropout", 0.3)), num_classes=num_classes,
+                                lstm_front_padding=bool(get("lstm_front_padding", False)))
+    roles = get("roles")
+    fields = {f: get(f) for f in AGT_FIELDS if get(f) is not None}
+    return agt_model.create(name, modalities=modalities, num_classes=num_classes,
+                            roles=tuple(sorted(dict(roles).items())) if roles else None, **fields)
+
+
 def build_task(model_config, frame_features: Sequence[str] = (), flops_dims: Mapping | None = None) -> MerTask:
-    """The task of one model config (`jaxemo.models.agt.create`, which names the features in
-    `modalities`); `frame_features` are those with `lengths/<name>` (frame level); `flops_dims`
-    ({feature: (tokens, dim)}) sets the analytic FLOPs per training example."""
-    model = agt_model.create(model_config)
+    """The task of one model config (`build_model`, which names the features in `modalities`);
+    `frame_features` are those with `lengths/<name>` (frame level); `flops_dims` ({feature: (tokens, dim)}) sets
+    the analytic FLOPs per training example."""
+    model = build_model(model_config)
     keys = tuple(f"features/{n}" for n in model.modalities)
     keys += tuple(f"lengths/{n}" for n in model.modalities if n in tuple(frame_features))
     flops = train_flops(model, flops_dims) if flops_dims else None

@@ -6,7 +6,7 @@ speakers x 5 emotions x 7 values of k x 3 trials = 2,100 trials per starting mod
 and the 15 pre-finetuned ones. The trials run as population groups (`jaxemo.train.population`).
 
     corpora     the corpora (real builders or synthetic stand-ins), subsets, the multi-corpus source, views
-    task        the classifier (backbone, projector, one head per corpus) and its task
+    task        the classifier's task (the classifier: `jaxemo/models/speech_classifier.py`)
     prefinetune the multi-corpus stage
     fewshot     shot sampling, the protocol as populations, the report (CSV, JSON, F1-vs-k plot)
 
@@ -24,7 +24,8 @@ import jax
 import numpy as np
 
 from jaxemo.models import wav2vec2
-from jaxemo.systems.speech_ser.task import SpeechEmotionClassifier, SpeechEmotionTask
+from jaxemo.models.speech_classifier import SpeechEmotionClassifier
+from jaxemo.systems.speech_ser.task import SpeechEmotionTask
 from jaxemo.train import checkpoint
 
 __all__ = ["model_config", "build_task", "start_params", "SpeechEmotionClassifier", "SpeechEmotionTask"]
