@@ -194,7 +194,6 @@ class SentimentRegressor(nn.Module):
         return score.astype(jnp.float32), representation.astype(jnp.float32)
 
 
-
 def create(variant: Optional[str] = None, **fields) -> SentimentRegressor:
     """CASP's late- or early-fusion regressor by `variant` ("late" / "early"; None: the class defaults, late),
     any of its fields overriding the variant's."""

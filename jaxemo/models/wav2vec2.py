@@ -4,7 +4,7 @@ and AGT's audio encoder.
     model = wav2vec2.create("base", num_labels=7)           # Wav2Vec2ForSequenceClassification
     logits, aux = model.apply({"params": params}, waveform, sample_mask)       # waveform [B, T] float
     hidden, aux = wav2vec2.create("hubert-base").apply({"params": p}, waveform)  # the backbone alone
-    config = wav2vec2.Wav2Vec2Config.from_hf(json.load(open("config.json")))   # a transformers checkpoint's
+    config, params = jaxemo.convert.wav2vec2.load("runs/w2v2_base")             # a converted checkpoint
     model = wav2vec2.create(config=config, num_labels=7)
 
 The layout follows transformers' `Wav2Vec2Model` / `HubertModel` one to one, so that converted checkpoints
@@ -43,11 +43,6 @@ MODEL_TYPES = ("wav2vec2", "hubert")
 CONV_IMPLS = ("xla", "matmul")
 ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False), "gelu_new": nn.gelu, "relu": nn.relu,
                "swish": nn.silu, "silu": nn.silu}
-# transformers' class defaults where they differ from facebook/wav2vec2-base's config.json (our defaults):
-# from_hf fills keys missing from a config.json with these, as transformers would.
-_HF_CLASS_DEFAULTS = dict(activation_dropout=0.1, feat_proj_dropout=0.0)
-_JAXEMO_ONLY = {"dtype", "scan_layers", "remat"}
-CONFIG_FILE = "model_config.json"  # a converted checkpoint's config, beside <step>/params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,22 +131,6 @@ class Wav2Vec2Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_hf(cls, hf: dict, **overrides) -> "Wav2Vec2Config":
-        """From a transformers config.json dict; unknown keys are ignored, missing ones take transformers'
-        class defaults. `model_type` ("wav2vec2" / "hubert") comes from the dict unless overridden."""
-        if hf.get("conv_pos_batch_norm"):
-            raise ValueError("conv_pos_batch_norm=True (a BatchNorm instead of the weight-normed position conv) "
-                             "is not supported")
-        if hf.get("add_adapter") or hf.get("adapter_attn_dim"):
-            raise ValueError("wav2vec2 adapters (add_adapter / adapter_attn_dim) are not supported")
-        names = {f.name for f in dataclasses.fields(cls)} - _JAXEMO_ONLY  # HF's "dtype" is torch's, not ours
-        values = {**_HF_CLASS_DEFAULTS, **{k: v for k, v in hf.items() if k in names}, **overrides}
-        values.setdefault("model_type", "wav2vec2")
-        if values["model_type"] not in MODEL_TYPES:  # wavlm, data2vec-audio, ... differ in their layers
-            raise ValueError(f"model_type={values['model_type']!r} is not supported; expected one of {MODEL_TYPES}")
-        return cls(**values)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "Wav2Vec2Config":
@@ -534,33 +513,6 @@ class Wav2Vec2ForSequenceClassification(nn.Module):
         projected = self.projector(hidden)
         pooled = masked_mean(projected, None if sample_mask is None else aux["frame_mask"])
         return self.classifier(pooled), {**aux, "pooled": pooled, "projected": projected}
-
-
-def load(path: str, step: Optional[int] = None, params: bool = True, **overrides):
-    """(config, params) of a checkpoint written by `python -m jaxemo.convert wav2vec2|hubert` (its
-    `<step>/model_config.json` beside `<step>/params`); `params=False` reads the config only (params None).
-    `overrides` replace config fields; a different `scan_layers` also converts the layer layout."""
-    import json
-    import os
-
-    from jaxemo.train import checkpoint
-
-    step_dir = checkpoint.step_directory(path, step)
-    config_path = os.path.join(step_dir, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{config_path}: no wav2vec2 config (write one with python -m jaxemo.convert "
-                                f"wav2vec2 / hubert)")
-    with open(config_path) as f:
-        stored = Wav2Vec2Config(**json.load(f))
-    config = stored.replace(**overrides)
-    if not params:
-        return config, None
-    tree = checkpoint.load_params(step_dir)
-    if config.scan_layers != stored.scan_layers:
-        convert = layers.loop_to_scan if config.scan_layers else layers.scan_to_loop
-        blocks = tree["backbone"]["encoder"]["blocks"]
-        tree["backbone"]["encoder"]["blocks"] = convert(blocks, config.num_hidden_layers)
-    return config, tree
 
 
 def resolve_config(variant: Optional[str] = None, config: Optional[Wav2Vec2Config] = None,

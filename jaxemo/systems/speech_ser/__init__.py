@@ -23,6 +23,7 @@ import os
 import jax
 import numpy as np
 
+from jaxemo.convert import wav2vec2 as wav2vec2_convert
 from jaxemo.models import wav2vec2
 from jaxemo.models.speech_classifier import SpeechEmotionClassifier
 from jaxemo.systems.speech_ser.task import SpeechEmotionTask
@@ -37,7 +38,7 @@ def model_config(model) -> wav2vec2.Wav2Vec2Config:
     """The backbone's config: a converted checkpoint's own (`model.checkpoint`), else `model.preset`; then
     `model.overrides` (e.g. dropout, LayerDrop, masking) and `model.dtype`."""
     if model.get("checkpoint"):
-        config, _ = wav2vec2.load(model.checkpoint, params=False)
+        config, _ = wav2vec2_convert.load(model.checkpoint, params=False)
     else:
         config = wav2vec2.Wav2Vec2Config.preset(model.preset)
     overrides = dict(model.get("overrides") or {})
