@@ -28,8 +28,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from jaxemo.convert.vit import _StateDict, _dense, _encoder, _heads_in, _heads_out, _norm, layer_count
 from jaxemo import layers
+from jaxemo.convert.vit import _StateDict, _dense, _encoder, _heads_in, _heads_out, _norm, layer_count
 from jaxemo.models.wav2vec2 import MODEL_TYPES, Wav2Vec2Config
 
 logger = logging.getLogger(__name__)
