@@ -34,7 +34,7 @@ import jax
 
 from benchmarks import report
 from experiments import configs
-from jaxemo import perf, systems
+from jaxemo import layers, perf, systems
 from jaxemo.systems.base import TINY, CaseOptions, StepCase
 from jaxemo.train import loop, sharding, state as state_lib, step as step_lib
 
@@ -56,7 +56,7 @@ def parse_args(argv) -> argparse.Namespace:
                         "--batch_size values runs once per batch")
     p.add_argument("--batch_size", default=None, help="global batch: one integer, or one per variant")
     p.add_argument("--image_size", type=int, default=None, help="pixels, where the system has images")
-    p.add_argument("--dtype", default="float32", choices=sorted(state_lib.DTYPES), help="JAX compute dtype")
+    p.add_argument("--dtype", default="float32", choices=sorted(layers.DTYPES), help="JAX compute dtype")
     p.add_argument("--steps", type=int, default=None,
                    help="steps per timed run (default: the system's per-variant CPU figure, 10 on accelerators)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs; the median counts (default 3 / 5)")
@@ -80,7 +80,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--grad_accum_steps", default="1",
                    help="micro-batches per train step (the recipe's gradient accumulation): one, or one per row")
     p.add_argument("--trainable", default=None, help="comma-separated regexes of trainable params (vit_classifier)")
-    p.add_argument("--frozen_dtype", default="float32", choices=sorted(state_lib.DTYPES),
+    p.add_argument("--frozen_dtype", default="float32", choices=sorted(layers.DTYPES),
                    help="storage dtype of the frozen params")
     return resolve_defaults(p.parse_args(argv))
 
@@ -223,7 +223,7 @@ def benchmark_jax(case: StepCase, steps: int, args) -> list[report.Measurement]:
 
 def jax_peak_flops(args) -> float:
     """Measured matmul peak of the JAX devices in --dtype (CPU devices share one pool of cores)."""
-    matmul = perf.jax_matmul(args.peak_size, state_lib.dtype_from_name(args.dtype))
+    matmul = perf.jax_matmul(args.peak_size, layers.dtype_from_name(args.dtype))
     one_device = perf.matmul_peak_flops(matmul, args.peak_size, args.peak_repeats)
     return one_device * (1 if jax.default_backend() == "cpu" else jax.device_count())
 

@@ -29,9 +29,29 @@ REMAT_POLICIES = {
 }
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_from_name(name: str) -> Dtype:
+    """A compute dtype by its config name ("float32", "bfloat16", "float16")."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is unknown; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
 def with_axes(init: Callable, *axes: Optional[str]) -> Callable:
     """An initializer whose parameter is boxed with logical axis names."""
     return nn.with_logical_partitioning(init, axes)
+
+
+def dense(features: int, name: str, axes: tuple[Optional[str], Optional[str]], dtype: Optional[Dtype] = None,
+          use_bias: bool = True, kernel_init: Callable = nn.initializers.xavier_uniform(),
+          bias_init: Callable = nn.initializers.zeros) -> nn.Dense:
+    """`nn.Dense` whose kernel is boxed with the logical axes `(input, output)` and its bias with the output's."""
+    in_axis, out_axis = axes
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                    kernel_init=with_axes(kernel_init, in_axis, out_axis),
+                    bias_init=with_axes(bias_init, out_axis))
 
 
 def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:

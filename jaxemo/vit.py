@@ -269,6 +269,8 @@ class ViT(nn.Module):
         return unflat(out), aux
 
 
-def create_vit(variant: str, **overrides) -> ViT:
-    """A ViT by variant name ("Ti/16", "S/16", "B/16", "L/14", "H/14", ...), any attribute overridable."""
-    return ViT(**{**decode_variant(variant), **overrides})
+def create(variant: Optional[str] = None, **fields) -> ViT:
+    """A ViT of the sizes of `variant` ("Ti/16", "S/16", "B/16", "L/14", "H/14", ...; None: the class defaults,
+    B/16), any of its fields overriding them."""
+    sizes = {} if variant is None else decode_variant(variant)
+    return ViT(**{**sizes, **fields})

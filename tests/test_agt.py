@@ -10,6 +10,7 @@ from flax import traverse_util
 
 from jaxemo.models import agt
 from jaxemo.systems.agt import prior as prior_lib
+from jaxemo.systems.agt import task as task_lib
 
 MODS = ("audio", "text", "vision")
 DIMS = {"audio": 10, "text": 12, "vision": 7}
@@ -88,8 +89,11 @@ def shapes(params):
 
 
 def test_baseline_param_shapes_and_logical_axes():
-    model = agt.create({"name": "attention", "modalities": MODS, "hidden_dim": 16, "dropout": 0.3})
+    model = agt.create("attention", modalities=MODS, hidden_dim=16, dropout=0.3)
     assert repr(model) == repr(agt.MERToolsAttention(MODS, hidden_dim=16, dropout=0.3))
+    from_config = task_lib.build_model({"name": "attention", "modalities": list(MODS), "hidden_dim": 16,
+                                        "dropout": 0.3, "search": {"hidden_dim": (8, 16)}})
+    assert repr(from_config) == repr(model)
     boxed = boxed_init(model, utt_inputs())
     params = shapes(nn.unbox(boxed))
     for m in MODS:
@@ -194,9 +198,9 @@ def test_baseline_matches_pytorch_twin():
 
 
 def agt_model(**overrides):
-    config = {"name": "agt", "modalities": MODS, "width": 16, "num_heads": 2, "depth": 1, "self_depth": 1,
-              "dropout": 0.1, "input_dropout": 0.1, **overrides}
-    return agt.create(config)
+    fields = {"modalities": MODS, "width": 16, "num_heads": 2, "depth": 1, "self_depth": 1, "dropout": 0.1,
+              "input_dropout": 0.1, **overrides}
+    return agt.create("agt", **fields)
 
 
 # Each transformer block adds seconds of XLA:CPU compile time: one case has intra-modal blocks and longer padding.
@@ -224,17 +228,22 @@ def test_agt_shapes_guides_and_masks(guide, fuse, gate, self_depth, extra):
 def test_agt_utterance_tokens_and_role_names():
     dims = {"chinese-hubert-large": 8, "clip-vit-large-patch14": 6, "Baichuan-13B-Base": 10}
     features = {name: np.ones((2, d), np.float32) for name, d in dims.items()}
-    model = agt.create({"name": "agt", "modalities": tuple(features), "width": 8, "num_heads": 2, "utt_tokens": 3,
-                        "guide": "video", "self_depth": 0})
+    model = agt.create("agt", modalities=tuple(features), width=8, num_heads=2, utt_tokens=3, guide="video",
+                       self_depth=0)
     assert model.guide_name() == "clip-vit-large-patch14"
     params = init(model, features)
     assert shapes(params)["proj_chinese-hubert-large/kernel"] == (8, 24)
     assert run(model, params, features)[0].shape == (2, 6)
     with pytest.raises(ValueError, match="guide"):
-        agt.create({"name": "agt", "modalities": ("a", "b"), "guide": "audio"})
+        agt.create("agt", modalities=("a", "b"), guide="audio")
     assert agt.resolve_guide("audio", ("a", "b"), {"audio": "b"}) == "b"
     with pytest.raises(ValueError, match="model name"):
-        agt.create({"name": "mult", "modalities": MODS})
+        agt.create("mult", modalities=MODS)
+    config = {"modalities": tuple(features), "width": 8, "guide": "video", "roles": {"video": "Baichuan-13B-Base"},
+              "depth": None}
+    assert task_lib.build_model(config).guide_name() == "Baichuan-13B-Base"  # roles from a mapping; None: default
+    with pytest.raises(ValueError, match="modalities"):
+        task_lib.build_model({"name": "attention"})
 
 
 def test_agt_gradients_finite_and_dropout():

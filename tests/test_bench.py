@@ -30,13 +30,13 @@ def xla_forward_flops(model, batch: int = 2) -> float:
 def test_analytic_forward_flops_match_xla_cost_analysis():
     # Unscanned layers: XLA's cost analysis counts a while-loop body once, not once per layer. Width 192
     # keeps the elementwise work (counted by XLA, not by the formula) at a few percent.
-    model = vit.create_vit("Ti/8", image_size=(32, 32), depth=2, num_classes=10, scan_layers=False)
+    model = vit.create("Ti/8", image_size=(32, 32), depth=2, num_classes=10, scan_layers=False)
     analytic = perf.vit_forward_flops(model)
     assert analytic == pytest.approx(xla_forward_flops(model), rel=0.1)
 
 
 def test_vit_forward_flops_formula():
-    model = vit.create_vit("B/16", num_classes=1000)
+    model = vit.create("B/16", num_classes=1000)
     n, t, d, m = 196, 197, 768, 3072
     expected = 2 * n * 16 * 16 * 3 * d + 12 * (8 * t * d * d + 4 * t * t * d + 4 * t * d * m) + 2 * d * 1000
     assert perf.vit_forward_flops(model) == expected

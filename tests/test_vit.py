@@ -16,7 +16,7 @@ TINY = dict(image_size=(32, 32), width=32, depth=3, num_heads=4, mlp_dim=64, pat
     ("H/14", 1280, 32, 16),
 ])
 def test_variant_output_shapes(variant, width, depth, heads):
-    model = vit.create_vit(variant, image_size=(224, 224), num_classes=7)
+    model = vit.create(variant, image_size=(224, 224), num_classes=7)
     images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), images)
     (logits, aux) = jax.eval_shape(lambda v, x: model.apply(v, x), variables, images)
@@ -29,7 +29,7 @@ def test_variant_output_shapes(variant, width, depth, heads):
 
 
 def test_spectrogram_input_with_prompts_and_leading_axes():
-    model = vit.create_vit("B/16", image_size=(512, 128), in_channels=1, num_prompts=6, depth=1)
+    model = vit.create("B/16", image_size=(512, 128), in_channels=1, num_prompts=6, depth=1)
     clips = jnp.zeros((2, 3, 512, 128, 1))
     variables = jax.eval_shape(model.init, jax.random.key(0), clips)
     pooled, aux = jax.eval_shape(lambda v, x: model.apply(v, x), variables, clips)
@@ -141,7 +141,7 @@ def test_every_param_carries_logical_axes():
 
 def test_bad_inputs_name_the_value():
     with pytest.raises(ValueError, match="'Q/16'.*expected"):
-        vit.create_vit("Q/16")
+        vit.create("Q/16")
     model = vit.ViT(**TINY)
     with pytest.raises(ValueError, match=r"\[batch\.\.\., 32, 32, 3\].*\(2, 30, 32, 3\)"):
         model.init(jax.random.key(0), jnp.zeros((2, 30, 32, 3)))

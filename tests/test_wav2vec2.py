@@ -114,7 +114,7 @@ def models():
             prefix = "Hubert" if model_type == "hubert" else "Wav2Vec2"
             cls = getattr(transformers, prefix + ("ForSequenceClassification" if head else "Model"))
             model = hf_model(cls, config, seed=len(cache))
-            jax_config = wav2vec2.Wav2Vec2Config.from_hf(config.to_dict())
+            jax_config = convert.config_from_hf(config.to_dict())
             cache[key] = model, jax_config, convert.convert_state_dict(numpy_state(model), jax_config)
         return cache[key]
 
@@ -262,7 +262,7 @@ def test_cli_safetensors_directory_round_trip(models, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, written, params)
     loaded_config, loaded = convert.load(str(tmp_path / "out"))
     assert loaded_config == config and json.load(open(tmp_path / "out" / "0" / convert.CONFIG_FILE))
-    assert wav2vec2.load(str(tmp_path / "out"), params=False, dtype="bfloat16") == (
+    assert convert.load(str(tmp_path / "out"), params=False, dtype="bfloat16") == (
         config.replace(dtype="bfloat16"), None)
     loaded = jax.tree.map(np.asarray, loaded)  # numpy leaves, as the parity test's: its compiled forward is reused
     logits, _ = run_jax(wav2vec2.Wav2Vec2ForSequenceClassification(loaded_config, 3), loaded, True)
@@ -426,10 +426,10 @@ def test_param_axes_and_presets():
     hidden = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
     pooled = wav2vec2.masked_mean(jnp.asarray(hidden), jnp.asarray([[True, True, False], [False, False, False]]))
     np.testing.assert_allclose(pooled, [[1, 2], [0, 0]])  # an all-padding example pools to 0, not NaN
-    from_hf = wav2vec2.Wav2Vec2Config.from_hf({"model_type": "hubert", "foo": 1, "dtype": "float16"})
+    from_hf = convert.config_from_hf({"model_type": "hubert", "foo": 1, "dtype": "float16"})
     assert from_hf.activation_dropout == 0.1 and from_hf.dtype == "float32"  # HF's dtype is torch's, not ours
     with pytest.raises(ValueError, match="model_type='wavlm' is not supported"):
-        wav2vec2.Wav2Vec2Config.from_hf({"model_type": "wavlm"})
+        convert.config_from_hf({"model_type": "wavlm"})
 
 
 def test_bfloat16_compute_follows_float32(models):
@@ -445,7 +445,7 @@ def test_flops_match_xla_cost_analysis():
     # wav2vec2-base's widths with 2 unscanned layers (XLA counts a scanned body once): the elementwise work XLA
     # also counts (norms, GELU, softmax) stays under 1% (the tiny config's 16 channels would be dominated by it)
     config = wav2vec2.Wav2Vec2Config.preset("base", num_hidden_layers=2, scan_layers=False)
-    model = wav2vec2.create(config, num_labels=5)
+    model = wav2vec2.create(config=config, num_labels=5)
     wave = jnp.zeros((2, 16000))
     params = jax.eval_shape(model.init, jax.random.key(0), wave)["params"]
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])

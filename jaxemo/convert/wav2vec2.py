@@ -1,12 +1,12 @@
 """transformers wav2vec 2.0 / HuBERT checkpoints -> `jaxemo.models.wav2vec2` params.
 
-    config = Wav2Vec2Config.from_hf(json.load(open("config.json")))
+    config = config_from_hf(json.load(open("config.json")))
     params = convert_state_dict(model.state_dict(), config)       # {"backbone": ..., "projector", "classifier"}
     logits, aux = Wav2Vec2ForSequenceClassification(config, num_labels).apply({"params": params}, waveform)
     hidden, aux = Wav2Vec2Model(config).apply({"params": params["backbone"]}, waveform)
 
     python -m jaxemo.convert wav2vec2 facebook-wav2vec2-base/ runs/w2v2_base     # a directory with config.json
-    config, params = load("runs/w2v2_base")                       # = jaxemo.models.wav2vec2.load
+    config, params = load("runs/w2v2_base")                       # the converted checkpoint
 
 Keys may be `Wav2Vec2Model` / `HubertModel`'s (no prefix) or prefixed `wav2vec2.` / `hubert.` (the
 ForSequenceClassification, ForCTC and ForPreTraining models). Pretraining- and CTC-only weights (quantizer,
@@ -19,6 +19,7 @@ q/k/v -> DenseGeneral [D, heads, head_dim]; LayerNorm / GroupNorm weight -> scal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from jaxemo import layers
 from jaxemo.convert.common import (
     StateDictReader,
     block_stack_params,
@@ -36,10 +38,15 @@ from jaxemo.convert.common import (
     norm_params,
 )
 from jaxemo.convert.torch_state import load_state_dict
-from jaxemo.models.wav2vec2 import CONFIG_FILE, Wav2Vec2Config, load  # noqa: F401 (load: re-exported)
+from jaxemo.models.wav2vec2 import MODEL_TYPES, Wav2Vec2Config
 
 logger = logging.getLogger(__name__)
 
+CONFIG_FILE = "model_config.json"  # a converted checkpoint's config, beside <step>/params
+# transformers' class defaults where they differ from facebook/wav2vec2-base's config.json (our defaults):
+# config_from_hf fills keys missing from a config.json with these, as transformers would.
+_HF_CLASS_DEFAULTS = dict(activation_dropout=0.1, feat_proj_dropout=0.0)
+_JAXEMO_ONLY = {"dtype", "scan_layers", "remat"}
 PREFIXES = ("wav2vec2.", "hubert.")
 # Weights of pretraining / CTC heads that no jaxemo wav2vec2 module uses (relative to the model's root).
 DROPPED = ("quantizer.", "project_q.", "project_hid.", "final_proj.", "label_embeddings_concat", "lm_head.")
@@ -183,6 +190,22 @@ def infer_config(state_dict: Mapping[str, Any], model_type: str = "wav2vec2",
     return Wav2Vec2Config(**values), notes
 
 
+def config_from_hf(hf: dict, **overrides) -> Wav2Vec2Config:
+    """A transformers config.json dict as a `Wav2Vec2Config`; unknown keys are ignored, missing ones take
+    transformers' class defaults. `model_type` ("wav2vec2" / "hubert") comes from the dict unless overridden."""
+    if hf.get("conv_pos_batch_norm"):
+        raise ValueError("conv_pos_batch_norm=True (a BatchNorm instead of the weight-normed position conv) "
+                         "is not supported")
+    if hf.get("add_adapter") or hf.get("adapter_attn_dim"):
+        raise ValueError("wav2vec2 adapters (add_adapter / adapter_attn_dim) are not supported")
+    names = {f.name for f in dataclasses.fields(Wav2Vec2Config)} - _JAXEMO_ONLY  # HF's "dtype" is torch's
+    values = {**_HF_CLASS_DEFAULTS, **{k: v for k, v in hf.items() if k in names}, **overrides}
+    values.setdefault("model_type", "wav2vec2")
+    if values["model_type"] not in MODEL_TYPES:  # wavlm, data2vec-audio, ... differ in their layers
+        raise ValueError(f"model_type={values['model_type']!r} is not supported; expected one of {MODEL_TYPES}")
+    return Wav2Vec2Config(**values)
+
+
 def convert_checkpoint(path: str, output_dir: str, model_type: str, num_heads: Optional[int] = None,
                        overwrite: bool = False, echo: Callable = print) -> dict:
     """A weights file or a directory (config.json + weights, as `torch_state.load_state_dict` reads it) ->
@@ -197,7 +220,7 @@ def convert_checkpoint(path: str, output_dir: str, model_type: str, num_heads: O
         with open(config_path) as f:
             hf = json.load(f)
         overrides = {"num_attention_heads": num_heads} if num_heads else {}
-        config = Wav2Vec2Config.from_hf({**hf, "model_type": hf.get("model_type", model_type)}, **overrides)
+        config = config_from_hf({**hf, "model_type": hf.get("model_type", model_type)}, **overrides)
         if config.model_type != model_type:
             echo(f"note: {config_path} says model_type={config.model_type!r}; converting as that")
     else:
@@ -208,3 +231,27 @@ def convert_checkpoint(path: str, output_dir: str, model_type: str, num_heads: O
     with open(os.path.join(step_dir, CONFIG_FILE), "w") as f:
         json.dump(config.to_dict(), f, indent=1)
     return params
+
+
+def load(path: str, step: Optional[int] = None, params: bool = True, **overrides):
+    """(config, params) of a checkpoint written by `python -m jaxemo.convert wav2vec2|hubert` (its
+    `<step>/model_config.json` beside `<step>/params`); `params=False` reads the config only (params None).
+    `overrides` replace config fields; a different `scan_layers` also converts the layer layout."""
+    from jaxemo.train import checkpoint
+
+    step_dir = checkpoint.step_directory(path, step)
+    config_path = os.path.join(step_dir, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path}: no wav2vec2 config (write one with python -m jaxemo.convert "
+                                f"wav2vec2 / hubert)")
+    with open(config_path) as f:
+        stored = Wav2Vec2Config(**json.load(f))
+    config = stored.replace(**overrides)
+    if not params:
+        return config, None
+    tree = checkpoint.load_params(step_dir)
+    if config.scan_layers != stored.scan_layers:
+        convert = layers.loop_to_scan if config.scan_layers else layers.scan_to_loop
+        blocks = tree["backbone"]["encoder"]["blocks"]
+        tree["backbone"]["encoder"]["blocks"] = convert(blocks, config.num_hidden_layers)
+    return config, tree

@@ -22,7 +22,7 @@ order (i, f, g, o) with one bias (torch's b_ih + b_hh).
 AudioGuidedTransformer. Known (the paper's abstract; ../shared/research/casp_agt.md B.1-B.2): HuBERT-large
 audio features "guide" CLIP-large video and Baichuan-13B text features through a "Context-Based Transformer"
 and an "Adaptive Multimodal Fusion", fusing inter- and intra-channel information. Nothing else is public
-(no body text, no code), so every part below is a choice, each behind a config field:
+(no body text, no code), so every part below is a choice, each behind a dataclass field:
   * input projection: Dropout(`input_dropout`) then Linear(D -> `width`) per feature; a frame sequence stays
     a sequence of tokens (+ sinusoidal positions, `frame_positions`), an utterance vector becomes
     `utt_tokens` tokens (one by default: the form MERTools' strongest features take). With one token per
@@ -99,13 +99,10 @@ def resolve_guide(guide: str, modalities: Sequence[str], roles: Optional[Mapping
     return found[0]
 
 
-def _dense(features: int, name: str, in_axis: Optional[str] = "embed", out_axis: Optional[str] = "mlp",
-           dtype: Dtype = jnp.float32, kernel_init=None) -> nn.Dense:
-    # torch nn.Linear's default init (kaiming-uniform a=sqrt(5), i.e. U(+-1/sqrt(fan_in)), bias likewise) keeps
-    # MERTools' training dynamics; the transformer parts use xavier.
-    kernel_init = kernel_init or nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-    return nn.Dense(features, dtype=dtype, name=name, kernel_init=layers.with_axes(kernel_init, in_axis, out_axis),
-                    bias_init=layers.with_axes(nn.initializers.zeros, out_axis))
+# torch nn.Linear's default kernel init (kaiming-uniform a=sqrt(5), i.e. U(+-1/sqrt(fan_in))) keeps MERTools'
+# training dynamics for its layers (their biases start at zero here); the transformer parts use xavier.
+TORCH_LINEAR_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+_torch_linear = functools.partial(layers.dense, kernel_init=TORCH_LINEAR_INIT)
 
 
 def _masked_mean(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
@@ -130,7 +127,7 @@ class MLPEncoder(nn.Module):
     def __call__(self, x, deterministic: bool):
         x = nn.Dropout(self.dropout)(x.astype(self.dtype), deterministic)
         for i, in_axis in ((1, None), (2, "embed"), (3, "embed")):
-            x = nn.relu(_dense(self.hidden_dim, f"linear_{i}", in_axis, "mlp", self.dtype)(x))
+            x = nn.relu(_torch_linear(self.hidden_dim, f"linear_{i}", (in_axis, "mlp"), self.dtype)(x))
         return x
 
 
@@ -190,7 +187,7 @@ class LSTMEncoder(nn.Module):
             x, mask = front_pad(x, mask), None
         h = LSTM(self.hidden_dim, self.dtype, name="rnn")(x, mask)
         h = nn.Dropout(self.dropout)(h, deterministic)
-        return _dense(self.hidden_dim, "linear_1", "embed", "mlp", self.dtype)(h)
+        return _torch_linear(self.hidden_dim, "linear_1", ("embed", "mlp"), self.dtype)(h)
 
 
 class MERToolsAttention(nn.Module):
@@ -220,9 +217,10 @@ class MERToolsAttention(nn.Module):
                     x, deterministic))
         attention = MLPEncoder(self.hidden_dim, self.dropout, self.dtype, name="attention_mlp")(
             jnp.concatenate(hidden, axis=-1), deterministic)
-        weights = _dense(len(self.modalities), "fc_att", "embed", None, self.dtype)(attention)  # raw: no softmax
+        fc_att = _torch_linear(len(self.modalities), "fc_att", ("embed", None), self.dtype)
+        weights = fc_att(attention)  # raw: no softmax
         fused = jnp.einsum("bhm,bm->bh", jnp.stack(hidden, axis=-1), weights)
-        logits = _dense(self.num_classes, "fc_out_1", "embed", "classes", self.dtype)(fused)
+        logits = _torch_linear(self.num_classes, "fc_out_1", ("embed", "classes"), self.dtype)(fused)
         return logits.astype(jnp.float32), {"features": fused, "weights": weights}
 
 
@@ -311,9 +309,9 @@ class AudioGuidedTransformer(nn.Module):
     def _tokens(self, name, x, mask, deterministic):
         x = nn.Dropout(self.input_dropout)(x.astype(self.dtype), deterministic)
         if x.ndim == 2:  # utterance vector -> utt_tokens tokens
-            tokens = _dense(self.utt_tokens * self.width, f"proj_{name}", None, "embed", self.dtype)(x)
+            tokens = _torch_linear(self.utt_tokens * self.width, f"proj_{name}", (None, "embed"), self.dtype)(x)
             return tokens.reshape(x.shape[0], self.utt_tokens, self.width), None
-        tokens = _dense(self.width, f"proj_{name}", None, "embed", self.dtype)(x)
+        tokens = _torch_linear(self.width, f"proj_{name}", (None, "embed"), self.dtype)(x)
         if self.frame_positions:
             tokens = tokens + jnp.asarray(sinusoidal_table(x.shape[1] + 1, self.width)[1:], self.dtype)
         return tokens, mask
@@ -354,12 +352,12 @@ class AudioGuidedTransformer(nn.Module):
         pooled = []
         for i, (_, x, mask) in enumerate(streams):
             pooled.append(layers.layer_norm(1e-6, self.dtype, f"norm_stream_{i}")(_masked_mean(x, mask)))
-        gate_logits = _dense(len(pooled), "gate", "embed", None, self.dtype, nn.initializers.zeros)(
-            jnp.concatenate(pooled, axis=-1))
+        gate = layers.dense(len(pooled), "gate", ("embed", None), self.dtype, kernel_init=nn.initializers.zeros)
+        gate_logits = gate(jnp.concatenate(pooled, axis=-1))
         gates = jax.nn.softmax(gate_logits, -1) if self.gate == "softmax" else jax.nn.sigmoid(gate_logits)
         fused = jnp.einsum("bsd,bs->bd", jnp.stack(pooled, axis=1), gates)
         fused_dropped = nn.Dropout(self.dropout)(fused, deterministic)
-        logits = _dense(self.num_classes, "head", "embed", "classes", self.dtype)(fused_dropped)
+        logits = _torch_linear(self.num_classes, "head", ("embed", "classes"), self.dtype)(fused_dropped)
         return logits.astype(jnp.float32), {"features": fused, "gates": gates}  # gates in `stream_names()` order
 
 
@@ -375,36 +373,16 @@ def _check_inputs(modalities, features) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _get(config, key, default=None):
-    if isinstance(config, Mapping) or hasattr(config, "get"):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
+MODELS = {"attention": MERToolsAttention, "agt": AudioGuidedTransformer}
 
 
-def create(config) -> nn.Module:
-    """The model named by `config.name` ("attention" | "agt") from an ml_collections ConfigDict, a dict or a
-    dataclass. Fields: `modalities` (feature names, required), `num_classes` (6); for "attention"
-    `hidden_dim` (128), `dropout` (0.3), `lstm_front_padding` (False); for "agt" the fields of
-    `AudioGuidedTransformer` (`roles` may be a mapping)."""
-    name = _get(config, "name", "agt")
-    modalities = tuple(_get(config, "modalities", ()))
-    if not modalities:
-        raise ValueError("config.modalities must name the input features")
-    num_classes = int(_get(config, "num_classes", NUM_CLASSES))
-    if name == "attention":
-        return MERToolsAttention(modalities, hidden_dim=int(_get(config, "hidden_dim", 128)),
-                                 dropout=float(_get(config, "dropout", 0.3)), num_classes=num_classes,
-                                 lstm_front_padding=bool(_get(config, "lstm_front_padding", False)))
-    if name == "agt":
-        fields = {f: _get(config, f) for f in ("guide", "width", "depth", "self_depth", "num_heads", "mlp_ratio",
-                                               "dropout", "attention_dropout", "input_dropout", "utt_tokens",
-                                               "frame_positions", "gate", "fuse")}
-        roles = _get(config, "roles")
-        roles = tuple(sorted(dict(roles).items())) if roles else None
-        model = AudioGuidedTransformer(modalities, roles=roles, num_classes=num_classes,
-                                       **{k: v for k, v in fields.items() if v is not None})
+def create(variant: Optional[str] = None, **fields) -> nn.Module:
+    """The model named by `variant`: "agt" (`AudioGuidedTransformer`, the default) or "attention"
+    (`MERToolsAttention`), with its dataclass `fields` (`modalities`, the feature names, is required)."""
+    name = "agt" if variant is None else variant
+    if name not in MODELS:
+        raise ValueError(f"model name {name!r}: expected one of {sorted(MODELS)}")
+    model = MODELS[name](**fields)
+    if isinstance(model, AudioGuidedTransformer):
         model.guide_name()  # fail at creation on a guide that matches no feature
-        return model
-    raise ValueError(f"model name {name!r}: expected 'attention' or 'agt'")
+    return model

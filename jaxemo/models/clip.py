@@ -1,6 +1,6 @@
 """CLIP (Radford et al., ICML 2021): the image tower and the text transformer, UniEmoX's frozen teacher.
 
-    model = clip.create_clip("B/16")
+    model = clip.create("B/16")
     logits_per_image, aux = model.apply({"params": params}, images, token_ids)   # images [B, 224, 224, 3]
     image_embeds = model.apply({"params": params}, images, method=clip.CLIP.encode_image)
 
@@ -126,13 +126,18 @@ def normalize(x: jax.Array) -> jax.Array:
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def create_clip(variant: str = "B/16", **overrides) -> CLIP:
-    """OpenAI's CLIP sizes by image-tower name ("B/32", "B/16", "L/14"); the text tower is 512 x 12 (768 x 12
-    for L/14), the joint width 512 (768 for L/14)."""
+def create(variant: Optional[str] = None, **fields) -> CLIP:
+    """OpenAI's CLIP sizes by image-tower name ("B/32", "B/16", "L/14"; None: the class defaults, B/16), any
+    of its fields overriding them; the text tower is 512 x 12 (768 x 12 for L/14), the joint width 512 (768
+    for L/14)."""
+    return CLIP(**{**({} if variant is None else variant_sizes(variant)), **fields})
+
+
+def variant_sizes(variant: str) -> dict:
+    """The CLIP fields of an image-tower name, at 224 px."""
     sizes = vit.decode_variant(variant)
     large = sizes["width"] >= 1024
-    return CLIP(**{"image_size": 224, "patch_size": sizes["patch_size"][0], "vision_width": sizes["width"],
-                   "vision_depth": sizes["depth"], "vision_heads": sizes["num_heads"],
-                   "vision_mlp_dim": sizes["mlp_dim"], "embed_dim": 768 if large else 512,
-                   "text_width": 768 if large else 512, "text_heads": 12 if large else 8,
-                   "text_mlp_dim": 3072 if large else 2048, **overrides})
+    return {"image_size": 224, "patch_size": sizes["patch_size"][0], "vision_width": sizes["width"],
+            "vision_depth": sizes["depth"], "vision_heads": sizes["num_heads"], "vision_mlp_dim": sizes["mlp_dim"],
+            "embed_dim": 768 if large else 512, "text_width": 768 if large else 512,
+            "text_heads": 12 if large else 8, "text_mlp_dim": 3072 if large else 2048}

@@ -1,6 +1,6 @@
 """Masked autoencoder (He et al., CVPR 2022) on jaxemo's ViT: UniEmoX's student.
 
-    model = mae.create_mae("B/16", mask_ratio=0.75)
+    model = mae.create("B/16", mask_ratio=0.75)
     loss, aux = model.apply({"params": params}, images, rngs={"masking": key})   # images [B, 224, 224, 3]
 
 The encoder (`encoder/`, a `jaxemo.vit.ViT` with fixed 2-D sin-cos positions) sees only the visible patches:
@@ -169,6 +169,8 @@ class MAE(nn.Module):
         return loss, aux
 
 
-def create_mae(variant: str = "B/16", **overrides) -> MAE:
-    """An MAE whose encoder is a ViT variant ("B/16", "L/16", "H/14"); the decoder defaults to MAE's 512 x 8."""
-    return MAE(**{**vit.decode_variant(variant), **overrides})
+def create(variant: Optional[str] = None, **fields) -> MAE:
+    """An MAE whose encoder has the sizes of a ViT variant ("B/16", "L/16", "H/14"; None: the class defaults,
+    B/16), any of its fields overriding them; the decoder defaults to MAE's 512 x 8."""
+    sizes = {} if variant is None else vit.decode_variant(variant)
+    return MAE(**{**sizes, **fields})

@@ -46,12 +46,6 @@ TRAINABLE_PATTERNS = (
 )
 
 
-def _dense(features: int, dtype, name: str, axes=("embed", "mlp"), use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=layers.with_axes(nn.initializers.xavier_uniform(), *axes),
-                    bias_init=layers.with_axes(nn.initializers.zeros, axes[-1]))
-
-
 def _latent_norm(dtype, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-5, dtype=dtype, use_fast_variance=False, name=name,
                         scale_init=layers.with_axes(nn.initializers.ones, "mlp"),
@@ -68,13 +62,14 @@ class BottleneckAdapter(nn.Module):
     def __call__(self, video, audio):
         width, clips = video.shape[-1], audio.shape[0]
         frames = video.shape[0] // clips
-        z_video = _latent_norm(self.dtype, "video_down_norm")(_dense(self.latent_dim, self.dtype, "video_down")(video))
-        z_audio = _latent_norm(self.dtype, "audio_down_norm")(_dense(self.latent_dim, self.dtype, "audio_down")(audio))
+        down = functools.partial(layers.dense, self.latent_dim, axes=("embed", "mlp"), dtype=self.dtype)
+        z_video = _latent_norm(self.dtype, "video_down_norm")(down(name="video_down")(video))
+        z_audio = _latent_norm(self.dtype, "audio_down_norm")(down(name="audio_down")(audio))
         audio_summary = z_audio.mean(axis=1)  # [B, L]
         video_summary = z_video.reshape(clips, frames, *z_video.shape[1:]).mean(axis=(1, 2))  # [B, L]
         z_video = z_video + jnp.repeat(audio_summary, frames, axis=0)[:, None, :]
         z_audio = z_audio + video_summary[:, None, :]
-        up = functools.partial(_dense, width, self.dtype, axes=("mlp", "embed"))
+        up = functools.partial(layers.dense, width, axes=("mlp", "embed"), dtype=self.dtype)
         gate = functools.partial(self.param, init_fn=layers.with_axes(nn.initializers.zeros, None), shape=(1,))
         video = video + jnp.tanh(gate("video_gate")).astype(video.dtype) * nn.gelu(
             up(name="video_up")(z_video), approximate=False)
@@ -249,10 +244,11 @@ class MMADFER(nn.Module):
         video_tokens, audio_tokens = self._layers(video_tokens, audio_tokens, fusion_tokens, tables, deterministic)
         video_cls = video_encoder.norm(video_tokens)[:, 0].reshape(clips, self.num_frames, self.width)
         audio_cls = audio_encoder.norm(audio_tokens)[:, 0]
-        joint = _dense(self.temporal_width, self.dtype, "joint_proj")(video_cls + audio_cls[:, None, :])
+        joint = layers.dense(self.temporal_width, "joint_proj", ("embed", "mlp"), self.dtype)(
+            video_cls + audio_cls[:, None, :])
         clip_feature = TemporalTransformer(self.temporal_depth, self.temporal_heads, self.temporal_mlp_dim,
                                            self.reference_unused_norms, self.dtype, name="temporal")(joint)
-        logits = _dense(self.num_classes, self.dtype, "classifier", axes=("mlp", "classes"))(clip_feature)
+        logits = layers.dense(self.num_classes, "classifier", ("mlp", "classes"), self.dtype)(clip_feature)
         return logits, {"video_cls": video_cls, "audio_cls": audio_cls, "clip_feature": clip_feature}
 
     def _layers(self, video, audio, fusion_tokens, tables, deterministic):
@@ -267,6 +263,15 @@ class MMADFER(nn.Module):
         rates = jnp.linspace(0.0, self.encoder_drop_path_rate, self.depth, dtype=jnp.float32)
         (video, audio, _), _ = stack((video, audio, fusion_tokens), (jnp.arange(self.depth), rates), tables)
         return video, audio
+
+
+def create(variant: Optional[str] = None, **fields) -> MMADFER:
+    """MMA-DFER whose two encoders have the sizes of a ViT variant ("B/16", the paper's and the class
+    defaults when None), any of its fields overriding them."""
+    sizes = {} if variant is None else vit.decode_variant(variant)
+    if sizes:
+        sizes["patch_size"] = sizes["patch_size"][0]
+    return MMADFER(**{**sizes, **fields})
 
 
 def count_parts(params: dict) -> dict[str, int]:

@@ -42,6 +42,7 @@ from jaxemo import layers
 Dtype = Any
 MODALITIES = ("text", "audio", "vision")
 ADAPTED_BY_CASP = (r"layer_norms_\d+",)  # per-layer LayerNorms; the final `layer_norm` stays frozen
+VARIANTS = {"late": {"fusion": "late"}, "early": {"fusion": "early"}}  # `create`'s names
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
@@ -69,12 +70,6 @@ def positions(x_in: jax.Array, zero_position_quirk: bool) -> jax.Array:
     return jnp.broadcast_to(table[ids], x_in.shape).astype(x_in.dtype)
 
 
-def _dense(features: int, dtype: Dtype, name: str, in_axis: str = "embed", out_axis: str = "embed") -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, name=name,
-                    kernel_init=layers.with_axes(nn.initializers.xavier_uniform(), in_axis, out_axis),
-                    bias_init=layers.with_axes(nn.initializers.zeros, out_axis))
-
-
 class EncoderLayer(nn.Module):
     """One pre-LN layer: x + Drop(MHA(LN0 x)), then x + Drop(FC2(Drop(ReLU(FC1(LN1 x)))))."""
 
@@ -92,9 +87,9 @@ class EncoderLayer(nn.Module):
                                       name="self_attn")(h, mask, deterministic)
         x = x + nn.Dropout(self.res_dropout)(h, deterministic)
         h = layers.layer_norm(1e-5, self.dtype, "layer_norms_1")(x)
-        h = nn.relu(_dense(4 * width, self.dtype, "fc1", out_axis="mlp")(h))
+        h = nn.relu(layers.dense(4 * width, "fc1", ("embed", "mlp"), self.dtype)(h))
         h = nn.Dropout(self.relu_dropout)(h, deterministic)
-        h = _dense(width, self.dtype, "fc2", in_axis="mlp")(h)
+        h = layers.dense(width, "fc2", ("mlp", "embed"), self.dtype)(h)
         return x + nn.Dropout(self.res_dropout)(h, deterministic)
 
 
@@ -135,9 +130,10 @@ class ResidualHead(nn.Module):
     @nn.compact
     def __call__(self, h, deterministic: bool):
         width = h.shape[-1]
-        z = nn.relu(_dense(width, self.dtype, "out_layer_proj1", out_axis="mlp")(h))
-        z = _dense(width, self.dtype, "out_layer_proj2", in_axis="mlp")(nn.Dropout(self.out_dropout)(z, deterministic))
-        return _dense(1, self.dtype, "out_layer", out_axis=None)(h + z)[..., 0]
+        z = nn.relu(layers.dense(width, "out_layer_proj1", ("embed", "mlp"), self.dtype)(h))
+        z = nn.Dropout(self.out_dropout)(z, deterministic)
+        z = layers.dense(width, "out_layer_proj2", ("mlp", "embed"), self.dtype)(z)
+        return layers.dense(1, "out_layer", ("embed", None), self.dtype)(h + z)[..., 0]
 
 
 class SentimentRegressor(nn.Module):
@@ -181,17 +177,26 @@ class SentimentRegressor(nn.Module):
     @nn.compact
     def __call__(self, text, audio, vision, audio_length=None, vision_length=None, deterministic: bool = True):
         sequences = [text, audio, vision]
-        projected = [_dense(self.proj_dim, self.dtype, f"proj_{m}", in_axis=None)(x.astype(self.dtype))
+        projected = [layers.dense(self.proj_dim, f"proj_{m}", (None, "embed"), self.dtype)(x.astype(self.dtype))
                      for m, x in zip(MODALITIES, sequences)]
         masks = self._key_masks(sequences, audio_length, vision_length)
         if self.fusion == "late":
             firsts = [self._encoder(f"encoder_{m}")(x, mask, deterministic)[..., 0, :]
                       for m, x, mask in zip(MODALITIES, projected, masks)]
             representation = jnp.concatenate(firsts, axis=-1)
-            h = nn.relu(_dense(self.proj_dim, self.dtype, "out_layer_proj0", in_axis=None)(representation))
+            head_in = layers.dense(self.proj_dim, "out_layer_proj0", (None, "embed"), self.dtype)
+            h = nn.relu(head_in(representation))
         else:
             mask = None if masks[0] is None else jnp.concatenate(masks, axis=-1)
             h = self._encoder("fusion")(jnp.concatenate(projected, axis=-2), mask, deterministic)[..., 0, :]
             representation = h
         score = ResidualHead(self.out_dropout, self.dtype, name="head")(h, deterministic)
         return score.astype(jnp.float32), representation.astype(jnp.float32)
+
+
+def create(variant: Optional[str] = None, **fields) -> SentimentRegressor:
+    """CASP's late- or early-fusion regressor by `variant` ("late" / "early"; None: the class defaults, late),
+    any of its fields overriding the variant's."""
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"unknown sentiment regressor variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    return SentimentRegressor(**{**VARIANTS.get(variant, {}), **fields})

@@ -99,6 +99,16 @@ class Pretrainer(nn.Module):
         return reconstruction, {**aux, **jax.lax.stop_gradient(teacher)}
 
 
+def create(variant: Optional[str] = None, **fields) -> UniEmoX:
+    """UniEmoX with `fields`; without a `student` one, its student is the MAE of the ViT variant `variant`
+    ("B/16", the paper's, when None) in UniEmoX's dtype."""
+    if "student" not in fields:
+        fields["student"] = mae.create(variant, dtype=fields.get("dtype", jnp.float32))
+    elif variant is not None:
+        raise ValueError(f"variant={variant!r} names a student, and a student is given: pass one of them")
+    return UniEmoX(**fields)
+
+
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
     reconstruction: float = 1.0

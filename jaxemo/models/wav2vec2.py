@@ -1,10 +1,11 @@
 """wav2vec 2.0 (Baevski et al., NeurIPS 2020) and HuBERT (Hsu et al., 2021): the pre-finetuning SER backbone
 and AGT's audio encoder.
 
-    config = wav2vec2.Wav2Vec2Config.preset("base")             # or .from_hf(json.load(open("config.json")))
-    model = wav2vec2.create(config, num_labels=7)               # Wav2Vec2ForSequenceClassification
+    model = wav2vec2.create("base", num_labels=7)           # Wav2Vec2ForSequenceClassification
     logits, aux = model.apply({"params": params}, waveform, sample_mask)       # waveform [B, T] float
     hidden, aux = wav2vec2.create("hubert-base").apply({"params": p}, waveform)  # the backbone alone
+    config, params = jaxemo.convert.wav2vec2.load("runs/w2v2_base")             # a converted checkpoint
+    model = wav2vec2.create(config=config, num_labels=7)
 
 The layout follows transformers' `Wav2Vec2Model` / `HubertModel` one to one, so that converted checkpoints
 (`jaxemo.convert.wav2vec2`) reproduce it to float32 precision:
@@ -42,11 +43,6 @@ MODEL_TYPES = ("wav2vec2", "hubert")
 CONV_IMPLS = ("xla", "matmul")
 ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False), "gelu_new": nn.gelu, "relu": nn.relu,
                "swish": nn.silu, "silu": nn.silu}
-# transformers' class defaults where they differ from facebook/wav2vec2-base's config.json (our defaults):
-# from_hf fills keys missing from a config.json with these, as transformers would.
-_HF_CLASS_DEFAULTS = dict(activation_dropout=0.1, feat_proj_dropout=0.0)
-_JAXEMO_ONLY = {"dtype", "scan_layers", "remat"}
-CONFIG_FILE = "model_config.json"  # a converted checkpoint's config, beside <step>/params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,22 +133,6 @@ class Wav2Vec2Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_hf(cls, hf: dict, **overrides) -> "Wav2Vec2Config":
-        """From a transformers config.json dict; unknown keys are ignored, missing ones take transformers'
-        class defaults. `model_type` ("wav2vec2" / "hubert") comes from the dict unless overridden."""
-        if hf.get("conv_pos_batch_norm"):
-            raise ValueError("conv_pos_batch_norm=True (a BatchNorm instead of the weight-normed position conv) "
-                             "is not supported")
-        if hf.get("add_adapter") or hf.get("adapter_attn_dim"):
-            raise ValueError("wav2vec2 adapters (add_adapter / adapter_attn_dim) are not supported")
-        names = {f.name for f in dataclasses.fields(cls)} - _JAXEMO_ONLY  # HF's "dtype" is torch's, not ours
-        values = {**_HF_CLASS_DEFAULTS, **{k: v for k, v in hf.items() if k in names}, **overrides}
-        values.setdefault("model_type", "wav2vec2")
-        if values["model_type"] not in MODEL_TYPES:  # wavlm, data2vec-audio, ... differ in their layers
-            raise ValueError(f"model_type={values['model_type']!r} is not supported; expected one of {MODEL_TYPES}")
-        return cls(**values)
-
-    @classmethod
     def preset(cls, name: str, **overrides) -> "Wav2Vec2Config":
         if name not in PRESETS:
             raise ValueError(f"unknown wav2vec2 preset {name!r}; expected one of {sorted(PRESETS)}")
@@ -241,10 +221,7 @@ def compute_span_mask(rng, shape: Sequence[int], prob: float, span: int, min_mas
     return covered - before > 0
 
 
-def _dense(features: int, axes: tuple, dtype, name: str, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=layers.with_axes(nn.initializers.normal(0.02), *axes),
-                    bias_init=layers.with_axes(nn.initializers.zeros, axes[-1]))
+_hf_linear = functools.partial(layers.dense, kernel_init=nn.initializers.normal(0.02))  # as transformers inits
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -326,7 +303,7 @@ class FeatureProjection(nn.Module):
         c, dtype = self.config, _dtype(self.config)
         if c.has_feat_proj_layer_norm:
             features = layers.layer_norm(c.layer_norm_eps, dtype, "layer_norm")(features)
-        x = _dense(c.hidden_size, (None, "embed"), dtype, "projection")(features)
+        x = _hf_linear(c.hidden_size, "projection", (None, "embed"), dtype)(features)
         return nn.Dropout(c.feat_proj_dropout)(x, deterministic=deterministic), features
 
 
@@ -396,9 +373,9 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         c, dtype = self.config, _dtype(self.config)
-        x = _dense(c.intermediate_size, ("embed", "mlp"), dtype, "intermediate_dense")(x)
+        x = _hf_linear(c.intermediate_size, "intermediate_dense", ("embed", "mlp"), dtype)(x)
         x = nn.Dropout(c.activation_dropout)(ACTIVATIONS[c.hidden_act](x), deterministic=deterministic)
-        x = _dense(c.hidden_size, ("mlp", "embed"), dtype, "output_dense")(x)
+        x = _hf_linear(c.hidden_size, "output_dense", ("mlp", "embed"), dtype)(x)
         return nn.Dropout(c.hidden_dropout)(x, deterministic=deterministic)
 
 
@@ -522,8 +499,8 @@ class Wav2Vec2ForSequenceClassification(nn.Module):
             depth = c.num_hidden_layers + 1
             self.layer_weights = self.param("layer_weights", layers.with_axes(nn.initializers.constant(1 / depth),
                                                                               None), (depth,))
-        self.projector = _dense(c.classifier_proj_size, ("embed", "mlp"), dtype, "projector")
-        self.classifier = _dense(self.num_labels, ("mlp", "classes"), dtype, "classifier")
+        self.projector = _hf_linear(c.classifier_proj_size, "projector", ("embed", "mlp"), dtype)
+        self.classifier = _hf_linear(self.num_labels, "classifier", ("mlp", "classes"), dtype)
 
     def __call__(self, waveform, sample_mask=None, deterministic: bool = True, mask_time=None,
                  output_hidden_states: bool = False):
@@ -538,40 +515,22 @@ class Wav2Vec2ForSequenceClassification(nn.Module):
         return self.classifier(pooled), {**aux, "pooled": pooled, "projected": projected}
 
 
-def load(path: str, step: Optional[int] = None, params: bool = True, **overrides):
-    """(config, params) of a checkpoint written by `python -m jaxemo.convert wav2vec2|hubert` (its
-    `<step>/model_config.json` beside `<step>/params`); `params=False` reads the config only (params None).
-    `overrides` replace config fields; a different `scan_layers` also converts the layer layout."""
-    import json
-    import os
-
-    from jaxemo.train import checkpoint
-
-    step_dir = checkpoint.step_directory(path, step)
-    config_path = os.path.join(step_dir, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{config_path}: no wav2vec2 config (write one with python -m jaxemo.convert "
-                                f"wav2vec2 / hubert)")
-    with open(config_path) as f:
-        stored = Wav2Vec2Config(**json.load(f))
-    config = stored.replace(**overrides)
-    if not params:
-        return config, None
-    tree = checkpoint.load_params(step_dir)
-    if config.scan_layers != stored.scan_layers:
-        convert = layers.loop_to_scan if config.scan_layers else layers.scan_to_loop
-        blocks = tree["backbone"]["encoder"]["blocks"]
-        tree["backbone"]["encoder"]["blocks"] = convert(blocks, config.num_hidden_layers)
-    return config, tree
+def resolve_config(variant: Optional[str] = None, config: Optional[Wav2Vec2Config] = None,
+                   **fields) -> Wav2Vec2Config:
+    """The preset `variant` ("base" when None, "large", "hubert-base", "hubert-large", "tiny") or `config`, with
+    `fields` (Wav2Vec2Config's) replacing its own."""
+    if config is None:
+        return Wav2Vec2Config.preset("base" if variant is None else variant, **fields)
+    if variant is not None:
+        raise ValueError(f"variant={variant!r} and a config are given: pass one of them")
+    return config.replace(**fields)
 
 
-def create(name_or_config, num_labels: Optional[int] = None, **overrides) -> nn.Module:
-    """A `Wav2Vec2Model` (or, with `num_labels`, a `Wav2Vec2ForSequenceClassification`) from a preset name
-    ("base", "large", "hubert-base", "hubert-large", "tiny") or a config; `overrides` replace config fields."""
-    if isinstance(name_or_config, Wav2Vec2Config):
-        config = name_or_config.replace(**overrides)
-    else:
-        config = Wav2Vec2Config.preset(name_or_config, **overrides)
+def create(variant: Optional[str] = None, *, config: Optional[Wav2Vec2Config] = None,
+           num_labels: Optional[int] = None, **fields) -> nn.Module:
+    """A `Wav2Vec2Model` (or, with `num_labels`, a `Wav2Vec2ForSequenceClassification`) of the preset `variant`
+    or of `config`, `fields` replacing Wav2Vec2Config fields (`resolve_config`)."""
+    config = resolve_config(variant, config, **fields)
     if num_labels is None:
         return Wav2Vec2Model(config)
     return Wav2Vec2ForSequenceClassification(config, num_labels)

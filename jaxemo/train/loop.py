@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxemo import perf
+from jaxemo import layers, perf
 from jaxemo.data import pipeline
 from jaxemo.data.datasource import as_data_source
 from jaxemo.train import checkpoint as checkpoint_lib
@@ -95,7 +95,7 @@ def check_accumulation(config, mesh) -> int:
 def setup_train_step(config, task, example_batch, mesh, total_steps: int, steps_per_epoch: int) -> StepSetup:
     optimizer = optim.make_optimizer(config.optimizer, total_steps, steps_per_epoch)
     rules = sharding.rules_from_config(config)
-    frozen_dtype = state_lib.dtype_from_name(config.get("frozen_dtype", "float32"))
+    frozen_dtype = layers.dtype_from_name(config.get("frozen_dtype", "float32"))
     min_size = int((config.get("sharding") or {}).get("min_sharded_size") or 0)
     abstract, shardings = state_lib.abstract_state(task, optimizer.tx, example_batch, mesh, rules, frozen_dtype,
                                                    min_size)

@@ -55,6 +55,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxemo import layers
 from jaxemo.data import pipeline
 from jaxemo.data.datasource import DataSource, as_data_source
 from jaxemo.train import early_stopping, loop, optim, sharding, state as state_lib, step as step_lib, tasks
@@ -169,7 +170,7 @@ class Population:
             missing = [t.name for t in trials if t.eval is None][:5]
             raise ValueError(f"best.metric={self.best.metric!r} needs every trial's eval source; missing for {missing}")
         self.eval_every = loop.eval_every_steps(config, self.steps_per_epoch)
-        self.frozen_dtype = state_lib.dtype_from_name(config.get("frozen_dtype", "float32"))
+        self.frozen_dtype = layers.dtype_from_name(config.get("frozen_dtype", "float32"))
         self.example = loop.example_batch(task, trials[0].train)
         self.trial_axes = sharding.logical_to_spec(("trials",), (0,), self.mesh, self.rules)[0]
         self.trial_devices = sharding.spec_devices(P(self.trial_axes), self.mesh)

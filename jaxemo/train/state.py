@@ -12,15 +12,6 @@ import numpy as np
 
 from jaxemo.train import optim, sharding
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def dtype_from_name(name: str):
-    if name not in DTYPES:
-        raise ValueError(f"dtype {name!r} is unknown; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32 scalar: optimizer updates taken (including skipped non-finite ones)

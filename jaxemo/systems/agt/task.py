@@ -43,6 +43,34 @@ class MerTask(tasks.ClassificationTask):
         return metrics
 
 
+AGT_FIELDS = ("guide", "width", "depth", "self_depth", "num_heads", "mlp_ratio", "dropout", "attention_dropout",
+              "input_dropout", "utt_tokens", "frame_positions", "gate", "fuse")
+
+
+def build_model(model_config) -> agt_model.MERToolsAttention | agt_model.AudioGuidedTransformer:
+    """The model named by `model_config.name` ("attention" | "agt", the default) from a ConfigDict or a dict.
+    Keys: `modalities` (feature names, required), `num_classes` (6); for "attention" `hidden_dim` (128),
+    `dropout` (0.3), `lstm_front_padding` (False); for "agt" the fields of `AudioGuidedTransformer` (`roles`
+    may be a mapping). A key set to None takes its default; other keys (`search`) are the recipe's."""
+    def get(key, default=None):
+        value = model_config.get(key)
+        return default if value is None else value
+
+    modalities = tuple(get("modalities", ()))
+    if not modalities:
+        raise ValueError("config.modalities must name the input features")
+    name = get("name", "agt")
+    num_classes = int(get("num_classes", agt_model.NUM_CLASSES))
+    if name == "attention":
+        return agt_model.create(name, modalities=modalities, hidden_dim=int(get("hidden_dim", 128)),
+                                dropout=float(get("dropout", 0.3)), num_classes=num_classes,
+                                lstm_front_padding=bool(get("lstm_front_padding", False)))
+    roles = get("roles")
+    fields = {f: get(f) for f in AGT_FIELDS if get(f) is not None}
+    return agt_model.create(name, modalities=modalities, num_classes=num_classes,
+                            roles=tuple(sorted(dict(roles).items())) if roles else None, **fields)
+
+
 def trial_config(config, model_config, frame_features: Sequence[str] = (), feature_dims: Mapping | None = None):
     """A copy of the recipe (or round) `config` for one model's trials: `model` (its config, naming the features
     in `modalities`), `frame_features` (the features with `lengths/<name>`, frame level) and `feature_dims`
@@ -56,10 +84,10 @@ def trial_config(config, model_config, frame_features: Sequence[str] = (), featu
 
 
 def build_task(config) -> MerTask:
-    """The task of a trial config (`trial_config`): the model of `config.model` (`jaxemo.models.agt.create`)
+    """The task of a trial config (`trial_config`): the model of `config.model` (`build_model`)
     reading `features/<name>` per feature and `lengths/<name>` for `config.frame_features`; with
     `config.feature_dims`, its analytic FLOPs per training example."""
-    model = agt_model.create(config.model)
+    model = build_model(config.model)
     frame_features = tuple(config.get("frame_features") or ())
     keys = tuple(f"features/{n}" for n in model.modalities)
     keys += tuple(f"lengths/{n}" for n in model.modalities if n in frame_features)
@@ -72,7 +100,7 @@ def flops(config) -> Flops | None:
     dims = config.get("feature_dims")
     if not dims:
         return None
-    forward = forward_flops(agt_model.create(config.model), dims)
+    forward = forward_flops(build_model(config.model), dims)
     return Flops(forward=forward, train=3 * forward)
 
 

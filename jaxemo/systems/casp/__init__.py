@@ -14,10 +14,11 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from jaxemo import layers
 from jaxemo.data import sources
 from jaxemo.models import msa
 from jaxemo.systems.base import TINY, CaseOptions, Flops, GpuRun, StepBenchmark, StepCase, System
-from jaxemo.train import metrics, state as state_lib, tasks
+from jaxemo.train import metrics, tasks
 from jaxemo.tta import core, methods, modes
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def build_model(config) -> msa.SentimentRegressor:
     fields = {k: v for k, v in config.model.items() if k != "dtype"}
-    return msa.SentimentRegressor(dtype=state_lib.dtype_from_name(config.model.dtype), **fields)
+    return msa.SentimentRegressor(dtype=layers.dtype_from_name(config.model.dtype), **fields)
 
 
 def build_task(config) -> tasks.SentimentRegressionTask:

@@ -11,19 +11,19 @@ import logging
 
 import numpy as np
 
-from jaxemo import perf
+from jaxemo import layers, perf
 from jaxemo.convert import mma_dfer as mma_dfer_convert
 from jaxemo.convert.torch_state import load_state_dict
 from jaxemo.data import augment, sources, video
 from jaxemo.models import mma_dfer
 from jaxemo.systems.base import TINY, CaseOptions, Flops, StepBenchmark, StepCase, System
-from jaxemo.train import state as state_lib, tasks
+from jaxemo.train import tasks
 
 
 def build_model(config) -> mma_dfer.MMADFER:
     fields = {k: v for k, v in config.model.items() if k != "dtype"}
     fields["audio_shape"] = tuple(fields["audio_shape"])
-    return mma_dfer.MMADFER(num_classes=config.data.num_classes, dtype=state_lib.dtype_from_name(config.model.dtype),
+    return mma_dfer.MMADFER(num_classes=config.data.num_classes, dtype=layers.dtype_from_name(config.model.dtype),
                             **fields)
 
 

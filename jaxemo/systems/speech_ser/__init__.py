@@ -6,7 +6,7 @@ speakers x 5 emotions x 7 values of k x 3 trials = 2,100 trials per starting mod
 and the 15 pre-finetuned ones. The trials run as population groups (`jaxemo.train.population`).
 
     corpora     the corpora (real builders or synthetic stand-ins), subsets, the multi-corpus source, views
-    task        the classifier (backbone, projector, one head per corpus) and its task
+    task        the classifier's task (the classifier: `jaxemo/models/speech_classifier.py`)
     prefinetune the multi-corpus stage
     fewshot     shot sampling, the protocol as populations, the report (CSV, JSON, F1-vs-k plot)
 
@@ -23,9 +23,11 @@ import os
 import jax
 import numpy as np
 
+from jaxemo.convert import wav2vec2 as wav2vec2_convert
 from jaxemo.models import wav2vec2
+from jaxemo.models.speech_classifier import SpeechEmotionClassifier
 from jaxemo.systems.base import Flops, GpuRun, System
-from jaxemo.systems.speech_ser.task import SpeechEmotionClassifier, SpeechEmotionTask
+from jaxemo.systems.speech_ser.task import SpeechEmotionTask
 from jaxemo.train import checkpoint
 
 __all__ = ["model_config", "build_task", "flops", "start_params", "SpeechEmotionClassifier", "SpeechEmotionTask",
@@ -38,7 +40,7 @@ def model_config(model) -> wav2vec2.Wav2Vec2Config:
     """The backbone's config: a converted checkpoint's own (`model.checkpoint`), else `model.preset`; then
     `model.overrides` (e.g. dropout, LayerDrop, masking) and `model.dtype`."""
     if model.get("checkpoint"):
-        config, _ = wav2vec2.load(model.checkpoint, params=False)
+        config, _ = wav2vec2_convert.load(model.checkpoint, params=False)
     else:
         config = wav2vec2.Wav2Vec2Config.preset(model.preset)
     overrides = dict(model.get("overrides") or {})

@@ -21,12 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxemo import perf, vit
+from jaxemo import layers, perf, vit
 from jaxemo.convert import mae as mae_convert
 from jaxemo.data import augment
-from jaxemo.systems.uniemox.pretrain import IMAGENET_MEAN, IMAGENET_STD, SIZE_FIELDS, normalize
 from jaxemo.systems.base import Flops
-from jaxemo.train import state as state_lib
+from jaxemo.systems.uniemox.pretrain import IMAGENET_MEAN, IMAGENET_STD, SIZE_FIELDS, normalize
 from jaxemo.train import tasks
 
 LINEAR_PROBE_PATTERNS = ("^fc_norm/", "^head/")
@@ -36,10 +35,10 @@ ENCODER_KEYS = ("patch_embed", "cls_token", "encoder")
 def build_classifier(config, num_classes: int, linear_probe: bool = False) -> vit.ViT:
     m, f = config.model, config.finetune
     sizes = {k: m[k] for k in SIZE_FIELDS if m.get(k) is not None}
-    return vit.create_vit(m.variant, image_size=(m.image_size, m.image_size), num_classes=num_classes, pool="gap",
-                          fc_norm=True, pos_embedding="learned",
-                          drop_path_rate=0.0 if linear_probe else f.drop_path_rate, scan_layers=m.scan_layers,
-                          remat_policy=m.remat_policy, dtype=state_lib.dtype_from_name(m.dtype), **sizes)
+    return vit.create(m.variant, image_size=(m.image_size, m.image_size), num_classes=num_classes, pool="gap",
+                      fc_norm=True, pos_embedding="learned",
+                      drop_path_rate=0.0 if linear_probe else f.drop_path_rate, scan_layers=m.scan_layers,
+                      remat_policy=m.remat_policy, dtype=layers.dtype_from_name(m.dtype), **sizes)
 
 
 def preprocess(rng, inputs: dict, train: bool, *, size: int, crop_pct: float, rand_augment: bool,

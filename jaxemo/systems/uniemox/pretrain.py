@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxemo import perf, vit
+from jaxemo import layers, perf, vit
 from jaxemo.convert import mae as mae_convert
 from jaxemo.data import augment, text as text_lib
 from jaxemo.models import clip, mae, uniemox
 from jaxemo.systems.uniemox import prompts as prompts_lib
-from jaxemo.train import checkpoint, state as state_lib
+from jaxemo.train import checkpoint
 from jaxemo.train import tasks
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -53,10 +53,10 @@ def build_student(config) -> uniemox.UniEmoX:
     m = config.model
     sizes = {k: m[k] for k in (*SIZE_FIELDS, "decoder_width", "decoder_depth", "decoder_heads",
                                 "decoder_mlp_dim") if m.get(k) is not None}
-    student = mae.create_mae(m.variant, image_size=(m.image_size, m.image_size), mask_ratio=m.mask_ratio,
-                             norm_pix_loss=m.norm_pix_loss, decoder_slice=m.decoder_slice, scan_layers=m.scan_layers,
-                             remat_policy=m.remat_policy, dtype=state_lib.dtype_from_name(m.dtype), **sizes)
-    return uniemox.UniEmoX(student, fusion=m.fusion, dtype=state_lib.dtype_from_name(m.dtype))
+    student = mae.create(m.variant, image_size=(m.image_size, m.image_size), mask_ratio=m.mask_ratio,
+                         norm_pix_loss=m.norm_pix_loss, decoder_slice=m.decoder_slice, scan_layers=m.scan_layers,
+                         remat_policy=m.remat_policy, dtype=layers.dtype_from_name(m.dtype), **sizes)
+    return uniemox.UniEmoX(student, fusion=m.fusion, dtype=layers.dtype_from_name(m.dtype))
 
 
 def build_teacher(config) -> clip.CLIP:
@@ -68,8 +68,8 @@ def build_teacher(config) -> clip.CLIP:
                                    "text_width", "text_depth", "text_heads", "text_mlp_dim", "context_length",
                                    "vocab_size", "eot_token_id")
                  if t.get(k) is not None}
-    teacher = clip.create_clip(t.variant, image_size=config.model.image_size, scan_layers=config.model.scan_layers,
-                               dtype=state_lib.dtype_from_name(t.dtype), **overrides)
+    teacher = clip.create(t.variant, image_size=config.model.image_size, scan_layers=config.model.scan_layers,
+                          dtype=layers.dtype_from_name(t.dtype), **overrides)
     width = build_student(config).student.decoder_width
     if teacher.embed_dim != width:
         raise ValueError(f"the student's projected CLS ({width}, model.decoder_width) must match the teacher's "

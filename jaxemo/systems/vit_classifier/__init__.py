@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxemo import perf, vit
+from jaxemo import layers, perf, vit
 from jaxemo.data import sources
 from jaxemo.systems.base import TINY, CaseOptions, Flops, GpuRun, StepBenchmark, StepCase, System
-from jaxemo.train import state as state_lib, tasks
+from jaxemo.train import tasks
 
 
 def build_model(config) -> vit.ViT:
     m = config.model
     overrides = {k: m[k] for k in ("width", "depth", "num_heads", "mlp_dim") if m.get(k) is not None}
-    return vit.create_vit(
+    return vit.create(
         m.variant,
         image_size=(m.image_size, m.image_size),
         in_channels=m.in_channels,
@@ -26,7 +26,7 @@ def build_model(config) -> vit.ViT:
         dropout_rate=m.dropout_rate,
         scan_layers=m.scan_layers,
         remat_policy=m.remat_policy,
-        dtype=state_lib.dtype_from_name(m.dtype),
+        dtype=layers.dtype_from_name(m.dtype),
         **overrides,
     )
 
