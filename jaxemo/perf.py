@@ -67,6 +67,36 @@ def transformer_layer_flops(tokens: int, width: int, mlp_dim: int) -> tuple[int,
 
 
 
+def wav2vec2_forward_flops(config, num_samples: int, num_labels: Optional[int] = None) -> int:
+    """Matmul / conv FLOPs of one `num_samples`-sample clip through a wav2vec 2.0 / HuBERT forward pass
+    (`jaxemo.models.wav2vec2.Wav2Vec2Config` fields).
+
+    With conv layers i (F_i frames out, kernel k_i, C_{i-1} -> C_i channels), F frames of width D, MLP width M,
+    L layers, position conv kernel K in G groups, projector width P and C labels:
+
+        feature encoder    sum_i 2 * F_i * k_i * C_{i-1} * C_i
+        projection         2 * F * C_last * D
+        position conv      2 * (F + 1 - K % 2) * K * (D / G) * D     (F + 1 outputs for even K, one dropped)
+        layers             L * (8 * F * D^2 + 4 * F * D * M + 4 * F^2 * D)
+        head               2 * F * D * P + 2 * P * C               (with `num_labels`)
+
+    Norms, activations, softmax and masking are not counted.
+    """
+    c = config
+    total, length, channels = 0, num_samples, 1
+    for dim, kernel, stride in zip(c.conv_dim, c.conv_kernel, c.conv_stride):
+        length = (length - kernel) // stride + 1
+        total += 2 * length * kernel * channels * dim
+        channels = dim
+    f, d, k = length, c.hidden_size, c.num_conv_pos_embeddings
+    total += 2 * f * channels * d
+    total += 2 * (f + 1 - k % 2) * k * (d // c.num_conv_pos_embedding_groups) * d
+    total += c.num_hidden_layers * (8 * f * d * d + 4 * f * d * c.intermediate_size + 4 * f * f * d)
+    if num_labels is not None:
+        total += 2 * f * d * c.classifier_proj_size + 2 * c.classifier_proj_size * num_labels
+    return total
+
+
 # ------------------------------------------------------------------------------------------------ peak FLOP/s
 
 

@@ -534,32 +534,3 @@ def create(variant: Optional[str] = None, *, config: Optional[Wav2Vec2Config] = 
     if num_labels is None:
         return Wav2Vec2Model(config)
     return Wav2Vec2ForSequenceClassification(config, num_labels)
-
-
-def flops(config: Wav2Vec2Config, num_samples: int, train: bool = False, num_labels: Optional[int] = None) -> int:
-    """Analytic matmul / conv FLOPs (2 x multiply-adds) of one example of `num_samples` audio samples.
-
-    With conv layers i (F_i frames out, kernel k_i, C_{i-1} -> C_i channels), F frames of width D, MLP width M,
-    L layers, position conv kernel K in G groups, projector width P and C labels:
-
-        feature encoder    sum_i 2 * F_i * k_i * C_{i-1} * C_i
-        projection         2 * F * C_last * D
-        position conv      2 * (F + 1 - K % 2) * K * (D / G) * D     (F + 1 outputs for even K, one dropped)
-        layers             L * (8 * F * D^2 + 4 * F * D * M + 4 * F^2 * D)
-        head               2 * F * D * P + 2 * P * C               (with `num_labels`)
-
-    Norms, activations, softmax and masking are not counted. `train=True` is 3x the forward.
-    """
-    c = config
-    total, length, channels = 0, num_samples, 1
-    for dim, kernel, stride in zip(c.conv_dim, c.conv_kernel, c.conv_stride):
-        length = (length - kernel) // stride + 1
-        total += 2 * length * kernel * channels * dim
-        channels = dim
-    f, d, k = length, c.hidden_size, c.num_conv_pos_embeddings
-    total += 2 * f * channels * d
-    total += 2 * (f + 1 - k % 2) * k * (d // c.num_conv_pos_embedding_groups) * d
-    total += c.num_hidden_layers * (8 * f * d * d + 4 * f * d * c.intermediate_size + 4 * f * f * d)
-    if num_labels is not None:
-        total += 2 * f * d * c.classifier_proj_size + 2 * c.classifier_proj_size * num_labels
-    return 3 * total if train else total

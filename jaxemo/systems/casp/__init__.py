@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def build_model(config) -> msa.SentimentRegressor:
     fields = {k: v for k, v in config.model.items() if k != "dtype"}
-    return msa.SentimentRegressor(dtype=layers.dtype_from_name(config.model.dtype), **fields)
+    return msa.create(dtype=layers.dtype_from_name(config.model.dtype), **fields)
 
 
 def build_task(config) -> tasks.SentimentRegressionTask:

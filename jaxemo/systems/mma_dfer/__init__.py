@@ -23,8 +23,8 @@ from jaxemo.train import tasks
 def build_model(config) -> mma_dfer.MMADFER:
     fields = {k: v for k, v in config.model.items() if k != "dtype"}
     fields["audio_shape"] = tuple(fields["audio_shape"])
-    return mma_dfer.MMADFER(num_classes=config.data.num_classes, dtype=layers.dtype_from_name(config.model.dtype),
-                            **fields)
+    return mma_dfer.create(num_classes=config.data.num_classes, dtype=layers.dtype_from_name(config.model.dtype),
+                           **fields)
 
 
 def clip_transform(example: dict, rng: np.random.Generator, *, train: bool, num_classes: int,

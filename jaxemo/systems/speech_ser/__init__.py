@@ -24,7 +24,9 @@ import jax
 import numpy as np
 
 from jaxemo.convert import wav2vec2 as wav2vec2_convert
+from jaxemo import perf
 from jaxemo.models import wav2vec2
+from jaxemo.models import speech_classifier
 from jaxemo.models.speech_classifier import SpeechEmotionClassifier
 from jaxemo.systems.base import Flops, GpuRun, System
 from jaxemo.systems.speech_ser.task import SpeechEmotionTask
@@ -71,22 +73,22 @@ def build_task(config) -> SpeechEmotionTask:
     by ln(classes) with `config.scale_loss`, and `config.heads == "reference"` leaves the heads untrained (the
     released pre-finetuning code)."""
     backbone = model_config(config.model)
-    model = SpeechEmotionClassifier(backbone, classifier_heads(config),
-                                    normalize=bool(config.model.get("normalize", True)))
+    model = speech_classifier.create(config=backbone, heads=classifier_heads(config),
+                                     normalize=bool(config.model.get("normalize", True)))
     trainable = ("^backbone/", "^projector/") if config.get("heads") == "reference" else None
     return SpeechEmotionTask(model, max_samples(config), bool(config.get("scale_loss")), trainable,
                              flops(config).train)
 
 
 def flops(config) -> Flops:
-    """One clip of `max_seconds`: the backbone (`wav2vec2.flops`) and the projector on every frame; the heads'
-    few FLOPs on the pooled vector are left out. Training is 3x the forward."""
+    """One clip of `max_seconds`: the backbone (`perf.wav2vec2_forward_flops`) and the projector on every frame;
+    the heads' few FLOPs on the pooled vector are left out. Training is 3x the forward."""
     backbone = model_config(config.model)
     samples = max_samples(config)
     projector = 2 * backbone.hidden_size * backbone.classifier_proj_size * \
         int(wav2vec2.conv_output_length(backbone, samples))
-    return Flops(forward=wav2vec2.flops(backbone, samples) + projector,
-                 train=wav2vec2.flops(backbone, samples, train=True) + 3 * projector)
+    forward = perf.wav2vec2_forward_flops(backbone, samples) + projector
+    return Flops(forward=forward, train=perf.train_flops(forward))
 
 
 def start_params(config, path: str = "") -> dict:

@@ -56,7 +56,7 @@ def build_student(config) -> uniemox.UniEmoX:
     student = mae.create(m.variant, image_size=(m.image_size, m.image_size), mask_ratio=m.mask_ratio,
                          norm_pix_loss=m.norm_pix_loss, decoder_slice=m.decoder_slice, scan_layers=m.scan_layers,
                          remat_policy=m.remat_policy, dtype=layers.dtype_from_name(m.dtype), **sizes)
-    return uniemox.UniEmoX(student, fusion=m.fusion, dtype=layers.dtype_from_name(m.dtype))
+    return uniemox.create(student=student, fusion=m.fusion, dtype=layers.dtype_from_name(m.dtype))
 
 
 def build_teacher(config) -> clip.CLIP:
