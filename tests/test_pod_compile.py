@@ -12,8 +12,10 @@ def mesh():
     return sharding.topology_mesh("v5e:2x2")
 
 
-@pytest.mark.parametrize("system,variant", [(s, "tiny") for s in sorted(pod_compile.paper_variants())]
-                         + [("uniemox", "finetune-tiny")])
+# The ViT classifier compiles below, at two pod sizes; UniEmoX's fine-tuning step is that ViT with on-device
+# augmentation, nothing a TPU compile checks beyond the CPU's.
+@pytest.mark.parametrize("system,variant", [(s, "tiny") for s in sorted(pod_compile.paper_variants())
+                                            if s != "vit_classifier"])
 def test_tiny_train_step_compiles_for_a_tpu_slice(mesh, system, variant):
     row = pod_compile.compile_step(system, variant, mesh, "v5e:2x2", per_chip_batch=2, remat="none")
     assert not row.error, row.error
@@ -51,5 +53,6 @@ def test_per_chip_memory_does_not_grow_with_the_pod():
         mesh = sharding.make_mesh(axes, devices=devices)
         row = pod_compile.compile_step("vit_classifier", "Ti/16", mesh, name, per_chip_batch=2, remat="none")
         assert not row.error, row.error
+        assert row.flops_per_chip > 0 and 0 < row.memory_bytes < pod_compile.TOPOLOGIES["v5e:2x2"].hbm_bytes
         memory.append(row.memory_bytes)
     assert memory[1] < memory[0], memory

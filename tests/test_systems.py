@@ -75,12 +75,13 @@ def toy():
 
 def test_a_registered_system_appears_in_all_three_drivers(toy, tmp_path):
     assert systems.names()[-1] == "toy" and systems.get("toy") is toy
-    # the step benchmark: a --system whose tiny case runs and writes its section
+    # the step benchmark: a --system whose tiny case is built from its recipe (the GPU suite's dry run times
+    # such a case end to end: test_gpu_suite)
     path = tmp_path / "BENCHMARKS.md"
-    rows = steps.main(["--system=toy", "--tiny", "--notorch", "--repeats=1", "--peak_repeats=1", "--write",
-                       f"--benchmarks_file={path}"])
-    assert rows[0].model.startswith("ViT-tiny") and rows[0].samples_per_s > 0
-    assert "<!-- toy-steps-tiny:" in path.read_text()
+    args = steps.parse_args(["--system=toy", "--tiny", "--notorch", f"--benchmarks_file={path}"])
+    assert args.spec is toy.benchmark and steps.section_key(args).startswith("toy-steps-tiny:")
+    case = steps.make_case("toy", "tiny", 8, steps.case_options(args, "none"))
+    assert case.label.startswith("ViT-tiny") and case.batch_size == 8 and case.flops["train"] > 0
     # the GPU suite: its step rows and its workload, with their commands
     args = gpu_suite.parse_args(["--dry_run", f"--benchmarks_file={path}"])
     assert {"toy", "toy_population"} <= set(args.runs)
