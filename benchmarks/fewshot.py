@@ -16,7 +16,8 @@ jitted train step (the population vmaps it) and include reading the data and eva
   one at a time the trials in a Python loop with the trainer's jitted step and eval step, compiled once
 
 Compilation is excluded from trials/hour (each side runs once untimed first). FLOPs: the analytic
-wav2vec2 count (`jaxemo.perf.wav2vec2_forward_flops`, `jaxemo.systems.speech_ser.flops`): 3x forward per training clip, 1x per evaluation clip.
+wav2vec2 count (`jaxemo.perf.wav2vec2_forward_flops`, `jaxemo.systems.speech_ser.flops`): 3x forward per
+training clip, 1x per evaluation clip.
 
 Projection: the paper's protocol (k in 2..64, 200 epochs for k <= 8 and 50 above, 100 evaluation clips per
 epoch, 300 trials per k per start, 16 starts) without early stopping, an upper bound, at the population's

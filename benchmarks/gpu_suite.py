@@ -67,7 +67,8 @@ def parse_args(argv) -> argparse.Namespace:
 def command(name: str, args) -> list[str]:
     """The command of one run: [python, -m, module, its arguments (the dry run's with --dry_run)...]."""
     run = args.runs[name]
-    argv = [*(run.dry_run_args if args.dry_run else run.args), "--write", f"--benchmarks_file={args.benchmarks_file}"]
+    argv = [*(run.dry_run_args if args.dry_run else run.args), "--write",
+            f"--benchmarks_file={args.benchmarks_file}"]
     return [sys.executable, "-m", run.module, *argv]
 
 

@@ -61,7 +61,8 @@ class Compiled:
 
 def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.pod_compile", description=__doc__.split("\n")[0])
-    p.add_argument("--systems", default=None, help="comma-separated systems (default: every one with pod variants)")
+    p.add_argument("--systems", default=None,
+                   help="comma-separated systems (default: every one with pod variants)")
     p.add_argument("--topologies", default="v5e:16x16,v5p:4x4x4", help="comma-separated topology names")
     p.add_argument("--batch", type=int, default=1, help="per-chip batch of the reported row")
     p.add_argument("--max_batch", type=int, default=64, help="largest per-chip batch tried in the search")
