@@ -13,13 +13,27 @@ from jaxemo.systems import casp
 from jaxemo.train import sharding
 
 
+def shrink(config):
+    """The tiny recipe made cheaper to compile and run (the recipe itself: README, "CASP")."""
+    # XLA's compiles are most of the cost and grow with the layers: one encoder of one layer (early fusion)
+    # instead of three of two. Attention dropout off: its random masks dominated every train step.
+    config.model.update(fusion="early", depth=1, proj_dim=16, num_heads=4, attn_dropout=0.0)
+    config.target.train_size = 600  # the unlabelled adaptation split
+    config.update(batch_size=48, num_epochs=10)
+    config.optimizer.learning_rate = 5e-3
+    config.tta.update(learning_rate=0.02, epochs=3, snapshot_every=1)
+    # Offline CASP's gain over source-only (MAE) at seeds 666 (the recipe's), 0, 1, 2, 3, 4: 0.051, 0.013,
+    # 0.118, 0.056, 0.046, 0.035; the unshrunk tiny recipe's at 666 and 0: 0.035 and 0.011. The bound is 0.015.
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("casp"))
     config = casp_config.get_config("tiny")
+    shrink(config)
     config.tta.methods = ("source_only", "casp")
     # Episodic adaptation is only checked to run and score here (its properties: test_tta.py): 2 steps on 2
-    # views per sample instead of the tiny recipe's 3 on 4, a third of its cost. The margin is offline's.
+    # views per sample instead of the tiny recipe's 3 on 4. The margin is offline's.
     config.tta.update(episodic_steps=2, episodic_views=2)
     # One device, as `python -m experiments.casp` has on a CPU machine: on the suite's 8 simulated devices the
     # tiny model's source training takes about three times as long (sharded training: test_sharding.py).
@@ -58,8 +72,7 @@ def test_every_mode_runs_and_results_are_written(run):
 def test_source_training_is_reused_on_rerun(run):
     config, params, workdir, _, mesh = run
     again = experiment.train_source(config, workdir, mesh)  # finished: evaluates, does not train again
-    for key in ("proj_text", "out_layer_proj0"):
-        np.testing.assert_array_equal(again[key]["kernel"], params[key]["kernel"])
+    jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
 @pytest.mark.slow

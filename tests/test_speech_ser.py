@@ -16,7 +16,7 @@ from jaxemo.data import pipeline
 from jaxemo.systems import speech_ser
 from jaxemo.systems.speech_ser import corpora, fewshot, prefinetune
 from jaxemo.train import metrics as metrics_lib
-from jaxemo.train import optim
+from jaxemo.train import optim, sharding
 
 
 def small_config():
@@ -26,7 +26,8 @@ def small_config():
     config.model.overrides.update(dict(  # 4 conv layers, 1 transformer layer: compiles in a fraction of tiny's time
         conv_dim=(8,) * 4, conv_kernel=(10, 3, 3, 3), conv_stride=(5, 2, 2, 2), hidden_size=16,
         num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=2, classifier_proj_size=8))
+        num_conv_pos_embedding_groups=2, classifier_proj_size=8,
+        scan_layers=False))  # one layer: unrolled traces and compiles faster (test_wav2vec2: scan = loop)
     config.data.update(dict(num_speakers=2, train_per_emotion=4, eval_per_emotion=2, test_per_emotion=2,
                             min_seconds=0.1, max_seconds=0.2))
     config.protocol.update(dict(k_values=(2, 4), trials=1, emotions=("Angry", "Sad"), small_epochs=3,
@@ -118,8 +119,11 @@ def test_task_scales_the_loss_and_reference_heads_stay_frozen():
     batch = pipeline.stack_examples([task.host_transform(True)(train[i], None) for i in range(4)])
     params = jax.jit(task.init)(jax.random.key(0), batch)["params"]
     params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value"))
-    loss = float(jax.jit(lambda p, b: task.loss(p, b, None, train=False)[0])(params, batch))
-    logits = np.asarray(jax.jit(task.logits)(params, batch))
+    # one program for the three (each compile of the backbone costs seconds)
+    outputs = jax.jit(lambda p, b: (task.loss(p, b, None, train=False)[0], task.logits(p, b),
+                                    task.eval_stats(p, {**b, "mask": np.ones(4, bool)})))
+    loss, logits, stats = outputs(params, batch)
+    loss, logits = float(loss), np.asarray(logits)
     log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
         - logits.max(-1, keepdims=True)
     classes = np.asarray([4, 5])[batch["corpus"]]
@@ -133,7 +137,6 @@ def test_task_scales_the_loss_and_reference_heads_stay_frozen():
     _, reference, _, _ = prefinetune.build(pre, ("msp_improv", "iemocap"))
     trainable, frozen = optim.split_params(params, reference.is_trainable)
     assert set(frozen) == {"heads"} and set(trainable) == {"backbone", "projector"}
-    stats = jax.jit(task.eval_stats)(params, {**batch, "mask": np.ones(4, bool)})
     summary = task.summarize(jax.device_get(stats))
     present = {task.head_names[c] for c in batch["corpus"]}
     assert {"accuracy"} | {f"{h}/macro_f1" for h in present} <= set(summary)
@@ -152,31 +155,42 @@ def test_binary_summary_has_sklearn_metrics_and_the_reference_weighted_f1():
     assert summary["reference_weighted_f1"] == pytest.approx(f1_score(predictions, labels, average="weighted"))
 
 
-def test_vmapped_trials_equal_one_at_a_time(tmp_path):
-    """The same trials in one vmapped group and in groups of one: identical metrics and best epochs."""
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """The experiment's run (pre-finetuning, every trial, the report); two tests read it."""
+    from experiments import fewshot_ser
+
     config = small_config()
-    data = fewshot.SpeakerData(config)
-    start = speech_ser.start_params(config)
-    rows = {}
-    for size in (4, 1):
-        with config.unlocked():
-            config.population.group_size = size
-        rows[size] = fewshot.run_start(config, str(tmp_path / f"g{size}"), data, "plain", start, k_values=(2,))
-    assert len(rows[4]) == 4
-    for a, b in zip(rows[4], rows[1]):
+    config.starts = ("plain", "improv")
+    workdir = str(tmp_path_factory.mktemp("fewshot") / "run")
+    return config, workdir, fewshot_ser.run(config, workdir)
+
+
+def test_vmapped_trials_equal_one_at_a_time(experiment, tmp_path):
+    """The same trials vmapped four to a device (one group on a one-device mesh) and one to a device (the
+    experiment's plain k=2 population: its group of 8 spreads over the 8 devices): identical metrics and best
+    epochs."""
+    _, workdir, _ = experiment
+    with open(os.path.join(workdir, "trials", "plain", "k2", "trials.json")) as f:
+        alone = json.load(f)
+    assert len(alone) == 4 and jax.device_count() >= 4
+    config = small_config()
+    config.population.group_size = 4
+    one_device = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    vmapped = fewshot.run_start(config, str(tmp_path), fewshot.SpeakerData(config), "plain",
+                                speech_ser.start_params(config), mesh=one_device, k_values=(2,))
+    assert len(vmapped) == 4
+    for a, b in zip(vmapped, alone):
         assert a["trial"] == b["trial"] and a["best_step"] == b["best_step"] and a["status"] == b["status"]
         for key in ("test/accuracy", "test/macro_f1", "test/weighted_f1", "eval/macro_f1"):
             assert a[key] == pytest.approx(b[key], abs=1e-6), (a["trial"], key)
         assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-4)
 
 
-def test_fewshot_experiment_pre_finetunes_runs_every_trial_resumes_and_reports(tmp_path):
+def test_fewshot_experiment_pre_finetunes_runs_every_trial_resumes_and_reports(experiment):
     from experiments import fewshot_ser
 
-    config = small_config()
-    config.starts = ("plain", "improv")
-    workdir = str(tmp_path / "run")
-    result = fewshot_ser.run(config, workdir)
+    config, workdir, result = experiment
     assert result["trials"] == 2 * 2 * 2 * 2  # starts x k x speakers x emotions
     assert os.path.isdir(os.path.join(workdir, "prefinetune", "improv", "checkpoints_best"))
     for name in ("trials.csv", "by_k.csv", "by_speaker_emotion.csv", "results.json", "f1_vs_k.png"):
