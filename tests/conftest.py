@@ -61,32 +61,32 @@ def tiny_config():
     return tiny_classifier_config
 
 
-# The longest modules, longest first (seconds alone on one core, 2026-11-29, in brackets). With
+# The longest modules, longest first (seconds on one of the two workers, 2026-12-04, in brackets). With
 # `--dist loadscope` a module runs whole on one worker, and pytest-xdist's own order (the modules with the
 # most tests first, off in pyproject.toml) left these long modules of few tests for the end, where one of
 # them ran alone while the other worker idled. Started first, they overlap, and the short modules fill in
 # the end. The remaining modules follow, those with the most tests first (xdist's own rule).
 LONGEST_FIRST = (
-    "test_mma_dfer_experiment.py",  # [335]
-    "test_gpu_suite.py",  # [300]
-    "test_casp_experiment.py",  # [260]
-    "test_checkpoint.py",  # [170]
-    "test_agt_system.py",  # [155]
-    "test_uniemox_system.py",  # [155]
-    "test_tta.py",  # [150]
-    "test_multiprocess.py",  # [135] (three processes)
-    "test_bench.py",  # [130]
-    "test_wav2vec2.py",  # [105]
-    "test_speech_ser.py",  # [100]
-    "test_uniemox_experiment.py",  # [100]
-    "test_train.py",  # [95]
-    "test_pod_compile.py",  # [90]
-    "test_population.py",  # [75]
-    "test_mma_dfer.py",  # [70]
-    "test_casp_parity.py",  # [65]
-    "test_update_step.py",  # [60]
-    "test_tta_latency.py",  # [55]
-    "test_casp_convert.py",  # [50]
+    "test_agt_system.py",  # [128]
+    "test_gpu_suite.py",  # [125]
+    "test_mma_dfer_experiment.py",  # [119]
+    "test_checkpoint.py",  # [107]
+    "test_pod_compile.py",  # [100]
+    "test_tta.py",  # [82]
+    "test_uniemox_experiment.py",  # [80]
+    "test_uniemox_system.py",  # [73]
+    "test_multiprocess.py",  # [73] (three processes)
+    "test_speech_ser.py",  # [65]
+    "test_train.py",  # [61]
+    "test_wav2vec2.py",  # [53]
+    "test_population.py",  # [49]
+    "test_bench.py",  # [45]
+    "test_casp_experiment.py",  # [39]
+    "test_tta_latency.py",  # [33]
+    "test_vit.py",  # [28]
+    "test_agt.py",  # [24]
+    "test_update_step.py",  # [23]
+    "test_mma_dfer.py",  # [21]
 )
 
 
