@@ -24,7 +24,8 @@ def test_what_the_image_lacks_is_carried_with_its_own_requirements():
 def test_a_module_the_machine_lacks_is_named_with_its_importer(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
-    source = "import os\nfrom . import sibling\n\n\ndef f():\n    import torchvision  # lazy\n    import transformers\n"
+    source = ("import os\nfrom . import sibling\n\n\n"
+              "def f():\n    import torchvision  # lazy\n    import transformers\n")
     (package / "mod.py").write_text(source)
     imports = manifest.third_party_imports(("pkg",), base=str(tmp_path))
     assert set(imports) == {"torchvision", "transformers"} and imports["torchvision"] == ["pkg/mod.py"]
