@@ -220,7 +220,7 @@ def compile_for_pod(args) -> list[dict]:
     """The population's train step compiled for a TPU topology, `trials_per_chip` x chips trials per group
     (the `trials` axis over every chip), with XLA's per-chip memory: how many trials a chip holds."""
     mesh = sharding.topology_mesh(args.pod)
-    label, hbm, _ = perf.TPU_TOPOLOGIES[args.pod]
+    label, hbm = perf.TPU_TOPOLOGIES[args.pod].label, perf.TPU_TOPOLOGIES[args.pod].hbm_bytes
     rows = []
     for per_chip in (int(v) for v in args.trials_per_chip.split(",")):
         group = per_chip * mesh.size

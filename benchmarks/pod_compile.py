@@ -18,6 +18,7 @@ in `jaxemo.systems`). `--write` replaces the section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -29,7 +30,7 @@ import jax
 
 from benchmarks import report
 from benchmarks.steps import make_case
-from jaxemo import perf, systems
+from jaxemo import layers, perf, systems
 from jaxemo.systems.base import TINY, CaseOptions
 from jaxemo.train import loop, sharding, state as state_lib
 
@@ -56,6 +57,7 @@ class Compiled:
     compile_s: float
     error: str = ""
     analytic_flops_per_chip: Optional[float] = None  # the system's FLOP count x the per-chip batch
+    predicted_s: Optional[float] = None  # the TPU compiler's cost model: `optimal_seconds` of the step
     compiled: Any = dataclasses.field(default=None, repr=False)  # the executable (its HLO for inspection)
 
 
@@ -81,8 +83,10 @@ def parse_args(argv) -> argparse.Namespace:
     return args
 
 
-def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch: int, remat: str) -> Compiled:
-    """The trainer's step of `system`'s `variant` for `mesh`, compiled (never run) at the given batch."""
+def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch: int, remat: str,
+                 unroll: bool = False) -> Compiled:
+    """The trainer's step of `system`'s `variant` for `mesh`, compiled (never run) at the given batch; with
+    `unroll`, every scan unrolled (`layers.unrolled_scans`) so that the cost analysis counts every layer."""
     options = CaseOptions(dtype="bfloat16", remat_policy=remat, frozen_dtype="bfloat16")
     case = make_case(system, variant, 1, options)
     global_batch = per_chip_batch * mesh.size
@@ -93,14 +97,15 @@ def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch:
     analytic = case.flops["train"] * per_chip_batch
     start = time.perf_counter()
     try:
-        setup = loop.setup_train_step(case.config, case.task, example, mesh, 1000, 100)
-        compiled = setup.train_step.lower(setup.abstract, batch).compile()
+        with layers.unrolled_scans() if unroll else contextlib.nullcontext():
+            setup = loop.setup_train_step(case.config, case.task, example, mesh, 1000, 100)
+            compiled = setup.train_step.lower(setup.abstract, batch).compile()
     except Exception as error:  # an out-of-memory or sharding failure is a result here, not a crash
         return Compiled(system, variant, topology, remat, per_chip_batch, None, None,
                         time.perf_counter() - start, f"{type(error).__name__}: {str(error)[:400]}", analytic)
     cost = compiled.cost_analysis() or {}
     return Compiled(system, variant, topology, remat, per_chip_batch, perf.compiled_memory_bytes(compiled),
-                    cost.get("flops"), time.perf_counter() - start, "", analytic, compiled)
+                    cost.get("flops"), time.perf_counter() - start, "", analytic, cost.get("optimal_seconds"), compiled)
 
 
 def fits(row: Compiled, topology: str) -> bool:
@@ -162,7 +167,7 @@ def section_body(results: list[dict], args, argv) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         r = result["row"]
-        label, hbm, axes = TOPOLOGIES[r.topology]
+        label, hbm, axes = TOPOLOGIES[r.topology][:3]
         memory = r.error or f"{r.memory_bytes / GIB:.2f} GiB"
         flops = "n/a" if r.flops_per_chip is None else f"{r.flops_per_chip / 1e9:,.1f}"
         analytic = f"{r.analytic_flops_per_chip / 1e9:,.1f}"

@@ -277,6 +277,28 @@ class _StackLayer(nn.Module):
         return x, (x if self.return_hidden_states else None)
 
 
+_UNROLL_SCANS: contextvars.ContextVar = contextvars.ContextVar("unroll_scans", default=False)
+
+
+@contextlib.contextmanager
+def unrolled_scans():
+    """While tracing: every fixed-length scan jaxemo builds (layer stacks: `BlockStack`, MMA-DFER's fusion
+    layers; the steps of episodic adaptation; gradient accumulation) is fully unrolled in the program
+    (`unroll=length`); parameters keep their stacked layout. For cost models: XLA's cost analysis and the TPU
+    compiler's `optimal_seconds` count a loop's body once, so a scanned 24-layer stack reads as one layer.
+    Trace a fresh `jax.jit` inside it: a function traced before keeps its scanned program."""
+    token = _UNROLL_SCANS.set(True)
+    try:
+        yield
+    finally:
+        _UNROLL_SCANS.reset(token)
+
+
+def scan_unroll(length: int) -> int:
+    """The `unroll` of a scan of `length` steps: 1, or `length` inside `unrolled_scans()`."""
+    return length if _UNROLL_SCANS.get() else 1
+
+
 class BlockStack(nn.Module):
     """`depth` blocks with per-layer stochastic depth (linearly spaced up to `drop_path_rate`).
 
@@ -307,6 +329,7 @@ class BlockStack(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(0, nn.broadcast),
                 length=self.depth,
+                unroll=scan_unroll(self.depth),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             per_layer = (jnp.arange(self.depth), jnp.asarray(rates))

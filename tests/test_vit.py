@@ -62,6 +62,27 @@ def test_scan_and_loop_stacks_agree():
     jax.tree.map(np.testing.assert_array_equal, roundtrip, params["encoder"])
 
 
+def test_unrolled_scans_count_every_layer_and_compute_the_same():
+    """`layers.unrolled_scans`: the same params and outputs, and XLA's FLOP count sees all `depth` layers (a
+    scanned stack is priced as one layer), which is what the TPU cost-model predictions rely on."""
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    model = vit.ViT(num_classes=5, **{**TINY, "depth": 4})
+    params = _init(model, x)
+    def compiled():  # a new function each time: jit would reuse a program traced outside the context
+        return jax.jit(lambda p, x: model.apply({"params": p}, x)[0]).lower(params, x).compile()
+
+    scanned = compiled()
+    with layers.unrolled_scans():
+        assert layers.scan_unroll(4) == 4
+        unrolled = compiled()
+    assert layers.scan_unroll(4) == 1
+    np.testing.assert_allclose(scanned(params, x), unrolled(params, x), rtol=1e-5, atol=1e-5)
+    texts = [c.as_text() for c in (scanned, unrolled)]
+    assert " while(" in texts[0] and " while(" not in texts[1]
+    scanned_dots, unrolled_dots = (t.count(" dot(") for t in texts)  # one layer's + the head's, 4 layers' + the head's
+    assert unrolled_dots - 1 == 4 * (scanned_dots - 1), (scanned_dots, unrolled_dots)
+
+
 def test_loop_layout_matches_a_loop_initialised_model():
     x = jnp.ones((1, 32, 32, 3))
     looped = _init(vit.ViT(scan_layers=False, **TINY), x)

@@ -257,7 +257,7 @@ class MMADFER(nn.Module):
         layer_cls = layers._remat(_AVLayer, self.remat_policy)
         scanned = nn.scan(layer_cls, variable_axes={True: 0}, split_rngs={"params": True, "dropout": True},
                           in_axes=(0, nn.broadcast), length=self.depth,
-                          metadata_params={nn.PARTITION_NAME: "layers"})
+                          unroll=layers.scan_unroll(self.depth), metadata_params={nn.PARTITION_NAME: "layers"})
         stack = scanned(block, self.fusion, self.latent_dim, self.fusion_layer,
                         self.depth // self.prompt_groups, deterministic, self.dtype, name="fusion_layers")
         rates = jnp.linspace(0.0, self.encoder_drop_path_rate, self.depth, dtype=jnp.float32)

@@ -64,12 +64,23 @@ class StepCase:
 
 
 @dataclasses.dataclass(frozen=True)
+class PaperRun:
+    """A paper's whole training run in training examples processed (folds x epochs x examples per epoch), so
+    that `benchmarks.tpu_predict` can project its wall time from a predicted step time. Evaluation passes are
+    not counted."""
+
+    examples: int
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
 class StepBenchmark:
     """A system's train / inference step cases.
 
     `config_for(variant)` names the recipe config the variant starts from, as `(config name, config variant)`;
     `case(config, variant, batch_size, options)` builds the case from that config, loaded. `pod_variants` are
-    the paper-size variants compiled for TPU pods (`benchmarks.pod_compile`); `gpu_args` the arguments of its
+    the paper-size variants compiled for TPU pods (`benchmarks.pod_compile`, `benchmarks.tpu_predict`), and
+    `paper_runs` the whole run each stands for (`PaperRun`, by variant); `gpu_args` the arguments of its
     rows in the GPU suite (`benchmarks.steps --system=<name> ...`; empty: none), `gpu_limit_s` their time.
     """
 
@@ -85,6 +96,7 @@ class StepBenchmark:
     cpu_steps: Optional[dict] = None  # variant -> steps per timed run on a CPU (default 2)
     remat: bool = True  # whether its cases honour `CaseOptions.remat_policy`
     pod_variants: tuple = ()
+    paper_runs: dict = dataclasses.field(default_factory=dict)
     gpu_args: tuple = ()
     gpu_limit_s: int = 60
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxemo import layers
 from jaxemo.train import optim, sharding
 from jaxemo.train.state import TrainState
 
@@ -52,7 +53,8 @@ def loss_and_grads(loss_fn: LossFn, params, batch, rng, accum_steps: int = 1):
     shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     (loss, metrics), grads = zeros
-    total, _ = jax.lax.scan(accumulate, (loss, metrics, grads), (micro, jnp.arange(accum_steps)))
+    total, _ = jax.lax.scan(accumulate, (loss, metrics, grads), (micro, jnp.arange(accum_steps)),
+                            unroll=layers.scan_unroll(accum_steps))
     return jax.tree.map(lambda x: x / accum_steps, total)
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxemo import layers
 from jaxemo.tta import core, methods
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ def adapt_then_predict(method, model, config: EpisodicConfig, frozen, adapted, s
         params, opt_state, metrics = core.adapt_step(method, model, tx, frozen, params, opt_state, views, k)
         return (params, opt_state), metrics["loss"]
 
-    (adapted, _), _ = jax.lax.scan(step, (adapted, tx.init(adapted)), jax.random.split(key, config.steps))
+    (adapted, _), _ = jax.lax.scan(step, (adapted, tx.init(adapted)), jax.random.split(key, config.steps),
+                                   unroll=layers.scan_unroll(config.steps))
     single = jax.tree.map(lambda x: x[None], sample)
     single.pop("mask", None)
     return core.predict(model, frozen, adapted, single)[0]

@@ -17,7 +17,7 @@ import numpy as np
 from jaxemo import layers
 from jaxemo.data import sources
 from jaxemo.models import msa
-from jaxemo.systems.base import TINY, CaseOptions, Flops, GpuRun, StepBenchmark, StepCase, System
+from jaxemo.systems.base import TINY, CaseOptions, Flops, GpuRun, PaperRun, StepBenchmark, StepCase, System
 from jaxemo.train import metrics, tasks
 from jaxemo.tta import core, methods, modes
 
@@ -254,6 +254,7 @@ SYSTEM = System(
         notes=("Random features and labels, one batch reused. GFLOP/sample: `jaxemo.systems.casp.flops` (matmuls "
                "only), train = 3 x forward. Test-time adaptation latency is `python -m benchmarks.tta_latency`.",),
         pod_variants=("synthetic",),
+        paper_runs={"synthetic": PaperRun(16_326 * 30, "source training on CMU-MOSEI train (16,326) x 30 epochs")},
         gpu_args=("--batch_size=1024",), gpu_limit_s=45),
     workloads=(
         GpuRun("tta", "benchmarks.tta_latency", ("--batches=1,256,4096", "--chunk=4096", "--notorch"),

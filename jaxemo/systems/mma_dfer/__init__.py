@@ -16,7 +16,7 @@ from jaxemo.convert import mma_dfer as mma_dfer_convert
 from jaxemo.convert.torch_state import load_state_dict
 from jaxemo.data import augment, sources, video
 from jaxemo.models import mma_dfer
-from jaxemo.systems.base import TINY, CaseOptions, Flops, StepBenchmark, StepCase, System
+from jaxemo.systems.base import TINY, CaseOptions, Flops, PaperRun, StepBenchmark, StepCase, System
 from jaxemo.train import tasks
 
 
@@ -250,7 +250,10 @@ SYSTEM = System(
                "the forward, activation gradients through every layer (frozen ones too) and weight gradients "
                "only for the trainable weights (`MMADFERFlops.train()`), inference rows the forward. Remat's "
                "recomputation is not counted."),
-        pod_variants=("dfew",),
+        pod_variants=("dfew", "mafw"),
+        paper_runs={  # the folds' training clips (dossier §2.1) x 25 epochs
+            "dfew": PaperRun((9356 + 9356 + 9357 + 9358 + 9361) * 25, "DFEW: 5 folds x 25 epochs x ~9,358 clips"),
+            "mafw": PaperRun((7333 + 7335 + 7339 + 7339 + 7341) * 25, "MAFW: 5 folds x 25 epochs x ~7,337 clips")},
         # bf16 compute and frozen weights; batch 8 (the paper's) and 32, and 64 with remat
         gpu_args=("--variants=dfew", "--dtype=bfloat16", "--frozen_dtype=bfloat16", "--batch_size=8,32,64",
                   "--remat_policy=none,none,full"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxemo import vit
-from jaxemo.systems.base import TINY, CaseOptions, Flops, StepBenchmark, StepCase, System
+from jaxemo.systems.base import TINY, CaseOptions, Flops, PaperRun, StepBenchmark, StepCase, System
 from jaxemo.systems.uniemox import finetune, pretrain, prompts
 from jaxemo.systems.uniemox.prompts import emotion_prompt, example_prompt, text_features
 
@@ -156,6 +156,10 @@ BENCHMARK = StepBenchmark(
            "GFLOP/image: pretraining `uniemox.pretrain.flops` (3x the student's forward, 1x the teacher's); "
            "fine-tuning `jaxemo.perf.vit_forward_flops` x 3. Matmuls only."),
     pod_variants=("pretrain-L/16", "finetune-L/16"),
+    paper_runs={  # EmoSet-118K: 94,481 train, 5,905 val, 17,716 test images
+        "pretrain-L/16": PaperRun((94_481 + 5_905) * 200, "EmoSet-118K train + val x 200 epochs (the released "
+                                  "checkpoint's; the script's default is 800)"),
+        "finetune-L/16": PaperRun(94_481 * 100, "EmoSet-118K train x 100 epochs")},
     gpu_args=("--variants=pretrain-L/16,finetune-L/16", "--dtype=bfloat16", "--frozen_dtype=bfloat16",
               "--batch_size=128,64"),
     gpu_limit_s=55)

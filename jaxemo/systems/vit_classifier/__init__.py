@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxemo import layers, perf, vit
 from jaxemo.data import sources
-from jaxemo.systems.base import TINY, CaseOptions, Flops, GpuRun, StepBenchmark, StepCase, System
+from jaxemo.systems.base import TINY, CaseOptions, Flops, GpuRun, PaperRun, StepBenchmark, StepCase, System
 from jaxemo.train import tasks
 
 
@@ -100,6 +100,7 @@ SYSTEM = System(
         notes=("Random uint8 images and labels, one batch reused. GFLOP/image: `jaxemo.perf.vit_forward_flops` x "
                "3 (matmuls only), the PaLM / MaxText convention.",),
         pod_variants=("B/16",),
+        paper_runs={"B/16": PaperRun(1_281_167 * 300, "ImageNet-1k x 300 epochs (DeiT-B)")},
         gpu_args=("--variants=B/16", "--dtype=bfloat16", "--batch_size=256"), gpu_limit_s=60),
     workloads=(
         GpuRun("population", "benchmarks.population",
