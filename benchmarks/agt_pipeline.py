@@ -5,6 +5,8 @@ fold, beside MERTools' own PyTorch loop.
     python -m benchmarks.agt_pipeline --paper_dims --train_size=5000 --hidden=128 --draws=6 --epochs=2 \
         --rounds=1 --per_round=2000 --no_torch --write                   # GPU (`benchmarks.gpu_suite`)
     python -m benchmarks.agt_pipeline --tiny                          # seconds: tests
+    python -m benchmarks.agt_pipeline --pod=v5e:2x2 --model=agt --hidden=128 --paper_dims \
+        --trials_per_chip=1,64 --write           # the TPU compiler's predicted step time (AOT, on the CPU)
 
 The trials are those of `jaxemo.systems.agt.semi` for one model shape (`--model`, hidden size / width
 `--hidden`; the learning rate is drawn per draw, so every draw shares one compiled step): round 0 trains
@@ -62,6 +64,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--torch_threads", type=int, default=1,
                    help="intra-op threads of the PyTorch loop (its matmuls are tiny: one thread is fastest on the CPU)")
     p.add_argument("--tiny", action="store_true", help="seconds: 2 draws x 2 folds, 1 round, 1 epoch (tests)")
+    p.add_argument("--pod", default="", help="instead of timing: compile (not run) round 0's population step for "
+                   "this TPU topology (e.g. v5e:2x2), trials over its chips, and predict its time")
+    p.add_argument("--trials_per_chip", default="1,64", help="with --pod: trials per chip to compile")
     p.add_argument("--write", action="store_true")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
     args = p.parse_args(argv)
@@ -223,9 +228,118 @@ def section_body(result: dict, argv) -> str:
     ])
 
 
+# MER2024's labelled set and the released recipe (dossier: MERTools main-release.py; the sizes from the MER2024
+# paper's Table 1): the protocol `compile_for_pod` projects.
+MER2024_LABELLED = 5030
+PAPER_PROTOCOL = {"draws": 50, "folds": 5, "epochs": 100, "rounds": 3, "per_round": 6000, "batch": 32}
+
+
+def protocol_steps(group: int) -> tuple[int, int]:
+    """(round 0's steps, the self-training rounds' steps) of the paper's protocol, population groups of `group`
+    trials: round 0 trains draws x folds trials on 4/5 of the labelled set, each round the best draw's folds on
+    that plus `per_round` more pseudo-labels per round so far; every trial `epochs` epochs of batch 32."""
+    p = PAPER_PROTOCOL
+    train = MER2024_LABELLED * (p["folds"] - 1) // p["folds"]
+    steps_per_epoch = lambda n: -(-n // p["batch"])  # noqa: E731
+    round0 = -(-p["draws"] * p["folds"] // group) * p["epochs"] * steps_per_epoch(train)
+    rounds = sum(-(-p["folds"] // group) * p["epochs"] * steps_per_epoch(train + p["per_round"] * r)
+                 for r in range(1, p["rounds"] + 1))
+    return round0, rounds
+
+
+def compile_for_pod(args) -> list[dict]:
+    """Round 0's population step compiled for a TPU topology with `trials_per_chip` x chips trials (the `trials`
+    axis over the chips), its memory and the TPU compiler's predicted step time (`optimal_seconds` with every
+    scan unrolled, `perf.priced_seconds`, as `benchmarks.tpu_predict`), MFU and the protocol's projected hours."""
+    from jaxemo import layers
+    from jaxemo.train import sharding
+
+    mesh = sharding.topology_mesh(args.pod)
+    topology = perf.TPU_TOPOLOGIES[args.pod]
+    config = make_config(args)
+    labelled = data_lib._materialize(sources.make_source(config.data, "train", 0), "train")
+    pool = data_lib._materialize(sources.make_source(config.data, "unlabeled", 0), "pool")
+    model = config.models[args.model].copy_and_resolve_references()
+    with model.unlocked():
+        model.modalities = labelled.feature_names
+        model["hidden_dim" if args.model == "attention" else "width"] = args.hidden
+    dims = {k: (0, v.shape[1]) for k, v in labelled.features.items()}
+    task = task_lib.build_task(task_lib.trial_config(config, model, (), dims))
+    rows = []
+    for per_chip in (int(v) for v in args.trials_per_chip.split(",")):
+        group = per_chip * mesh.size
+        draws = cv.draw_hyperparams({"learning_rate": (1e-3, 1e-4)}, -(-group // args.folds), 0)
+        stage, trials, _, _ = round_trials(config, args, labelled, pool, 0, draws)
+        trials = trials[:group]
+        with stage.unlocked():
+            stage.population.group_size = group
+        start, predicted, unpriced = time.perf_counter(), None, None
+        try:
+            with layers.unrolled_scans():
+                pop = population.Population(stage, task, trials, mesh=mesh)
+                compiled = pop._step.lower(*pop._abstract_step_args(pop.group_size)).compile()
+            memory, error = perf.compiled_memory_bytes(compiled), ""
+            seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
+            if seconds is not None:
+                predicted, unpriced = perf.priced_seconds(seconds)
+        except Exception as exc:  # out of memory is a result here
+            memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
+        flops = per_chip * stage.batch_size * task.flops_per_example
+        row = {"topology": topology.label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
+               "memory": memory, "hbm": topology.hbm_bytes, "error": error, "predicted_s": predicted,
+               "unpriced": unpriced, "floor_s": flops / topology.peak_flops, "compile_s": time.perf_counter() - start}
+        if predicted:
+            round0, later = protocol_steps(group)
+            row.update(mfu=row["floor_s"] / predicted, round0_hours=round0 * predicted / 3600,
+                       rounds_hours=later * predicted / 3600)
+        rows.append(row)
+        print(f"{topology.label}: {per_chip} trial(s) per chip: {error or f'{memory / perf.GIB:.2f} GiB per chip'}"
+              + (f", predicted {1e3 * predicted:.3f} ms per step, MFU {100 * row['mfu']:.2f}%" if predicted else "")
+              + f" ({row['compile_s']:.0f} s)", flush=True)
+    return rows
+
+
+def pod_section(rows: list[dict], args, argv) -> str:
+    lines = ["| topology | trials per group | trials per chip | memory per chip (XLA) | floor ms (FLOPs / peak) | "
+             "**predicted step ms** | **predicted MFU %** | unpriced ops | **protocol hours** (round 0 + 3 rounds) "
+             "| compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        memory = r["error"] or f"{r['memory'] / perf.GIB:.2f} GiB"
+        cells = (["-"] * 4 if not r["predicted_s"] or r["error"] else
+                 [f"{1e3 * r['predicted_s']:.3f}", f"{100 * r['mfu']:.2g}", str(r["unpriced"]),
+                  f"{r['round0_hours']:,.2f} + {r['rounds_hours']:,.2f}"])
+        lines.append(f"| {r['topology']} | {r['group']} | {r['trials_per_chip']} | {memory} | "
+                     f"{1e3 * r['floor_s']:.4f} | {' | '.join(cells)} | {r['compile_s']:.0f} |")
+    p = PAPER_PROTOCOL
+    return "\n".join([
+        f"### AGT round-0 population step compiled for a TPU topology (AOT, on the CPU): `{args.model}` hidden "
+        f"{args.hidden}, features {PAPER_DIMS if args.paper_dims else 'tiny'}",
+        "",
+        *lines,
+        "",
+        f"- Command: `python -m benchmarks.agt_pipeline {shlex.join(argv)}`",
+        f"- Machine (compiling only): {report.machine_description(('jax', 'jaxlib', 'libtpu', 'flax'))}",
+        f"- Date: {report.today()}",
+        "- The TPU compiler's cost model, not a measurement: `cost_analysis()['optimal_seconds']` of round 0's "
+        "vmapped train step (batch 32 per trial, the trials axis over the chips; `jaxemo.perf.priced_seconds` "
+        "leaves out the ops libtpu does not price); MFU the analytic training FLOPs per chip / (bf16 peak x "
+        f"predicted time). Protocol: {p['draws']} draws x {p['folds']} folds x {p['epochs']} epochs on 4/5 of "
+        f"MER2024's {MER2024_LABELLED:,} labelled samples, then {p['rounds']} rounds of the best draw's "
+        f"{p['folds']} folds with {p['per_round']:,} more pseudo-labels each; every step at the predicted time "
+        "(the rounds' five trials leave a large group's chips idle). Evaluation passes not counted.",
+    ])
+
+
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.pod:
+        rows = compile_for_pod(args)
+        body = pod_section(rows, args, argv)
+        print("\n" + body)
+        if args.write:
+            report.write_section(args.benchmarks_file, f"{SECTION}-pod-{args.model}:{args.pod}-bfloat16", body)
+        return {"pod": rows}
     result = measure(args)
     body = section_body(result, argv)
     print("\n" + body)

@@ -41,7 +41,7 @@ import numpy as np
 
 from benchmarks import population_timing, report
 from experiments import configs
-from jaxemo import perf
+from jaxemo import layers, perf
 from jaxemo.train import sharding
 from jaxemo.models import wav2vec2
 from jaxemo.systems import speech_ser
@@ -51,6 +51,7 @@ from jaxemo.train import population
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = "fewshot-trials"
 PAPER_SCHEDULE = {2: 200, 4: 200, 8: 200, 16: 50, 24: 50, 32: 50, 64: 50}  # k -> epochs (no early stopping)
+EARLIEST_STOP = {k: (31 if k <= 8 else 6) for k in PAPER_SCHEDULE}  # patience 30 (k <= 8) or 5, plus one epoch
 PAPER_TRIALS_PER_K = 20 * 5 * 3
 PAPER_STARTS = 16
 ESD_EVAL_CLIPS = 100
@@ -130,11 +131,12 @@ def make_trials(config, args) -> list[population.Trial]:
     return [dataclasses.replace(t, test=None) for t in trials]
 
 
-def protocol_flops(task) -> float:
-    """FLOPs of one starting model's 2,100 trials at the paper's schedule without early stopping."""
+def protocol_flops(task, schedule=None) -> float:
+    """FLOPs of one starting model's 2,100 trials at the paper's schedule (`PAPER_SCHEDULE`, no early stopping;
+    `EARLIEST_STOP`: every trial stopping as early as its patience allows, a lower bound)."""
     train, forward = task.flops_per_example, task.flops_per_example / 3
     per_trial_set = sum(epochs * (max(k, 1) * train + ESD_EVAL_CLIPS * forward)
-                        for k, epochs in PAPER_SCHEDULE.items())
+                        for k, epochs in (schedule or PAPER_SCHEDULE).items())
     return PAPER_TRIALS_PER_K * per_trial_set
 
 
@@ -218,9 +220,12 @@ def section_body(result: dict, args, argv) -> str:
 
 def compile_for_pod(args) -> list[dict]:
     """The population's train step compiled for a TPU topology, `trials_per_chip` x chips trials per group
-    (the `trials` axis over every chip), with XLA's per-chip memory: how many trials a chip holds."""
+    (the `trials` axis over every chip), with XLA's per-chip memory (how many trials a chip holds) and the TPU
+    compiler's predicted step time (`cost_analysis()["optimal_seconds"]` of the step with every scan unrolled,
+    `perf.priced_seconds`; as `benchmarks.tpu_predict`), its MFU and the projected wall time of the protocol."""
     mesh = sharding.topology_mesh(args.pod)
-    label, hbm = perf.TPU_TOPOLOGIES[args.pod].label, perf.TPU_TOPOLOGIES[args.pod].hbm_bytes
+    topology = perf.TPU_TOPOLOGIES[args.pod]
+    label, hbm = topology.label, topology.hbm_bytes
     rows = []
     for per_chip in (int(v) for v in args.trials_per_chip.split(",")):
         group = per_chip * mesh.size
@@ -232,28 +237,50 @@ def compile_for_pod(args) -> list[dict]:
         task = speech_ser.build_task(config)
         trials = make_trials(config, with_group)[:group]
         start = time.perf_counter()
+        predicted = unpriced = None
         try:
-            pop = population.Population(config, task, trials, mesh=mesh)
-            if pop.group_size != group:
-                raise ValueError(f"the population's group is {pop.group_size} trials, not {group}")
-            compiled = pop._step.lower(*pop._abstract_step_args(pop.group_size)).compile()
+            with layers.unrolled_scans():  # the Population's jitted step is traced at `lower`, inside
+                pop = population.Population(config, task, trials, mesh=mesh)
+                if pop.group_size != group:
+                    raise ValueError(f"the population's group is {pop.group_size} trials, not {group}")
+                compiled = pop._step.lower(*pop._abstract_step_args(pop.group_size)).compile()
             memory, error = perf.compiled_memory_bytes(compiled), ""
+            seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
+            if seconds is not None:
+                predicted, unpriced = perf.priced_seconds(seconds)
         except Exception as exc:  # out of memory is a result here
             memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
-        rows.append({"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
-                     "memory": memory, "hbm": hbm, "error": error, "compile_s": time.perf_counter() - start})
+        flops = per_chip * config.batch_size * task.flops_per_example  # per chip per step
+        row = {"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group, "memory": memory,
+               "hbm": hbm, "error": error, "compile_s": time.perf_counter() - start, "predicted_s": predicted,
+               "unpriced": unpriced, "floor_s": flops / topology.peak_flops, "peak": topology.peak_flops}
+        if predicted:
+            pod_rate = mesh.size * flops / predicted  # the pod's FLOP/s at the predicted MFU
+            row.update(mfu=row["floor_s"] / predicted,
+                       hours=PAPER_STARTS * protocol_flops(task) / pod_rate / 3600,
+                       hours_earliest=PAPER_STARTS * protocol_flops(task, EARLIEST_STOP) / pod_rate / 3600)
+        rows.append(row)
         print(f"{label}: {per_chip} trial(s) per chip: "
-              f"{error or f'{memory / perf.GIB:.2f} GiB per chip'} ({rows[-1]['compile_s']:.0f} s)", flush=True)
+              f"{error or f'{memory / perf.GIB:.2f} GiB per chip'}"
+              + (f", predicted {1e3 * predicted:.1f} ms per step, MFU {100 * row['mfu']:.1f}%" if predicted else "")
+              + f" ({row['compile_s']:.0f} s)", flush=True)
     return rows
 
 
 def pod_section(rows: list[dict], args, argv) -> str:
-    lines = ["| topology | trials per group | trials per chip | memory per chip (XLA) | HBM | compile s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| topology | trials per group | trials per chip | memory per chip (XLA) | HBM | floor ms (FLOPs / peak) "
+             "| **predicted step ms** | **predicted MFU %** | unpriced ops | **33,600 trials, hours** (no early "
+             "stopping / earliest stops) | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         memory = r["error"] or f"{r['memory'] / perf.GIB:.2f} GiB"
+        predicted = r.get("predicted_s")
+        cells = (["-"] * 4 if not predicted or r["error"] else
+                 [f"{1e3 * predicted:.1f}", f"{100 * r['mfu']:.1f}", str(r["unpriced"]),
+                  f"{r['hours']:,.1f} / {r['hours_earliest']:,.1f}"])
         lines.append(f"| {r['topology']} | {r['group']} | {r['trials_per_chip']} | {memory} | "
-                     f"{r['hbm'] / perf.GIB:.0f} GiB | {r['compile_s']:.0f} |")
+                     f"{r['hbm'] / perf.GIB:.0f} GiB | {1e3 * r['floor_s']:.1f} | {' | '.join(cells)} | "
+                     f"{r['compile_s']:.0f} |")
     return "\n".join([
         f"### Few-shot SER population step compiled for a TPU pod (AOT, on the CPU): wav2vec2 `{args.preset}`, "
         f"{args.seconds:g} s clips, {args.dtype}, k={args.k}",
@@ -267,6 +294,13 @@ def pod_section(rows: list[dict], args, argv) -> str:
         "`trials` axis is sharded over all chips) compiled with `jax.experimental.topologies`; nothing runs. "
         "Memory is XLA's per-chip estimate. Trials never communicate, so the 33,600 trials on n chips take "
         "33,600 / (n x trials per chip) group rounds.",
+        "- Predicted step time, MFU and hours are the TPU compiler's cost model, not a measurement: "
+        "`cost_analysis()['optimal_seconds']` of the step compiled with every scan unrolled (the wav2vec2 stack; "
+        "`jaxemo.perf.priced_seconds` leaves out the ops libtpu does not price), MFU the analytic training FLOPs "
+        "per chip (trials per chip x batch x 3x forward) / (bf16 peak x predicted time). Hours: the protocol's "
+        "FLOPs (16 starts x 2,100 trials; 200 epochs for k <= 8, 50 above; 100 evaluation clips per epoch) at "
+        "the pod's predicted FLOP/s, evaluation assumed at the training step's MFU; earliest stops: every trial "
+        "stopping as soon as its patience allows (31 / 6 epochs), a lower bound.",
     ])
 
 

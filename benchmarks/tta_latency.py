@@ -2,6 +2,7 @@
 
     python -m benchmarks.tta_latency --write                 # CPU: MOSI-sized late-fusion model, all rows
     python -m benchmarks.tta_latency --tiny                  # seconds: tests
+    python -m benchmarks.tta_latency --pod=v5e:16x16 --write # the TPU compiler's predicted episodic time
 
 Rows, for K = 1, 5, 10 adaptation steps per sample (CASP's contrastive loss on `views` copies of the
 sample, LayerNorms adapted, Adam + clipping) and for batches of 1, 64, 256 and 1024 test samples:
@@ -59,6 +60,10 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--notorch", dest="torch", action="store_false")
     p.add_argument("--write", action="store_true", help="write BENCHMARKS.md's section and the plot")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
+    p.add_argument("--pod", default="", help="instead of timing: compile (not run) episodic adaptation of CMU-MOSEI "
+                   "-sized samples (K=5, 8 views, bf16), the sample axis over this TPU topology's chips, and predict "
+                   "its time from the compiler's cost model")
+    p.add_argument("--samples_per_chip", default="1,16,64", help="with --pod: samples per chip to compile")
     p.add_argument("--plot_dir", default=None,
                    help="where the plot goes (default: benchmarks/ beside --benchmarks_file)")
     args = p.parse_args(argv)
@@ -221,9 +226,105 @@ def plot(rows: list[dict], path: str) -> None:
                          "Test-time adaptation cost per sample (log-log)")
 
 
+MOSEI = {"text_len": 50, "audio_len": 50, "vision_len": 50, "text_dim": 768, "audio_dim": 74, "vision_dim": 35}
+MOSEI_TEST = 4659  # CMU-MOSEI's test split
+POD_STEPS, POD_VIEWS = 5, 8  # the episodic configuration the issue's latency figures use
+
+
+def compile_for_pod(args) -> list[dict]:
+    """Episodic adaptation (`modes.episodic_batch`: K Adam steps on 8 views of each sample, then its score) of
+    CMU-MOSEI-sized samples compiled for a TPU topology, the sample axis over every chip, params replicated;
+    its memory and the TPU compiler's predicted time (`optimal_seconds` with the K steps unrolled,
+    `perf.priced_seconds`), MFU, and the MOSEI test set's projected time."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxemo import layers
+    from jaxemo.train import sharding
+
+    mesh = sharding.topology_mesh(args.pod)
+    topology = perf.TPU_TOPOLOGIES[args.pod]
+    config = casp_config.get_config("synthetic")
+    for part in (config.data, config.target):
+        part.update(MOSEI)
+    config.model.dtype = "bfloat16"
+    config, model, frozen, adapted, samples = casp.adaptation_case(config, 2, args.tiny)
+    method = modes.episodic_method(methods.Contrastive(config.tta.temperature))
+    episodic = modes.EpisodicConfig(POD_STEPS, POD_VIEWS, core.OptimizerConfig(config.tta.learning_rate,
+                                                                               config.tta.clip_norm))
+    axis = PartitionSpec(tuple(mesh.axis_names))
+    replicated = lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+    per_sample = flops_per_sample(config, model, POD_STEPS, POD_VIEWS)[0]
+    rows = []
+    for per_chip in (int(v) for v in args.samples_per_chip.split(",")):
+        n = per_chip * mesh.size
+        batch = {k: jax.ShapeDtypeStruct((n, *v.shape[1:]), v.dtype, sharding=NamedSharding(mesh, axis))
+                 for k, v in samples.items()}
+        keys = modes.sample_keys(jax.random.key(0), np.arange(1))
+        keys = jax.ShapeDtypeStruct((n,), keys.dtype, sharding=NamedSharding(mesh, axis))
+        start, predicted, unpriced = time.perf_counter(), None, None
+        try:
+            with layers.unrolled_scans():
+                compiled = jax.jit(modes.episodic_batch.__wrapped__, static_argnums=(0, 1, 2)).lower(
+                    method, model, episodic, jax.tree.map(replicated, frozen), jax.tree.map(replicated, adapted),
+                    batch, keys).compile()
+            memory, error = perf.compiled_memory_bytes(compiled), ""
+            seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
+            if seconds is not None:
+                predicted, unpriced = perf.priced_seconds(seconds)
+        except Exception as exc:  # out of memory is a result here
+            memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
+        row = {"topology": topology.label, "chips": mesh.size, "per_chip": per_chip, "samples": n, "memory": memory,
+               "error": error, "predicted_s": predicted, "unpriced": unpriced,
+               "floor_s": per_chip * per_sample / topology.peak_flops, "compile_s": time.perf_counter() - start}
+        if predicted:
+            row.update(mfu=row["floor_s"] / predicted, per_sample_us=1e6 * predicted / n,
+                       test_set_s=-(-MOSEI_TEST // n) * predicted)
+        rows.append(row)
+        print(f"{topology.label}: {per_chip} sample(s) per chip: {error or f'{memory / perf.GIB:.2f} GiB per chip'}"
+              + (f", predicted {1e3 * predicted:.2f} ms per call, MFU {100 * row['mfu']:.2f}%" if predicted else "")
+              + f" ({row['compile_s']:.0f} s)", flush=True)
+    return rows
+
+
+def pod_section(rows: list[dict], args, argv) -> str:
+    lines = ["| topology | samples per call | per chip | memory per chip (XLA) | floor ms (FLOPs / peak) | **predicted "
+             "ms per call** | **predicted MFU %** | unpriced ops | µs per sample | MOSEI test set (4,659), s | "
+             "compile s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        memory = r["error"] or f"{r['memory'] / perf.GIB:.2f} GiB"
+        cells = (["-"] * 5 if not r["predicted_s"] or r["error"] else
+                 [f"{1e3 * r['predicted_s']:.3f}", f"{100 * r['mfu']:.2g}", str(r["unpriced"]),
+                  f"{r['per_sample_us']:.2f}", f"{r['test_set_s']:.3f}"])
+        lines.append(f"| {r['topology']} | {r['samples']:,} | {r['per_chip']} | {memory} | {1e3 * r['floor_s']:.4f} | "
+                     f"{' | '.join(cells)} | {r['compile_s']:.0f} |")
+    return "\n".join([
+        f"### CASP episodic adaptation compiled for a TPU topology (AOT, on the CPU): K={POD_STEPS}, "
+        f"{POD_VIEWS} views, bf16, CMU-MOSEI-sized samples{' (tiny model)' if args.tiny else ''}",
+        "",
+        *lines,
+        "",
+        f"- Command: `python -m benchmarks.tta_latency {shlex.join(argv)}`",
+        f"- Machine (compiling only): {report.machine_description(('jax', 'jaxlib', 'libtpu', 'flax'))}",
+        f"- Date: {report.today()}",
+        "- The TPU compiler's cost model, not a measurement: `cost_analysis()['optimal_seconds']` of one "
+        "`modes.episodic_batch` call (every sample adapted on its own: K Adam steps of CASP's contrastive loss on "
+        f"{POD_VIEWS} views, then its score; the K steps unrolled; `jaxemo.perf.priced_seconds` leaves out the ops "
+        "libtpu does not price), the sample axis split over all chips, weights replicated. MFU: the analytic "
+        "FLOPs per sample (`flops_per_sample`) x samples per chip / (bf16 peak x predicted time). Test set: "
+        f"ceil({MOSEI_TEST:,} / samples per call) calls.",
+    ])
+
+
 def main(argv=None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.pod:
+        rows = compile_for_pod(args)
+        body = pod_section(rows, args, argv)
+        print("\n" + body)
+        if args.write:
+            report.write_section(args.benchmarks_file, f"{SECTION}-pod{'-tiny' if args.tiny else ''}:{args.pod}", body)
+        return rows
     config, model, frozen, adapted, samples = setup(args)
     peak = perf.matmul_peak_flops(perf.jax_matmul(256 if args.tiny else 4096, np.float32), 256 if args.tiny
                                    else 4096, repeats=2 if args.tiny else 5)

@@ -111,3 +111,34 @@ def test_predicted_step_time_and_mfu_beside_a_process_that_holds_libtpu(tmp_path
     floor_ms, predicted_ms, mfu = float(cells[6]), float(cells[7]), float(cells[8])
     assert predicted_ms > 0 and predicted_ms >= floor_ms
     assert 0 < mfu <= 100
+
+
+def test_fewshot_population_step_prediction_for_a_pod(tmp_path):
+    """`python -m benchmarks.fewshot --pod=...`: the population step (trials sharded over the chips) compiled
+    with the wav2vec2 stack unrolled; a predicted time above the floor, an MFU in (0, 1] and the protocol's
+    projected hours, the earliest-stopping bound below the full schedule's."""
+    from benchmarks import fewshot
+
+    path = tmp_path / "BENCHMARKS.md"
+    (row,) = fewshot.main(["--pod=v5e:2x2", "--tiny", "--trials_per_chip=1", "--write",
+                           f"--benchmarks_file={path}"])["pod"]
+    assert not row["error"], row["error"]
+    assert row["predicted_s"] >= row["floor_s"] > 0 and 0 < row["mfu"] <= 1
+    assert 0 < row["hours_earliest"] < row["hours"]
+    assert "the TPU compiler's cost model, not a measurement" in path.read_text()
+
+
+def test_agt_population_step_prediction_and_protocol_steps(tmp_path):
+    from benchmarks import agt_pipeline
+
+    # the paper's protocol: 250 round-0 trials of 100 epochs x 126 steps (4,024 samples, batch 32), then the
+    # best draw's 5 folds with 6,000 / 12,000 / 18,000 more samples (314, 501, 689 steps per epoch)
+    assert agt_pipeline.protocol_steps(256) == (12_600, 100 * (314 + 501 + 689))
+    assert agt_pipeline.protocol_steps(4) == (63 * 12_600, 2 * 100 * (314 + 501 + 689))
+    path = tmp_path / "BENCHMARKS.md"
+    (row,) = agt_pipeline.main(["--pod=v5e:2x2", "--tiny", "--model=agt", "--trials_per_chip=1", "--write",
+                                f"--benchmarks_file={path}"])["pod"]
+    assert not row["error"], row["error"]
+    assert row["predicted_s"] >= row["floor_s"] > 0 and 0 < row["mfu"] <= 1
+    assert row["round0_hours"] > 0 and row["rounds_hours"] > 0
+    assert "The TPU compiler's cost model, not a measurement" in path.read_text()
