@@ -24,6 +24,8 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # each run is its own process; none 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   "$PYTHON" -c "import sys, jax; print(sys.version.split()[0], 'jax', jax.__version__, jax.devices())" 2>&1
+  # jaxemo pins flax <0.13, optax <0.3, orbax-checkpoint <0.13 (pyproject); the image's own are used as they are
+  "$PYTHON" -m pip list 2>/dev/null | grep -iE "^(flax|optax|orbax-checkpoint|numpy|ml.dtypes|chex) "
 } | tee "$OUT/machine.txt"
 "$PYTHON" -m benchmarks.gpu.manifest --check 2>&1 | tee "$OUT/manifest_check.txt"
 
