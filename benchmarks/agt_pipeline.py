@@ -287,27 +287,29 @@ def compile_for_pod(args) -> list[dict]:
         flops = per_chip * stage.batch_size * task.flops_per_example
         row = {"topology": topology.label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
                "memory": memory, "hbm": topology.hbm_bytes, "error": error, "predicted_s": predicted,
-               "unpriced": unpriced, "floor_s": flops / topology.peak_flops, "compile_s": time.perf_counter() - start}
+               "unpriced": unpriced, "floor_s": flops / topology.peak_flops,
+               "compile_s": time.perf_counter() - start}
         if predicted:
             round0, later = protocol_steps(group)
             row.update(mfu=row["floor_s"] / predicted, round0_hours=round0 * predicted / 3600,
                        rounds_hours=later * predicted / 3600)
         rows.append(row)
         print(f"{topology.label}: {per_chip} trial(s) per chip: {error or f'{memory / perf.GIB:.2f} GiB per chip'}"
-              + (f", predicted {1e3 * predicted:.3f} ms per step, MFU {100 * row['mfu']:.2f}%" if predicted else "")
+              + (f", predicted {1e3 * predicted:.3f} ms per step, MFU {100 * row['mfu']:.2f}%"
+                 if predicted else "")
               + f" ({row['compile_s']:.0f} s)", flush=True)
     return rows
 
 
 def pod_section(rows: list[dict], args, argv) -> str:
     lines = ["| topology | trials per group | trials per chip | memory per chip (XLA) | floor ms (FLOPs / peak) | "
-             "**predicted step ms** | **predicted MFU %** | unpriced ops | **protocol hours** (round 0 + 3 rounds) "
-             "| compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "**predicted step ms** | **predicted MFU %** | unpriced ops | **protocol hours** (round 0 + "
+             "3 rounds) | compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         memory = r["error"] or f"{r['memory'] / perf.GIB:.2f} GiB"
         cells = (["-"] * 4 if not r["predicted_s"] or r["error"] else
                  [f"{1e3 * r['predicted_s']:.3f}", f"{100 * r['mfu']:.2g}", str(r["unpriced"]),
-                  f"{r['round0_hours']:,.2f} + {r['rounds_hours']:,.2f}"])
+                  f"{r['round0_hours']:.3g} + {r['rounds_hours']:.3g}"])
         lines.append(f"| {r['topology']} | {r['group']} | {r['trials_per_chip']} | {memory} | "
                      f"{1e3 * r['floor_s']:.4f} | {' | '.join(cells)} | {r['compile_s']:.0f} |")
     p = PAPER_PROTOCOL

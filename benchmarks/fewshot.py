@@ -251,9 +251,10 @@ def compile_for_pod(args) -> list[dict]:
         except Exception as exc:  # out of memory is a result here
             memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
         flops = per_chip * config.batch_size * task.flops_per_example  # per chip per step
-        row = {"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group, "memory": memory,
-               "hbm": hbm, "error": error, "compile_s": time.perf_counter() - start, "predicted_s": predicted,
-               "unpriced": unpriced, "floor_s": flops / topology.peak_flops, "peak": topology.peak_flops}
+        row = {"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
+               "memory": memory, "hbm": hbm, "error": error, "compile_s": time.perf_counter() - start,
+               "predicted_s": predicted, "unpriced": unpriced, "floor_s": flops / topology.peak_flops,
+               "peak": topology.peak_flops}
         if predicted:
             pod_rate = mesh.size * flops / predicted  # the pod's FLOP/s at the predicted MFU
             row.update(mfu=row["floor_s"] / predicted,
@@ -262,15 +263,16 @@ def compile_for_pod(args) -> list[dict]:
         rows.append(row)
         print(f"{label}: {per_chip} trial(s) per chip: "
               f"{error or f'{memory / perf.GIB:.2f} GiB per chip'}"
-              + (f", predicted {1e3 * predicted:.1f} ms per step, MFU {100 * row['mfu']:.1f}%" if predicted else "")
+              + (f", predicted {1e3 * predicted:.1f} ms per step, MFU {100 * row['mfu']:.1f}%"
+                 if predicted else "")
               + f" ({row['compile_s']:.0f} s)", flush=True)
     return rows
 
 
 def pod_section(rows: list[dict], args, argv) -> str:
-    lines = ["| topology | trials per group | trials per chip | memory per chip (XLA) | HBM | floor ms (FLOPs / peak) "
-             "| **predicted step ms** | **predicted MFU %** | unpriced ops | **33,600 trials, hours** (no early "
-             "stopping / earliest stops) | compile s |",
+    lines = ["| topology | trials per group | trials per chip | memory per chip (XLA) | HBM | floor ms "
+             "(FLOPs / peak) | **predicted step ms** | **predicted MFU %** | unpriced ops | **33,600 trials, "
+             "hours** (no early stopping / earliest stops) | compile s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         memory = r["error"] or f"{r['memory'] / perf.GIB:.2f} GiB"

@@ -105,7 +105,8 @@ def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch:
                         time.perf_counter() - start, f"{type(error).__name__}: {str(error)[:400]}", analytic)
     cost = compiled.cost_analysis() or {}
     return Compiled(system, variant, topology, remat, per_chip_batch, perf.compiled_memory_bytes(compiled),
-                    cost.get("flops"), time.perf_counter() - start, "", analytic, cost.get("optimal_seconds"), compiled)
+                    cost.get("flops"), time.perf_counter() - start, "", analytic, cost.get("optimal_seconds"),
+                    compiled)
 
 
 def fits(row: Compiled, topology: str) -> bool:

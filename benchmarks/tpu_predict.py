@@ -81,8 +81,8 @@ class Prediction:
 
 def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tpu_predict", description=__doc__.split("\n")[0])
-    p.add_argument("--systems", default=None, help="comma-separated systems (default: every one with pod variants)")
-    p.add_argument("--variants", default=None, help="comma-separated variants (default: each system's pod variants)")
+    p.add_argument("--systems", default=None, help="comma-separated systems (default: those with pod variants)")
+    p.add_argument("--variants", default=None, help="comma-separated variants (default: each one's pod variants)")
     p.add_argument("--topologies", default="v5e:16x16,v5p:4x4x4", help="comma-separated topology names")
     p.add_argument("--batch", type=int, default=0, help="per-chip batch (default: the largest that fits)")
     p.add_argument("--max_batch", type=int, default=16, help="largest per-chip batch the search tries")
@@ -101,7 +101,8 @@ def parse_args(argv) -> argparse.Namespace:
     args.topologies = [t for t in args.topologies.split(",") if t]
     for topology in args.topologies:
         if topology not in perf.TPU_TOPOLOGIES:
-            raise ValueError(f"--topologies: {topology!r} is unknown; expected some of {sorted(perf.TPU_TOPOLOGIES)}")
+            known = sorted(perf.TPU_TOPOLOGIES)
+            raise ValueError(f"--topologies: {topology!r} is unknown; expected some of {known}")
     return args
 
 
@@ -170,9 +171,9 @@ def paper_run(row: Prediction):
 
 
 def section_body(rows: list[Prediction], args, argv) -> str:
-    lines = ["| system | topology | per-chip batch | global batch | memory per chip (XLA) | GFLOP per chip per step "
-             "(analytic / XLA) | floor ms (FLOPs / peak) | **predicted step ms** | **predicted MFU %** | unpriced "
-             "ops | paper run | **projected hours** | compile s |",
+    lines = ["| system | topology | per-chip batch | global batch | memory per chip (XLA) | GFLOP per chip per "
+             "step (analytic / XLA) | floor ms (FLOPs / peak) | **predicted step ms** | **predicted MFU %** | "
+             "unpriced ops | paper run | **projected hours** | compile s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         label = perf.TPU_TOPOLOGIES[r.topology].label
@@ -182,7 +183,7 @@ def section_body(rows: list[Prediction], args, argv) -> str:
             continue
         xla = "n/a" if r.xla_flops_per_chip is None else f"{r.xla_flops_per_chip / 1e9:,.1f}"
         run = paper_run(r)
-        hours = "-" if run is None else f"{r.paper_hours(run.examples):,.2f}"
+        hours = "-" if run is None else f"{r.paper_hours(run.examples):.3g}"
         flag = " (below the floor: not credible)" if r.below_floor else ""
         lines.append(
             f"| {r.system} ({r.variant}) | {label} | {r.per_chip_batch} | {r.per_chip_batch * r.chips:,} | "
@@ -192,7 +193,8 @@ def section_body(rows: list[Prediction], args, argv) -> str:
     peaks = ", ".join(sorted({f"{perf.TPU_TOPOLOGIES[t].label} {perf.TPU_TOPOLOGIES[t].peak_flops / 1e12:.0f}"
                               for t in args.topologies}))
     return "\n".join([
-        f"### Predicted TPU train steps: the compiler's cost model, not a measurement{' (tiny)' if args.tiny else ''}",
+        "### Predicted TPU train steps: the compiler's cost model, not a measurement"
+        + (" (tiny)" if args.tiny else ""),
         "",
         *lines,
         "",
@@ -203,11 +205,13 @@ def section_body(rows: list[Prediction], args, argv) -> str:
         "topology (`jax.experimental.topologies`) with every scan unrolled, its predicted time the priced part "
         "of `cost_analysis()['optimal_seconds']` (`jaxemo.perf.priced_seconds`; unpriced ops: async memory "
         "prefetches the model reports as -1 s each, left out). The same program as `benchmarks.pod_compile`: "
-        "bf16 compute and frozen weights, fp32 master weights, `data x fsdp`, the batch split over both, no remat.",
-        f"- MFU: the system's analytic FLOPs per chip (`jaxemo/systems/`, matmuls only) / (bf16 peak x predicted "
-        f"time); peak per chip (TFLOP/s, datasheet): {peaks}. Floor: analytic FLOPs / peak; a prediction below it "
-        "is flagged, not used. Projected hours: the paper run's training examples at the pod's global batch and "
-        "the predicted step time (training only; evaluation, input pipeline and checkpoints not counted).",
+        "bf16 compute and frozen weights, fp32 master weights, `data x fsdp`, the batch split over both, no "
+        "remat.",
+        f"- MFU: the system's analytic FLOPs per chip (`jaxemo/systems/`, matmuls only) / (bf16 peak x "
+        f"predicted time); peak per chip (TFLOP/s, datasheet): {peaks}. Floor: analytic FLOPs / peak; a "
+        "prediction below it is flagged, not used. Projected hours: the paper run's training examples at the "
+        "pod's global batch and the predicted step time (training only; evaluation, input pipeline and "
+        "checkpoints not counted).",
     ])
 
 

@@ -60,9 +60,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--notorch", dest="torch", action="store_false")
     p.add_argument("--write", action="store_true", help="write BENCHMARKS.md's section and the plot")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
-    p.add_argument("--pod", default="", help="instead of timing: compile (not run) episodic adaptation of CMU-MOSEI "
-                   "-sized samples (K=5, 8 views, bf16), the sample axis over this TPU topology's chips, and predict "
-                   "its time from the compiler's cost model")
+    p.add_argument("--pod", default="", help="instead of timing: compile (not run) episodic adaptation of "
+                   "CMU-MOSEI-sized samples (K=5, 8 views, bf16), the sample axis over this TPU topology's chips, "
+                   "and predict its time from the compiler's cost model")
     p.add_argument("--samples_per_chip", default="1,16,64", help="with --pod: samples per chip to compile")
     p.add_argument("--plot_dir", default=None,
                    help="where the plot goes (default: benchmarks/ beside --benchmarks_file)")
@@ -252,7 +252,8 @@ def compile_for_pod(args) -> list[dict]:
     episodic = modes.EpisodicConfig(POD_STEPS, POD_VIEWS, core.OptimizerConfig(config.tta.learning_rate,
                                                                                config.tta.clip_norm))
     axis = PartitionSpec(tuple(mesh.axis_names))
-    replicated = lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+    whole = NamedSharding(mesh, PartitionSpec())
+    replicated = lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=whole)  # noqa: E731
     per_sample = flops_per_sample(config, model, POD_STEPS, POD_VIEWS)[0]
     rows = []
     for per_chip in (int(v) for v in args.samples_per_chip.split(",")):
@@ -273,30 +274,32 @@ def compile_for_pod(args) -> list[dict]:
                 predicted, unpriced = perf.priced_seconds(seconds)
         except Exception as exc:  # out of memory is a result here
             memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
-        row = {"topology": topology.label, "chips": mesh.size, "per_chip": per_chip, "samples": n, "memory": memory,
-               "error": error, "predicted_s": predicted, "unpriced": unpriced,
+        row = {"topology": topology.label, "chips": mesh.size, "per_chip": per_chip, "samples": n,
+               "memory": memory, "error": error, "predicted_s": predicted, "unpriced": unpriced,
                "floor_s": per_chip * per_sample / topology.peak_flops, "compile_s": time.perf_counter() - start}
         if predicted:
             row.update(mfu=row["floor_s"] / predicted, per_sample_us=1e6 * predicted / n,
                        test_set_s=-(-MOSEI_TEST // n) * predicted)
         rows.append(row)
-        print(f"{topology.label}: {per_chip} sample(s) per chip: {error or f'{memory / perf.GIB:.2f} GiB per chip'}"
-              + (f", predicted {1e3 * predicted:.2f} ms per call, MFU {100 * row['mfu']:.2f}%" if predicted else "")
+        fits = error or f"{memory / perf.GIB:.2f} GiB per chip"
+        print(f"{topology.label}: {per_chip} sample(s) per chip: {fits}"
+              + (f", predicted {1e3 * predicted:.2f} ms per call, MFU {100 * row['mfu']:.2f}%"
+                 if predicted else "")
               + f" ({row['compile_s']:.0f} s)", flush=True)
     return rows
 
 
 def pod_section(rows: list[dict], args, argv) -> str:
-    lines = ["| topology | samples per call | per chip | memory per chip (XLA) | floor ms (FLOPs / peak) | **predicted "
-             "ms per call** | **predicted MFU %** | unpriced ops | µs per sample | MOSEI test set (4,659), s | "
-             "compile s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| topology | samples per call | per chip | memory per chip (XLA) | floor ms (FLOPs / peak) | "
+             "**predicted ms per call** | **predicted MFU %** | unpriced ops | µs per sample | MOSEI test set "
+             "(4,659), s | compile s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         memory = r["error"] or f"{r['memory'] / perf.GIB:.2f} GiB"
         cells = (["-"] * 5 if not r["predicted_s"] or r["error"] else
                  [f"{1e3 * r['predicted_s']:.3f}", f"{100 * r['mfu']:.2g}", str(r["unpriced"]),
                   f"{r['per_sample_us']:.2f}", f"{r['test_set_s']:.3f}"])
-        lines.append(f"| {r['topology']} | {r['samples']:,} | {r['per_chip']} | {memory} | {1e3 * r['floor_s']:.4f} | "
-                     f"{' | '.join(cells)} | {r['compile_s']:.0f} |")
+        lines.append(f"| {r['topology']} | {r['samples']:,} | {r['per_chip']} | {memory} | "
+                     f"{1e3 * r['floor_s']:.4f} | {' | '.join(cells)} | {r['compile_s']:.0f} |")
     return "\n".join([
         f"### CASP episodic adaptation compiled for a TPU topology (AOT, on the CPU): K={POD_STEPS}, "
         f"{POD_VIEWS} views, bf16, CMU-MOSEI-sized samples{' (tiny model)' if args.tiny else ''}",
@@ -308,8 +311,8 @@ def pod_section(rows: list[dict], args, argv) -> str:
         f"- Date: {report.today()}",
         "- The TPU compiler's cost model, not a measurement: `cost_analysis()['optimal_seconds']` of one "
         "`modes.episodic_batch` call (every sample adapted on its own: K Adam steps of CASP's contrastive loss on "
-        f"{POD_VIEWS} views, then its score; the K steps unrolled; `jaxemo.perf.priced_seconds` leaves out the ops "
-        "libtpu does not price), the sample axis split over all chips, weights replicated. MFU: the analytic "
+        f"{POD_VIEWS} views, then its score; the K steps unrolled; `jaxemo.perf.priced_seconds` leaves out the "
+        "ops libtpu does not price), the sample axis split over all chips, weights replicated. MFU: the analytic "
         "FLOPs per sample (`flops_per_sample`) x samples per chip / (bf16 peak x predicted time). Test set: "
         f"ceil({MOSEI_TEST:,} / samples per call) calls.",
     ])
@@ -323,7 +326,8 @@ def main(argv=None) -> list[dict]:
         body = pod_section(rows, args, argv)
         print("\n" + body)
         if args.write:
-            report.write_section(args.benchmarks_file, f"{SECTION}-pod{'-tiny' if args.tiny else ''}:{args.pod}", body)
+            key = f"{SECTION}-pod{'-tiny' if args.tiny else ''}:{args.pod}"
+            report.write_section(args.benchmarks_file, key, body)
         return rows
     config, model, frozen, adapted, samples = setup(args)
     peak = perf.matmul_peak_flops(perf.jax_matmul(256 if args.tiny else 4096, np.float32), 256 if args.tiny

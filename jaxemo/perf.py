@@ -212,10 +212,9 @@ class Topology(NamedTuple):
     peak_flops: float  # dense bf16 FLOP/s per chip (datasheet)
 
 
+_V5E_PEAK, _V5P_PEAK = DATASHEET_PEAK_FLOPS["TPU v5 lite"]["bfloat16"], DATASHEET_PEAK_FLOPS["TPU v5"]["bfloat16"]
 TPU_TOPOLOGIES = {
-    "v5e:16x16": Topology("TPU v5e-256", 16 * GIB, {"data": 16, "fsdp": 16}, DATASHEET_PEAK_FLOPS["TPU v5 lite"]["bfloat16"]),
-    # axes fit the torus
-    "v5p:4x4x4": Topology("TPU v5p-128 (64 chips)", 95 * GIB, {"data": 4, "fsdp": 16},
-                          DATASHEET_PEAK_FLOPS["TPU v5"]["bfloat16"]),
-    "v5e:2x2": Topology("TPU v5e-4", 16 * GIB, {"data": 2, "fsdp": 2}, DATASHEET_PEAK_FLOPS["TPU v5 lite"]["bfloat16"]),
+    "v5e:16x16": Topology("TPU v5e-256", 16 * GIB, {"data": 16, "fsdp": 16}, _V5E_PEAK),
+    "v5p:4x4x4": Topology("TPU v5p-128 (64 chips)", 95 * GIB, {"data": 4, "fsdp": 16}, _V5P_PEAK),  # fit the torus
+    "v5e:2x2": Topology("TPU v5e-4", 16 * GIB, {"data": 2, "fsdp": 2}, _V5E_PEAK),
 }

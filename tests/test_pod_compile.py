@@ -97,9 +97,9 @@ def test_predicted_step_time_and_mfu_beside_a_process_that_holds_libtpu(tmp_path
     try:
         assert holder.stdout.readline().strip() == "held"
         path = tmp_path / "BENCHMARKS.md"
-        result = subprocess.run([sys.executable, "-m", "benchmarks.tpu_predict", "--tiny", "--systems=vit_classifier",
-                                 "--write", f"--benchmarks_file={path}"], capture_output=True, text=True,
-                                env=env, cwd=REPO_ROOT, timeout=300)
+        command = [sys.executable, "-m", "benchmarks.tpu_predict", "--tiny", "--systems=vit_classifier", "--write",
+                   f"--benchmarks_file={path}"]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
     finally:
         holder.communicate("", timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]

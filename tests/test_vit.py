@@ -79,7 +79,7 @@ def test_unrolled_scans_count_every_layer_and_compute_the_same():
     np.testing.assert_allclose(scanned(params, x), unrolled(params, x), rtol=1e-5, atol=1e-5)
     texts = [c.as_text() for c in (scanned, unrolled)]
     assert " while(" in texts[0] and " while(" not in texts[1]
-    scanned_dots, unrolled_dots = (t.count(" dot(") for t in texts)  # one layer's + the head's, 4 layers' + the head's
+    scanned_dots, unrolled_dots = (t.count(" dot(") for t in texts)  # one layer's or 4 layers', + the head's
     assert unrolled_dots - 1 == 4 * (scanned_dots - 1), (scanned_dots, unrolled_dots)
 
 
