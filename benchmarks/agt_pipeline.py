@@ -274,6 +274,7 @@ def compile_for_pod(args) -> list[dict]:
         with stage.unlocked():
             stage.population.group_size = group
         start, predicted, unpriced = time.perf_counter(), None, None
+        flops = per_chip * stage.batch_size * task.flops_per_example
         try:
             with layers.unrolled_scans():
                 pop = population.Population(stage, task, trials, mesh=mesh)
@@ -281,10 +282,9 @@ def compile_for_pod(args) -> list[dict]:
             memory, error = perf.compiled_memory_bytes(compiled), ""
             seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
             if seconds is not None:
-                predicted, unpriced = perf.priced_seconds(seconds)
+                predicted, unpriced = perf.priced_seconds(seconds, flops / topology.peak_flops)
         except Exception as exc:  # out of memory is a result here
             memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
-        flops = per_chip * stage.batch_size * task.flops_per_example
         row = {"topology": topology.label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
                "memory": memory, "hbm": topology.hbm_bytes, "error": error, "predicted_s": predicted,
                "unpriced": unpriced, "floor_s": flops / topology.peak_flops,

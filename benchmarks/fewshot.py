@@ -238,6 +238,7 @@ def compile_for_pod(args) -> list[dict]:
         trials = make_trials(config, with_group)[:group]
         start = time.perf_counter()
         predicted = unpriced = None
+        flops = per_chip * config.batch_size * task.flops_per_example  # per chip per step
         try:
             with layers.unrolled_scans():  # the Population's jitted step is traced at `lower`, inside
                 pop = population.Population(config, task, trials, mesh=mesh)
@@ -247,10 +248,9 @@ def compile_for_pod(args) -> list[dict]:
             memory, error = perf.compiled_memory_bytes(compiled), ""
             seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
             if seconds is not None:
-                predicted, unpriced = perf.priced_seconds(seconds)
+                predicted, unpriced = perf.priced_seconds(seconds, flops / topology.peak_flops)
         except Exception as exc:  # out of memory is a result here
             memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
-        flops = per_chip * config.batch_size * task.flops_per_example  # per chip per step
         row = {"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
                "memory": memory, "hbm": hbm, "error": error, "compile_s": time.perf_counter() - start,
                "predicted_s": predicted, "unpriced": unpriced, "floor_s": flops / topology.peak_flops,

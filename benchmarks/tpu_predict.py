@@ -15,7 +15,9 @@ master weights, state sharded over `data x fsdp`) is compiled for the topology w
                   layer) and its `cost_analysis()["optimal_seconds"]`, the compiler's estimate of the step's
                   time on the chip, read with `perf.priced_seconds` (libtpu counts -1 s per op it cannot
                   price; those ops, async memory prefetches, are reported)
-  floor           analytic FLOPs per chip / the chip's bf16 peak; a prediction below it is wrong and flagged
+  floor           analytic FLOPs per chip / the chip's bf16 peak. libtpu's sum is known up to whole seconds
+                  (`perf.priced_seconds`): the priced time is read as the smallest reading at or above the
+                  floor, and flagged where in doubt (a reading near a second, or one the floor moved)
   MFU             analytic FLOPs per chip / (peak x predicted time)
   paper run       the system's `PaperRun` examples / (global batch / predicted time), training steps only, at
                   the pod's global batch (a recipe at that batch would rescale its learning rate)
@@ -56,6 +58,7 @@ class Prediction:
     unpriced_ops: int
     compile_s: float
     error: str = ""
+    raw_seconds: Optional[float] = None  # `optimal_seconds` as libtpu reports it
 
     @property
     def peak(self) -> float:
@@ -70,8 +73,12 @@ class Prediction:
         return None if not self.predicted_s else self.floor_s / self.predicted_s
 
     @property
-    def below_floor(self) -> bool:
-        return self.predicted_s is not None and self.predicted_s < self.floor_s
+    def ambiguous(self) -> bool:
+        """Whether the priced time is in doubt by whole seconds (`perf.priced_seconds`): the model left ops
+        unpriced and either the plain fractional reading fell below the floor or the reading is near a second."""
+        if self.predicted_s is None or not self.unpriced_ops:
+            return False
+        return self.predicted_s >= 0.5 or perf.priced_seconds(self.raw_seconds)[0] < self.floor_s
 
     def paper_hours(self, examples: int) -> Optional[float]:
         if not self.predicted_s:
@@ -123,10 +130,12 @@ def per_chip_batch(system: str, variant: str, mesh, topology: str, max_batch: in
 
 def predict(system: str, variant: str, mesh, topology: str, batch: int) -> Prediction:
     row = pod_compile.compile_step(system, variant, mesh, topology, batch, "none", unroll=True)
-    priced, unpriced = (None, 0) if row.predicted_s is None else perf.priced_seconds(row.predicted_s)
+    floor = row.analytic_flops_per_chip / perf.TPU_TOPOLOGIES[topology].peak_flops
+    priced, unpriced = (None, 0) if row.predicted_s is None else perf.priced_seconds(row.predicted_s, floor)
     return Prediction(system, variant, topology, batch, mesh.size, row.memory_bytes, row.flops_per_chip,
                       row.analytic_flops_per_chip, priced, unpriced, row.compile_s,
-                      row.error or ("" if priced is not None else "no optimal_seconds in the cost analysis"))
+                      row.error or ("" if priced is not None else "no optimal_seconds in the cost analysis"),
+                      row.predicted_s)
 
 
 def measure(args) -> list[Prediction]:
@@ -184,7 +193,7 @@ def section_body(rows: list[Prediction], args, argv) -> str:
         xla = "n/a" if r.xla_flops_per_chip is None else f"{r.xla_flops_per_chip / 1e9:,.1f}"
         run = paper_run(r)
         hours = "-" if run is None else f"{r.paper_hours(run.examples):.3g}"
-        flag = " (below the floor: not credible)" if r.below_floor else ""
+        flag = " (known up to whole seconds)" if r.ambiguous else ""
         lines.append(
             f"| {r.system} ({r.variant}) | {label} | {r.per_chip_batch} | {r.per_chip_batch * r.chips:,} | "
             f"{r.memory_bytes / GIB:.2f} GiB | {r.analytic_flops_per_chip / 1e9:,.1f} / {xla} | "
@@ -208,8 +217,8 @@ def section_body(rows: list[Prediction], args, argv) -> str:
         "bf16 compute and frozen weights, fp32 master weights, `data x fsdp`, the batch split over both, no "
         "remat.",
         f"- MFU: the system's analytic FLOPs per chip (`jaxemo/systems/`, matmuls only) / (bf16 peak x "
-        f"predicted time); peak per chip (TFLOP/s, datasheet): {peaks}. Floor: analytic FLOPs / peak; a "
-        "prediction below it is flagged, not used. Projected hours: the paper run's training examples at the "
+        f"predicted time); peak per chip (TFLOP/s, datasheet): {peaks}. Floor: analytic FLOPs / peak; the "
+        "priced time is the smallest reading at or above it, flagged where only known up to whole seconds. Projected hours: the paper run's training examples at the "
         "pod's global batch and the predicted step time (training only; evaluation, input pipeline and "
         "checkpoints not counted).",
     ])

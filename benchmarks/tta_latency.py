@@ -271,7 +271,7 @@ def compile_for_pod(args) -> list[dict]:
             memory, error = perf.compiled_memory_bytes(compiled), ""
             seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
             if seconds is not None:
-                predicted, unpriced = perf.priced_seconds(seconds)
+                predicted, unpriced = perf.priced_seconds(seconds, per_chip * per_sample / topology.peak_flops)
         except Exception as exc:  # out of memory is a result here
             memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
         row = {"topology": topology.label, "chips": mesh.size, "per_chip": per_chip, "samples": n,

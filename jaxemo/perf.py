@@ -191,14 +191,16 @@ def device_peak_bytes(device: jax.Device) -> Optional[int]:
     return (device.memory_stats() or {}).get("peak_bytes_in_use")
 
 
-def priced_seconds(optimal_seconds: float) -> tuple[float, int]:
+def priced_seconds(optimal_seconds: float, floor: float = 0.0) -> tuple[float, int]:
     """The TPU compiler's `optimal_seconds` (`compiled.cost_analysis()`) split into (the time of the ops its cost
     model prices, how many ops it does not price). libtpu adds -1 s for every op it cannot price: a lone f32
     softmax on v5e 2x2 whose input XLA prefetches into VMEM (slice-start / ConcatBitcast) reads -0.99991, i.e.
-    9.1e-5 s - 1; a ViT-B/16 train step on v5e-256 reads -215.98 (216 such ops). The priced time is therefore
-    the value's fractional part: exact while it is below 1 s, which `benchmarks.tpu_predict` checks against
-    the FLOPs / peak floor."""
-    unpriced = math.ceil(-optimal_seconds) if optimal_seconds < 0 else 0
+    9.1e-5 s - 1; a ViT-B/16 train step on v5e-256 reads -215.98 (216 such ops). Only the sum is reported, so
+    the priced time is known up to whole seconds: it is read as the smallest `value + n` (n >= 0 unpriced ops)
+    that is at least `floor` (the step's FLOPs / peak: no chip runs faster). Exact while the priced time is
+    below `floor` + 1 s; a step the model prices at a second or more (UniEmoX fine-tuning's on-device
+    RandAugment) is ambiguous by whole seconds, and callers say so."""
+    unpriced = max(0, math.ceil(floor - optimal_seconds)) if optimal_seconds < floor else 0
     return optimal_seconds + unpriced, unpriced
 
 

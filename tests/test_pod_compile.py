@@ -82,6 +82,10 @@ def test_priced_seconds_recovers_the_time_of_the_priced_ops():
     assert unpriced == 1 and priced == pytest.approx(9.1016e-5, rel=1e-3)
     assert perf.priced_seconds(-215.98109) == (pytest.approx(0.01891), 216)
     assert perf.priced_seconds(0.0125) == (0.0125, 0)
+    # known up to whole seconds: the smallest reading at or above the FLOPs / peak floor (UniEmoX's fine-tuning
+    # step on v5e-256 read -824.9724 with a 0.030 s floor: 1.0276 s, not 0.0276)
+    assert perf.priced_seconds(-824.9724, floor=0.030) == (pytest.approx(1.0276), 826)
+    assert perf.priced_seconds(0.02, floor=0.03) == (pytest.approx(1.02), 1)  # no chip beats its floor
 
 
 def test_predicted_step_time_and_mfu_beside_a_process_that_holds_libtpu(tmp_path):
