@@ -219,8 +219,8 @@ def section_body(rows: list[Prediction], args, argv) -> str:
         f"- MFU: the system's analytic FLOPs per chip (`jaxemo/systems/`, matmuls only) / (bf16 peak x "
         f"predicted time); peak per chip (TFLOP/s, datasheet): {peaks}. Floor: analytic FLOPs / peak; the "
         "priced time is the smallest reading at or above it, flagged where only known up to whole seconds. "
-        "Projected hours: the paper run's training examples at the pod's global batch and the predicted step time (training only; evaluation, input pipeline and "
-        "checkpoints not counted).",
+        "Projected hours: the paper run's training examples at the pod's global batch and the predicted step "
+        "time (training only; evaluation, input pipeline and checkpoints not counted).",
     ])
 
 
