@@ -247,7 +247,7 @@ def protocol_steps(group: int) -> tuple[int, int]:
     return round0, rounds
 
 
-def compile_for_pod(args) -> list[dict]:
+def compile_for_pod(args, on_row=None) -> list[dict]:
     """Round 0's population step compiled for a TPU topology with `trials_per_chip` x chips trials (the `trials`
     axis over the chips), its memory and the TPU compiler's predicted step time (`optimal_seconds` with every
     scan unrolled, `perf.priced_seconds`, as `benchmarks.tpu_predict`), MFU and the protocol's projected hours."""
@@ -294,6 +294,8 @@ def compile_for_pod(args) -> list[dict]:
             row.update(mfu=row["floor_s"] / predicted, round0_hours=round0 * predicted / 3600,
                        rounds_hours=later * predicted / 3600)
         rows.append(row)
+        if on_row is not None:  # a run stopped later (a host out of memory) keeps its rows
+            on_row(rows)
         print(f"{topology.label}: {per_chip} trial(s) per chip: {error or f'{memory / perf.GIB:.2f} GiB per chip'}"
               + (f", predicted {1e3 * predicted:.3f} ms per step, MFU {100 * row['mfu']:.2f}%"
                  if predicted else "")
@@ -336,11 +338,13 @@ def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.pod:
-        rows = compile_for_pod(args)
-        body = pod_section(rows, args, argv)
-        print("\n" + body)
-        if args.write:
-            report.write_section(args.benchmarks_file, f"{SECTION}-pod-{args.model}:{args.pod}-bfloat16", body)
+        key = f"{SECTION}-pod-{args.model}:{args.pod}-bfloat16"
+
+        def write(rows):
+            report.write_section(args.benchmarks_file, key, pod_section(rows, args, argv))
+
+        rows = compile_for_pod(args, write if args.write else None)
+        print("\n" + pod_section(rows, args, argv))
         return {"pod": rows}
     result = measure(args)
     body = section_body(result, argv)

@@ -218,7 +218,7 @@ def section_body(result: dict, args, argv) -> str:
     ])
 
 
-def compile_for_pod(args) -> list[dict]:
+def compile_for_pod(args, on_row=None) -> list[dict]:
     """The population's train step compiled for a TPU topology, `trials_per_chip` x chips trials per group
     (the `trials` axis over every chip), with XLA's per-chip memory (how many trials a chip holds) and the TPU
     compiler's predicted step time (`cost_analysis()["optimal_seconds"]` of the step with every scan unrolled,
@@ -261,6 +261,8 @@ def compile_for_pod(args) -> list[dict]:
                        hours=PAPER_STARTS * protocol_flops(task) / pod_rate / 3600,
                        hours_earliest=PAPER_STARTS * protocol_flops(task, EARLIEST_STOP) / pod_rate / 3600)
         rows.append(row)
+        if on_row is not None:  # a run stopped later (a host out of memory) keeps its rows
+            on_row(rows)
         print(f"{label}: {per_chip} trial(s) per chip: "
               f"{error or f'{memory / perf.GIB:.2f} GiB per chip'}"
               + (f", predicted {1e3 * predicted:.1f} ms per step, MFU {100 * row['mfu']:.1f}%"
@@ -310,11 +312,13 @@ def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.pod:
-        rows = compile_for_pod(args)
-        body = pod_section(rows, args, argv)
-        print("\n" + body)
-        if args.write:
-            report.write_section(args.benchmarks_file, f"{SECTION}-pod-{args.preset}:{args.pod}-{args.dtype}", body)
+        key = f"{SECTION}-pod-{args.preset}:{args.pod}-{args.dtype}"
+
+        def write(rows):
+            report.write_section(args.benchmarks_file, key, pod_section(rows, args, argv))
+
+        rows = compile_for_pod(args, write if args.write else None)
+        print("\n" + pod_section(rows, args, argv))
         return {"pod": rows}
     result = measure(args)
     body = section_body(result, args, argv)

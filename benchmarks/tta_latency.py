@@ -231,7 +231,7 @@ MOSEI_TEST = 4659  # CMU-MOSEI's test split
 POD_STEPS, POD_VIEWS = 5, 8  # the episodic configuration the issue's latency figures use
 
 
-def compile_for_pod(args) -> list[dict]:
+def compile_for_pod(args, on_row=None) -> list[dict]:
     """Episodic adaptation (`modes.episodic_batch`: K Adam steps on 8 views of each sample, then its score) of
     CMU-MOSEI-sized samples compiled for a TPU topology, the sample axis over every chip, params replicated;
     its memory and the TPU compiler's predicted time (`optimal_seconds` with the K steps unrolled,
@@ -281,6 +281,8 @@ def compile_for_pod(args) -> list[dict]:
             row.update(mfu=row["floor_s"] / predicted, per_sample_us=1e6 * predicted / n,
                        test_set_s=-(-MOSEI_TEST // n) * predicted)
         rows.append(row)
+        if on_row is not None:  # a run stopped later (a host out of memory) keeps its rows
+            on_row(rows)
         fits = error or f"{memory / perf.GIB:.2f} GiB per chip"
         print(f"{topology.label}: {per_chip} sample(s) per chip: {fits}"
               + (f", predicted {1e3 * predicted:.2f} ms per call, MFU {100 * row['mfu']:.2f}%"
@@ -322,12 +324,13 @@ def main(argv=None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.pod:
-        rows = compile_for_pod(args)
-        body = pod_section(rows, args, argv)
-        print("\n" + body)
-        if args.write:
-            key = f"{SECTION}-pod{'-tiny' if args.tiny else ''}:{args.pod}"
-            report.write_section(args.benchmarks_file, key, body)
+        key = f"{SECTION}-pod{'-tiny' if args.tiny else ''}:{args.pod}"
+
+        def write(rows):
+            report.write_section(args.benchmarks_file, key, pod_section(rows, args, argv))
+
+        rows = compile_for_pod(args, write if args.write else None)
+        print("\n" + pod_section(rows, args, argv))
         return rows
     config, model, frozen, adapted, samples = setup(args)
     peak = perf.matmul_peak_flops(perf.jax_matmul(256 if args.tiny else 4096, np.float32), 256 if args.tiny
