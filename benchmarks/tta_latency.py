@@ -63,7 +63,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--pod", default="", help="instead of timing: compile (not run) episodic adaptation of "
                    "CMU-MOSEI-sized samples (K=5, 8 views, bf16), the sample axis over this TPU topology's chips, "
                    "and predict its time from the compiler's cost model")
-    p.add_argument("--samples_per_chip", default="1,16,64", help="with --pod: samples per chip to compile")
+    p.add_argument("--samples_per_chip", default="1", help="with --pod: samples per chip to compile (16 took more "
+                   "than this 24 GiB host's memory to compile: the K steps unrolled over a vmapped 5-layer model)")
     p.add_argument("--plot_dir", default=None,
                    help="where the plot goes (default: benchmarks/ beside --benchmarks_file)")
     args = p.parse_args(argv)
