@@ -22,10 +22,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # faster still: its legacy emitters compute some ops differently; test_augment's PIL parity fails.)
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-# Every program goes to that cache, not only those that compile in over a second (JAX's default threshold): the
-# suite's tiny programs compile in well under a second, and many tests, both workers and the subprocesses
-# build the same ones (3.5 s of 88 over test_train, test_update_step and test_optim_decay alone).
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="jaxemo-tests-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
