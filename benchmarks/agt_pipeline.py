@@ -155,9 +155,8 @@ def torch_fold_by_fold(args, stage, trials, train_sets, evals) -> dict:
     return {"seconds": seconds, "steps": steps, "trials": len(trials), "compile_s": 0.0}
 
 
-def measure(args) -> dict:
-    config = make_config(args)
-    peak, _ = perf.peak_flops("float32")
+def data_and_task(config, args) -> tuple:
+    """(labelled set, unlabelled pool, the task of one `--model` trial of width / hidden `--hidden`)."""
     labelled = data_lib._materialize(sources.make_source(config.data, "train", 0), "train")
     pool = data_lib._materialize(sources.make_source(config.data, "unlabeled", 0), "pool")
     model = config.models[args.model].copy_and_resolve_references()
@@ -165,7 +164,13 @@ def measure(args) -> dict:
         model.modalities = labelled.feature_names
         model["hidden_dim" if args.model == "attention" else "width"] = args.hidden
     dims = {k: (0, v.shape[1]) for k, v in labelled.features.items()}
-    task = task_lib.build_task(task_lib.trial_config(config, model, (), dims))
+    return labelled, pool, task_lib.build_task(task_lib.trial_config(config, model, (), dims))
+
+
+def measure(args) -> dict:
+    config = make_config(args)
+    peak, _ = perf.peak_flops("float32")
+    labelled, pool, task = data_and_task(config, args)
     draws = cv.draw_hyperparams({"learning_rate": (1e-3, 1e-4)}, args.draws, 0)
     totals = {"population": [0.0, 0.0, 0], "fold by fold": [0.0, 0.0, 0], "PyTorch": [0.0, 0.0, 0]}
     flops_total, rounds = 0.0, []
@@ -251,20 +256,13 @@ def compile_for_pod(args, on_row=None) -> list[dict]:
     """Round 0's population step compiled for a TPU topology with `trials_per_chip` x chips trials (the `trials`
     axis over the chips), its memory and the TPU compiler's predicted step time (`optimal_seconds` with every
     scan unrolled, `perf.priced_seconds`, as `benchmarks.tpu_predict`), MFU and the protocol's projected hours."""
-    from jaxemo import layers
+    from benchmarks import pod_compile
     from jaxemo.train import sharding
 
     mesh = sharding.topology_mesh(args.pod)
     topology = perf.TPU_TOPOLOGIES[args.pod]
     config = make_config(args)
-    labelled = data_lib._materialize(sources.make_source(config.data, "train", 0), "train")
-    pool = data_lib._materialize(sources.make_source(config.data, "unlabeled", 0), "pool")
-    model = config.models[args.model].copy_and_resolve_references()
-    with model.unlocked():
-        model.modalities = labelled.feature_names
-        model["hidden_dim" if args.model == "attention" else "width"] = args.hidden
-    dims = {k: (0, v.shape[1]) for k, v in labelled.features.items()}
-    task = task_lib.build_task(task_lib.trial_config(config, model, (), dims))
+    labelled, pool, task = data_and_task(config, args)
     rows = []
     for per_chip in (int(v) for v in args.trials_per_chip.split(",")):
         group = per_chip * mesh.size
@@ -273,22 +271,15 @@ def compile_for_pod(args, on_row=None) -> list[dict]:
         trials = trials[:group]
         with stage.unlocked():
             stage.population.group_size = group
-        start, predicted, unpriced = time.perf_counter(), None, None
         flops = per_chip * stage.batch_size * task.flops_per_example
-        try:
-            with layers.unrolled_scans():
-                pop = population.Population(stage, task, trials, mesh=mesh)
-                compiled = pop._step.lower(*pop._abstract_step_args(pop.group_size)).compile()
-            memory, error = perf.compiled_memory_bytes(compiled), ""
-            seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
-            if seconds is not None:
-                predicted, unpriced = perf.priced_seconds(seconds, flops / topology.peak_flops)
-        except Exception as exc:  # out of memory is a result here
-            memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
+
+        def lower(stage=stage, trials=trials):
+            pop = population.Population(stage, task, trials, mesh=mesh)
+            return pop._step.lower(*pop._abstract_step_args(pop.group_size))
+
         row = {"topology": topology.label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
-               "memory": memory, "hbm": topology.hbm_bytes, "error": error, "predicted_s": predicted,
-               "unpriced": unpriced, "floor_s": flops / topology.peak_flops,
-               "compile_s": time.perf_counter() - start}
+               "hbm": topology.hbm_bytes, **pod_compile.compile_and_predict(lower, flops / topology.peak_flops)}
+        memory, error, predicted = row["memory"], row["error"], row["predicted_s"]
         if predicted:
             round0, later = protocol_steps(group)
             row.update(mfu=row["floor_s"] / predicted, round0_hours=round0 * predicted / 3600,

@@ -34,14 +34,13 @@ import math
 import os
 import shlex
 import sys
-import time
 
 import jax
 import numpy as np
 
-from benchmarks import population_timing, report
+from benchmarks import pod_compile, population_timing, report
 from experiments import configs
-from jaxemo import layers, perf
+from jaxemo import perf
 from jaxemo.train import sharding
 from jaxemo.models import wav2vec2
 from jaxemo.systems import speech_ser
@@ -236,25 +235,17 @@ def compile_for_pod(args, on_row=None) -> list[dict]:
             config.protocol.trials = math.ceil(group / (config.data.num_speakers * 5))
         task = speech_ser.build_task(config)
         trials = make_trials(config, with_group)[:group]
-        start = time.perf_counter()
-        predicted = unpriced = None
         flops = per_chip * config.batch_size * task.flops_per_example  # per chip per step
-        try:
-            with layers.unrolled_scans():  # the Population's jitted step is traced at `lower`, inside
-                pop = population.Population(config, task, trials, mesh=mesh)
-                if pop.group_size != group:
-                    raise ValueError(f"the population's group is {pop.group_size} trials, not {group}")
-                compiled = pop._step.lower(*pop._abstract_step_args(pop.group_size)).compile()
-            memory, error = perf.compiled_memory_bytes(compiled), ""
-            seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
-            if seconds is not None:
-                predicted, unpriced = perf.priced_seconds(seconds, flops / topology.peak_flops)
-        except Exception as exc:  # out of memory is a result here
-            memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
-        row = {"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group,
-               "memory": memory, "hbm": hbm, "error": error, "compile_s": time.perf_counter() - start,
-               "predicted_s": predicted, "unpriced": unpriced, "floor_s": flops / topology.peak_flops,
-               "peak": topology.peak_flops}
+
+        def lower(config=config, task=task, trials=trials, group=group):
+            pop = population.Population(config, task, trials, mesh=mesh)
+            if pop.group_size != group:
+                raise ValueError(f"the population's group is {pop.group_size} trials, not {group}")
+            return pop._step.lower(*pop._abstract_step_args(pop.group_size))
+
+        row = {"topology": label, "chips": mesh.size, "trials_per_chip": per_chip, "group": group, "hbm": hbm,
+               **pod_compile.compile_and_predict(lower, flops / topology.peak_flops)}
+        memory, error, predicted = row["memory"], row["error"], row["predicted_s"]
         if predicted:
             pod_rate = mesh.size * flops / predicted  # the pod's FLOP/s at the predicted MFU
             row.update(mfu=row["floor_s"] / predicted,

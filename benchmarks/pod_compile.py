@@ -24,7 +24,7 @@ import os
 import shlex
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 
@@ -107,6 +107,24 @@ def compile_step(system: str, variant: str, mesh, topology: str, per_chip_batch:
     return Compiled(system, variant, topology, remat, per_chip_batch, perf.compiled_memory_bytes(compiled),
                     cost.get("flops"), time.perf_counter() - start, "", analytic, cost.get("optimal_seconds"),
                     compiled)
+
+
+def compile_and_predict(lower: Callable[[], Any], floor_s: float) -> dict:
+    """`lower()` (building and lowering a program) inside `layers.unrolled_scans()`, compiled, and the TPU
+    compiler's cost model read (`perf.priced_seconds`): {memory, error, predicted_s, unpriced, floor_s,
+    compile_s}. An out-of-memory or sharding failure is a result here (its error), not a crash."""
+    start, predicted, unpriced = time.perf_counter(), None, None
+    try:
+        with layers.unrolled_scans():  # jitted functions built inside `lower` are traced inside the context
+            compiled = lower().compile()
+        memory, error = perf.compiled_memory_bytes(compiled), ""
+        seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
+        if seconds is not None:
+            predicted, unpriced = perf.priced_seconds(seconds, floor_s)
+    except Exception as exc:
+        memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
+    return {"memory": memory, "error": error, "predicted_s": predicted, "unpriced": unpriced, "floor_s": floor_s,
+            "compile_s": time.perf_counter() - start}
 
 
 def fits(row: Compiled, topology: str) -> bool:

@@ -239,7 +239,7 @@ def compile_for_pod(args, on_row=None) -> list[dict]:
     `perf.priced_seconds`), MFU, and the MOSEI test set's projected time."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from jaxemo import layers
+    from benchmarks import pod_compile
     from jaxemo.train import sharding
 
     mesh = sharding.topology_mesh(args.pod)
@@ -263,21 +263,14 @@ def compile_for_pod(args, on_row=None) -> list[dict]:
                  for k, v in samples.items()}
         keys = modes.sample_keys(jax.random.key(0), np.arange(1))
         keys = jax.ShapeDtypeStruct((n,), keys.dtype, sharding=NamedSharding(mesh, axis))
-        start, predicted, unpriced = time.perf_counter(), None, None
-        try:
-            with layers.unrolled_scans():
-                compiled = jax.jit(modes.episodic_batch.__wrapped__, static_argnums=(0, 1, 2)).lower(
-                    method, model, episodic, jax.tree.map(replicated, frozen), jax.tree.map(replicated, adapted),
-                    batch, keys).compile()
-            memory, error = perf.compiled_memory_bytes(compiled), ""
-            seconds = (compiled.cost_analysis() or {}).get("optimal_seconds")
-            if seconds is not None:
-                predicted, unpriced = perf.priced_seconds(seconds, per_chip * per_sample / topology.peak_flops)
-        except Exception as exc:  # out of memory is a result here
-            memory, error = None, f"{type(exc).__name__}: {str(exc)[:300]}"
+        def lower(batch=batch, keys=keys):  # a fresh jit: traced inside the unrolled-scans context
+            return jax.jit(modes.episodic_batch.__wrapped__, static_argnums=(0, 1, 2)).lower(
+                method, model, episodic, jax.tree.map(replicated, frozen), jax.tree.map(replicated, adapted),
+                batch, keys)
+
         row = {"topology": topology.label, "chips": mesh.size, "per_chip": per_chip, "samples": n,
-               "memory": memory, "error": error, "predicted_s": predicted, "unpriced": unpriced,
-               "floor_s": per_chip * per_sample / topology.peak_flops, "compile_s": time.perf_counter() - start}
+               **pod_compile.compile_and_predict(lower, per_chip * per_sample / topology.peak_flops)}
+        memory, error, predicted = row["memory"], row["error"], row["predicted_s"]
         if predicted:
             row.update(mfu=row["floor_s"] / predicted, per_sample_us=1e6 * predicted / n,
                        test_set_s=-(-MOSEI_TEST // n) * predicted)
