@@ -57,7 +57,7 @@ class Compiled:
     compile_s: float
     error: str = ""
     analytic_flops_per_chip: Optional[float] = None  # the system's FLOP count x the per-chip batch
-    predicted_s: Optional[float] = None  # the TPU compiler's cost model: `optimal_seconds` of the step (raw)
+    optimal_seconds: Optional[float] = None  # the TPU compiler's cost model, raw (`perf.priced_seconds` reads it)
     compiled: Any = dataclasses.field(default=None, repr=False)  # the executable (its HLO for inspection)
 
 

@@ -131,11 +131,11 @@ def per_chip_batch(system: str, variant: str, mesh, topology: str, max_batch: in
 def predict(system: str, variant: str, mesh, topology: str, batch: int) -> Prediction:
     row = pod_compile.compile_step(system, variant, mesh, topology, batch, "none", unroll=True)
     floor = row.analytic_flops_per_chip / perf.TPU_TOPOLOGIES[topology].peak_flops
-    priced, unpriced = (None, 0) if row.predicted_s is None else perf.priced_seconds(row.predicted_s, floor)
+    raw = row.optimal_seconds
+    priced, unpriced = (None, 0) if raw is None else perf.priced_seconds(raw, floor)
     return Prediction(system, variant, topology, batch, mesh.size, row.memory_bytes, row.flops_per_chip,
                       row.analytic_flops_per_chip, priced, unpriced, row.compile_s,
-                      row.error or ("" if priced is not None else "no optimal_seconds in the cost analysis"),
-                      row.predicted_s)
+                      row.error or ("" if priced is not None else "no optimal_seconds in the cost analysis"), raw)
 
 
 def measure(args) -> list[Prediction]:
