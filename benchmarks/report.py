@@ -46,6 +46,21 @@ def with_others_cpu_share(fn: Callable[[], Any]) -> tuple[Any, Optional[float]]:
 
 
 
+class CompileClock:
+    """Seconds XLA spends compiling, from JAX's monitoring events (tracing is not counted: nested traces would
+    be counted twice)."""
+
+    EVENTS = ("/jax/core/compile/backend_compile_duration",)
+
+    def __init__(self):
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **_) -> None:
+        if event in self.EVENTS:
+            self.seconds += duration
+
+
 def reset_peak_rss() -> bool:
     """Resets the process's peak RSS (Linux `/proc/self/clear_refs`); False where that is not possible."""
     try:

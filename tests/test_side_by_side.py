@@ -1,0 +1,40 @@
+"""The whole-workload comparisons against the released pipelines (`benchmarks.agt_round0`,
+`benchmarks.fewshot_released`) run both sides on tiny shapes and write their sections (no timing asserted)."""
+
+import jax
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_agt_round0_runs_mertools_loop_and_the_population_on_the_same_trainings(tmp_path):
+    from benchmarks import agt_round0
+
+    path = tmp_path / "BENCHMARKS.md"
+    result = agt_round0.main(["--tiny", "--write", f"--benchmarks_file={path}"])
+    jaxemo, mertools = result["jaxemo"], result["mertools"]
+    assert jaxemo["seconds"] > jaxemo["compile_s"] > 0 and mertools["seconds"] > 0
+    assert set(mertools["parts"]) == {"train", "eval", "test"} and all(v > 0 for v in mertools["parts"].values())
+    assert jaxemo["pool_logits"].shape == (200, 6)  # the pool scored from each fold's best params, averaged
+    assert 0 <= jaxemo["cv_weighted_f1"] <= 1 and 0 <= mertools["cv_weighted_f1"] <= 1
+    text = path.read_text()
+    assert f"<!-- agt-round0-tiny-d1:{jax.default_backend()} begin -->" in text
+    assert "| MERTools `main-release.py` loop (PyTorch" in text and "| jaxemo `cv.train_model`" in text
+    mertools_projected, jaxemo_projected = agt_round0.projection(result)
+    assert mertools_projected == pytest.approx(mertools["seconds"] * 100 / 2)
+    assert jaxemo["compile_s"] < jaxemo_projected < jaxemo["seconds"] * 100 / 2
+
+
+def test_fewshot_released_runs_the_trainer_per_trial_and_the_population(tmp_path):
+    from benchmarks import fewshot_released
+
+    path = tmp_path / "BENCHMARKS.md"
+    result = fewshot_released.main(["--tiny", "--write", f"--benchmarks_file={path}"])
+    jaxemo, released = result["jaxemo"], result["released"]
+    assert jaxemo["trials"] == released["trials"] == 5  # one speaker x 5 target emotions
+    assert released["epochs"] == [2.0] * 5 and jaxemo["steps_run"] == [2] * 5  # every epoch (k = 4: one step)
+    assert jaxemo["seconds"] > jaxemo["compile_s"] > 0 and released["seconds"] > 0
+    assert 0 <= jaxemo["test_macro_f1"] <= 1 and 0 <= released["test_macro_f1"] <= 1
+    text = path.read_text()
+    assert f"<!-- fewshot-released-tiny-d1:{jax.default_backend()} begin -->" in text
+    assert "| released `Trainer` per trial (PyTorch, 1 thread) | 5 |" in text
