@@ -52,6 +52,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--host_devices", type=int, default=1, help="CPU devices for jaxemo's side (the trials axis)")
     p.add_argument("--conv_impl", default=None, help="jaxemo's convolutions (default: `benchmarks.fewshot`'s for "
                    "the backend: matmul on the CPU)")
+    p.add_argument("--eval_conv_impl", default=None, help="jaxemo's convolutions for evaluation (`model."
+                   "eval_conv_impl`; e.g. xla: evaluate with XLA's, train with im2col)")
     p.add_argument("--no_released", action="store_true",
                    help="jaxemo's side only (e.g. to compare --host_devices)")
     p.add_argument("--tiny", action="store_true", help="seconds: 4 trials of a tiny model (tests)")
@@ -75,6 +77,8 @@ def make_config(args):
     with config.unlocked():
         config.protocol.small_patience = config.protocol.large_patience = RELEASED_PATIENCE[args.k <= 8]
         config.population.group_size = args.group_size
+        if args.eval_conv_impl:
+            config.model.eval_conv_impl = args.eval_conv_impl
         config.data.test_per_emotion = 6  # ESD's test folder: 30 clips per speaker
     args.eval_clips = bench.eval_clips
     return config
@@ -254,7 +258,9 @@ def section_body(result: dict, argv) -> str:
         *notes,
         f"- Trials: k = {args.k}, {args.epochs} epochs, evaluation every epoch on the speaker's {args.eval_clips} "
         f"evaluation clips, the test folder scored once at the end; wav2vec2 `{model.preset}` "
-        f"{dict(model.overrides)}, {result['config'].max_seconds} s clips. The F1s differ by initialisation "
+        f"{dict(model.overrides)}, evaluated with conv_impl="
+        f"{model.get('eval_conv_impl') or model.overrides.conv_impl}, "
+        f"{result['config'].max_seconds} s clips. The F1s differ by initialisation "
         "of the new head, batch order and dropout, not by method.",
         others,
         f"- Command: `python -m benchmarks.fewshot_released {shlex.join(argv)}`",

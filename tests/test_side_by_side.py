@@ -29,7 +29,7 @@ def test_fewshot_released_runs_the_trainer_per_trial_and_the_population(tmp_path
     from benchmarks import fewshot_released
 
     path = tmp_path / "BENCHMARKS.md"
-    result = fewshot_released.main(["--tiny", "--write", f"--benchmarks_file={path}"])
+    result = fewshot_released.main(["--tiny", "--eval_conv_impl=xla", "--write", f"--benchmarks_file={path}"])
     jaxemo, released = result["jaxemo"], result["released"]
     assert jaxemo["trials"] == released["trials"] == 5  # one speaker x 5 target emotions
     assert released["epochs"] == [2.0] * 5 and jaxemo["steps_run"] == [2] * 5  # every epoch (k = 4: one step)

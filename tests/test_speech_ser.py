@@ -111,6 +111,33 @@ def test_multi_corpus_source_gives_each_microbatch_one_corpus():
     assert [source[i]["x"] for i in range(40)] == [source[i]["x"] for i in range(40)]
 
 
+def test_eval_conv_impl_evaluates_with_other_convolutions_on_the_same_params():
+    """`model.eval_conv_impl`: trials train with im2col (`conv_impl="matmul"`, the CPU recipe) and evaluate with
+    XLA's convolutions; the same params give the same logits either way, and training is untouched."""
+    config = fewshot_config.get_config("tiny")
+    plain = speech_ser.build_task(config)
+    with config.unlocked():
+        config.model.eval_conv_impl = "xla"
+    task = speech_ser.build_task(config)
+    assert plain.eval_model is None and task.model == plain.model and task.model.config.conv_impl == "matmul"
+    assert task.eval_model.config.conv_impl == "xla"
+    rng = np.random.default_rng(0)
+    batch = {"waveform": rng.standard_normal((2, task.max_samples)).astype(np.float32),
+             "waveform_mask": np.ones((2, task.max_samples), bool), "label": np.array([0, 1], np.int32)}
+    params = jax.jit(lambda key: jax.tree.map(lambda x: getattr(x, "value", x), task.init(key, batch)["params"],
+                                              is_leaf=lambda x: hasattr(x, "value")))(jax.random.key(0))
+    both = jax.jit(lambda p, b: (task.logits(p, b), plain.logits(p, b)))
+    evaluated, trained_way = both(params, batch)
+    np.testing.assert_allclose(evaluated, trained_way, rtol=1e-5, atol=1e-5)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(task.logits)(params, batch))
+    training = jax.make_jaxpr(lambda p, b: task.loss(p, b, jax.random.key(1), train=True))(params, batch)
+    assert "conv_general_dilated" not in str(training)
+    with config.unlocked():
+        config.model.eval_conv_impl = "fft"
+    with pytest.raises(ValueError, match="conv_impl='fft'"):
+        speech_ser.build_task(config)
+
+
 def test_task_scales_the_loss_and_reference_heads_stay_frozen():
     config = small_config()
     pre = config.prefinetune

@@ -55,7 +55,8 @@ def parse_arg(arg: str | None) -> tuple[str, str]:
 
 
 def model_config(variant: str) -> config_dict.ConfigDict:
-    """The backbone: a converted checkpoint (`checkpoint`) or a preset, with config overrides."""
+    """The backbone: a converted checkpoint (`checkpoint`) or a preset, with config overrides;
+    `eval_conv_impl` ("": the backbone's `conv_impl`) computes evaluation's convolutions another way."""
     if variant == "paper":
         overrides = dict(feature_norm_mask=True)  # clips padded to 5 s normalise as the reference's unpadded ones
         preset = "base"
@@ -64,7 +65,7 @@ def model_config(variant: str) -> config_dict.ConfigDict:
                          layerdrop=0.0, mask_time_prob=0.0, feature_norm_mask=True, conv_dim=(8,) * 7)
         preset = "tiny"
     return config_dict.ConfigDict(dict(preset=preset, checkpoint="", overrides=overrides, dtype="float32",
-                                       normalize=True))
+                                       normalize=True, eval_conv_impl=""))
 
 
 def corpora_config(variant: str) -> config_dict.ConfigDict:

@@ -17,6 +17,7 @@ Recipes: `experiments/configs/prefinetune_ser.py`, `experiments/configs/fewshot_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -71,13 +72,16 @@ def classifier_heads(config) -> tuple:
 def build_task(config) -> SpeechEmotionTask:
     """The task of a classifier with `config.classifier_heads` on `config.model`'s backbone; the loss is divided
     by ln(classes) with `config.scale_loss`, and `config.heads == "reference"` leaves the heads untrained (the
-    released pre-finetuning code)."""
+    released pre-finetuning code). `config.model.eval_conv_impl` evaluates with other convolutions than the
+    backbone's `conv_impl` trains with (the same params)."""
     backbone = model_config(config.model)
-    model = speech_classifier.create(config=backbone, heads=classifier_heads(config),
-                                     normalize=bool(config.model.get("normalize", True)))
+    create = functools.partial(speech_classifier.create, heads=classifier_heads(config),
+                               normalize=bool(config.model.get("normalize", True)))
+    eval_impl = config.model.get("eval_conv_impl") or backbone.conv_impl
+    eval_model = None if eval_impl == backbone.conv_impl else create(config=backbone.replace(conv_impl=eval_impl))
     trainable = ("^backbone/", "^projector/") if config.get("heads") == "reference" else None
-    return SpeechEmotionTask(model, max_samples(config), bool(config.get("scale_loss")), trainable,
-                             flops(config).train)
+    return SpeechEmotionTask(create(config=backbone), max_samples(config), bool(config.get("scale_loss")),
+                             trainable, flops(config).train, eval_model)
 
 
 def flops(config) -> Flops:

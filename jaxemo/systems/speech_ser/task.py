@@ -50,13 +50,18 @@ class SpeechEmotionTask:
 
     Evaluation: one confusion matrix per head; `accuracy` pools all heads (the reference's multi-task
     validation accuracy), `<head>/accuracy`, `<head>/uar`, `<head>/macro_f1` per head, and with one head its
-    accuracy, UAR, macro- and weighted F1 directly."""
+    accuracy, UAR, macro- and weighted F1 directly.
+
+    `eval_model`, when given, is the same classifier (the same params) computed another way for evaluation
+    (`model.eval_conv_impl`: e.g. XLA's convolutions to evaluate a population's vmapped trials, im2col to train
+    them, where each is the faster on a CPU)."""
 
     model: SpeechEmotionClassifier
     max_samples: int
     scale_by_log_classes: bool = False
     trainable_patterns: Optional[Sequence[str]] = None
     flops_per_example: Optional[int] = None
+    eval_model: Optional[SpeechEmotionClassifier] = None
     pad_spec = None
     label_key = "label"
 
@@ -88,7 +93,8 @@ class SpeechEmotionTask:
 
     def logits(self, params, batch, rng=None, train: bool = False):
         rngs = {"dropout": rng} if train and rng is not None else None
-        logits, _ = self.model.apply({"params": params}, batch["waveform"], batch["waveform_mask"],
+        model = self.model if train or self.eval_model is None else self.eval_model
+        logits, _ = model.apply({"params": params}, batch["waveform"], batch["waveform_mask"],
                                      self._corpus(batch), deterministic=not train, rngs=rngs)
         return logits
 
