@@ -207,7 +207,8 @@ def measure(args) -> dict:
         raise ValueError(f"--host_devices={args.host_devices}: this process has {len(jax.devices())} device(s)")
     from benchmarks import report
 
-    jaxemo, others = report.with_others_cpu_share(lambda: run_jaxemo(config, args, labelled, pool, folds, draws))
+    jaxemo, others = report.with_others_cpu_share(
+        lambda: run_jaxemo(config, args, labelled, pool, folds, draws))
     jaxemo["others"] = others
     print(f"jaxemo: {jaxemo['seconds']:.1f} s ({jaxemo['compile_s']:.1f} s compiling)", flush=True)
     if args.no_released:
@@ -228,10 +229,6 @@ def projection(result: dict) -> tuple[float, float]:
     args, j, m = result["args"], result["jaxemo"], result["mertools"]
     scale = args.recipe_epochs / args.epochs
     return m and m["seconds"] * scale, j["compile_s"] + (j["seconds"] - j["compile_s"]) * scale
-
-
-def _share(value) -> str:
-    return "an unknown share" if value is None else f"{100 * value:.0f}%"
 
 
 def section_body(result: dict, argv) -> str:
@@ -261,8 +258,9 @@ def section_body(result: dict, argv) -> str:
     lines.append(f"| jaxemo `cv.train_model` (population, {args.host_devices} CPU device(s)) | {trials} | "
                  f"{j['seconds']:.1f} | {j['compile_s']:.1f} | {j['seconds'] / trials:.2f} | {j_project:,.0f} | "
                  f"{j['cv_weighted_f1']:.3f} |")
-    others = f"- Other processes used {_share(j['others'])} of the cores during jaxemo's side"
-    others += "." if m is None else f" and {_share(m['others'])} during MERTools'."
+    others = (f"- Other processes used {report.others_share_text(j['others'])} of the cores during jaxemo's "
+              "side")
+    others += "." if m is None else f" and {report.others_share_text(m['others'])} during MERTools'."
     return "\n".join([
         f"### AGT round 0 end to end: MERTools' loop against jaxemo, {jax.default_backend()}, float32",
         "",
@@ -281,22 +279,10 @@ def section_body(result: dict, argv) -> str:
 
 
 def main(argv=None) -> dict:
+    from benchmarks import report
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    import jax
-
-    if args.host_devices > 1:
-        jax.config.update("jax_num_cpu_devices", max(args.host_devices, jax.config.jax_num_cpu_devices or 1))
-    result = measure(args)
-    body = section_body(result, argv)
-    print("\n" + body)
-    if args.write:
-        from benchmarks import report
-
-        key = f"{SECTION}{'-tiny' if args.tiny else ''}-d{args.host_devices}:{jax.default_backend()}"
-        report.write_section(args.benchmarks_file, key, body)
-        print(f"\nwrote section {key} of {args.benchmarks_file}")
-    return result
+    return report.run_side_by_side(argv, parse_args(argv), SECTION, measure, section_body)
 
 
 if __name__ == "__main__":

@@ -210,15 +210,12 @@ def measure(args) -> dict:
               "compiling)", flush=True)
         released = None
         if not args.no_released:
-            released, others_r = report.with_others_cpu_share(lambda: run_released(config, args, trials, folder))
+            released, others_r = report.with_others_cpu_share(
+                lambda: run_released(config, args, trials, folder))
             released["others"] = others_r
             print(f"released: {released['trials']} trials in {released['seconds']:.1f} s", flush=True)
     jaxemo["others"] = others_j
     return {"args": args, "config": config, "jaxemo": jaxemo, "released": released}
-
-
-def _share(value) -> str:
-    return "an unknown share" if value is None else f"{100 * value:.0f}%"
 
 
 def section_body(result: dict, argv) -> str:
@@ -247,8 +244,9 @@ def section_body(result: dict, argv) -> str:
                  f"{j['compile_s']:.1f} | {j['seconds'] / j['trials']:.2f} | "
                  f"{3600 * j['trials'] / j['seconds']:,.0f} | "
                  f"{j['test_macro_f1']:.3f} |")
-    others = f"- Other processes used {_share(j['others'])} of the cores during jaxemo's side"
-    others += "." if r is None else f" and {_share(r['others'])} during the released side's."
+    others = (f"- Other processes used {report.others_share_text(j['others'])} of the cores during jaxemo's "
+              "side")
+    others += "." if r is None else f" and {report.others_share_text(r['others'])} during the released side's."
     return "\n".join([
         f"### Few-shot SER end to end: the released Trainer pipeline against jaxemo, {jax.default_backend()}, "
         "float32",
@@ -270,22 +268,10 @@ def section_body(result: dict, argv) -> str:
 
 
 def main(argv=None) -> dict:
+    from benchmarks import report
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    import jax
-
-    if args.host_devices > 1:
-        jax.config.update("jax_num_cpu_devices", max(args.host_devices, jax.config.jax_num_cpu_devices or 1))
-    result = measure(args)
-    body = section_body(result, argv)
-    print("\n" + body)
-    if args.write:
-        from benchmarks import report
-
-        key = f"{SECTION}{'-tiny' if args.tiny else ''}-d{args.host_devices}:{jax.default_backend()}"
-        report.write_section(args.benchmarks_file, key, body)
-        print(f"\nwrote section {key} of {args.benchmarks_file}")
-    return result
+    return report.run_side_by_side(argv, parse_args(argv), SECTION, measure, section_body)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,31 @@ def with_others_cpu_share(fn: Callable[[], Any]) -> tuple[Any, Optional[float]]:
 
 
 
+def others_share_text(value: Optional[float]) -> str:
+    """`with_others_cpu_share`'s fraction as a phrase for a section."""
+    return "an unknown share" if value is None else f"{100 * value:.0f}%"
+
+
+def use_host_devices(count: int) -> None:
+    """At least `count` CPU devices in this process (the host's cores as XLA devices, e.g. a population's
+    trials axis over them); call before the backend starts."""
+    if count > 1:
+        jax.config.update("jax_num_cpu_devices", max(count, jax.config.jax_num_cpu_devices or 1))
+
+def run_side_by_side(argv, args, section: str, measure: Callable, section_body: Callable) -> dict:
+    """A side-by-side comparison's main (`benchmarks.agt_round0`, `benchmarks.fewshot_released`): jaxemo's side
+    on `args.host_devices` CPU devices, `measure(args)`, its section printed and, with `--write`, written under
+    `<section>[-tiny]-d<devices>:<backend>`."""
+    use_host_devices(args.host_devices)
+    result = measure(args)
+    body = section_body(result, argv)
+    print("\n" + body)
+    if args.write:
+        key = f"{section}{'-tiny' if args.tiny else ''}-d{args.host_devices}:{jax.default_backend()}"
+        write_section(args.benchmarks_file, key, body)
+        print(f"\nwrote section {key} of {args.benchmarks_file}")
+    return result
+
 class CompileClock:
     """Seconds XLA spends compiling, from JAX's monitoring events (tracing is not counted: nested traces would
     be counted twice)."""
