@@ -55,6 +55,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--offline", dest="offline", action="store_true", default=True, help="time the offline pipeline")
     p.add_argument("--nooffline", dest="offline", action="store_false")
     p.add_argument("--tiny", action="store_true", help="a 1-layer model on short sequences: seconds")
+    p.add_argument("--dropout_impl", default="threefry", choices=("threefry", "hash"),
+                   help="jaxemo's dropout masks (`model.dropout_impl`; hash: `layers.HashDropout`, cheaper on "
+                   "the CPU)")
     p.add_argument("--torch", dest="torch", action="store_true", default=True,
                    help="also time PyTorch's per-sample loop on the same weights (default)")
     p.add_argument("--notorch", dest="torch", action="store_false")
@@ -76,7 +79,9 @@ def parse_args(argv) -> argparse.Namespace:
 
 def setup(args):
     """(config, model, frozen, adapted, samples {key: [max batch, ...]}) at MOSI's sizes (or tiny)."""
-    return casp.adaptation_case(casp_config.get_config("synthetic"), max(args.batches), args.tiny)
+    config = casp_config.get_config("synthetic")
+    config.model.dropout_impl = args.dropout_impl
+    return casp.adaptation_case(config, max(args.batches), args.tiny)
 
 
 def timed(fn, min_seconds: float, warm: bool = False) -> tuple[float, float]:
@@ -339,12 +344,14 @@ def main(argv=None) -> list[dict]:
         if not args.write:
             return
         os.makedirs(args.plot_dir, exist_ok=True)
-        plot_path = os.path.join(args.plot_dir, f"tta_latency_{jax.default_backend()}.png")
+        suffix = "" if args.dropout_impl == "threefry" else f"-{args.dropout_impl}-dropout"
+        name = f"tta_latency{suffix.replace('-', '_')}_{jax.default_backend()}.png"
+        plot_path = os.path.join(args.plot_dir, name)
         plot(rows, plot_path)
         adapted_count = sum(x.size for x in jax.tree.leaves(adapted))
         body = section(rows, args, argv, config, model, peak, others, offline, plot_path, adapted_count)
-        report.write_section(args.benchmarks_file, f"{SECTION}{'-tiny' if args.tiny else ''}:{jax.default_backend()}",
-                            body)
+        report.write_section(args.benchmarks_file,
+                             f"{SECTION}{'-tiny' if args.tiny else ''}{suffix}:{jax.default_backend()}", body)
 
     rows, others = report.with_others_cpu_share(lambda: measure(args, config, model, frozen, adapted, samples,
                                                                torch_net, on_batch=write))
@@ -371,7 +378,8 @@ def section(rows, args, argv, config, model, peak, others, offline, plot_path, a
         (f"- Model: CASP late fusion, {config.model.depth} layers of width {config.model.proj_dim}; inputs "
          f"{d.text_len}/{d.audio_len}/{d.vision_len} steps of {d.text_dim}/{d.audio_dim}/{d.vision_dim} dims "
          f"(text/audio/vision); each adaptation step: {args.views} copies of the sample, full and "
-         f"modality-dropped view, dropout on, Adam on the {adapted_count:,} LayerNorm parameters."),
+         f"modality-dropped view, dropout on (jaxemo's masks: {config.model.dropout_impl}), Adam on the "
+         f"{adapted_count:,} LayerNorm parameters."),
         (f"- Batches above {args.chunk} run as vmapped chunks of {args.chunk} samples (the shape compiled for "
          f"batch {args.chunk}, so their first call is not repeated: `-`); at once, a batch of 1024 needs "
          f"66 GB on the CPU."),

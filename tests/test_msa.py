@@ -102,6 +102,34 @@ def test_dropout_only_in_training():
     assert not np.allclose(train[0], train[1])
 
 
+def test_hash_dropout_keeps_the_rate_and_draws_a_new_mask_per_key():
+    """`layers.HashDropout`: the keep rate and the 1/(1-p) scale of dropout, one mask per key (also per key
+    under vmap), nothing in evaluation; CASP's model with dropout_impl="hash" is the same function in
+    evaluation and another random one in training."""
+    from jaxemo import layers
+
+    x = jnp.ones((4, 50, 500))
+    drop = lambda key, deterministic=False: layers.HashDropout(0.25).apply(  # noqa: E731
+        {}, x, deterministic, rngs={"dropout": key})
+    a, b = np.asarray(drop(jax.random.key(0))), np.asarray(drop(jax.random.key(1)))
+    assert abs((a > 0).mean() - 0.75) < 0.005 and set(np.unique(a)) == {0.0, np.float32(1 / 0.75)}
+    assert 0.5 < ((a > 0) == (b > 0)).mean() < 0.7  # independent masks agree on 0.75^2 + 0.25^2 of elements
+    np.testing.assert_array_equal(a, drop(jax.random.key(0)))
+    np.testing.assert_array_equal(drop(jax.random.key(0), True), x)
+    per_sample = jax.vmap(drop)(jax.random.split(jax.random.key(2), 2))
+    assert not np.array_equal(per_sample[0], per_sample[1])
+    args = inputs()
+    threefry, hashed = msa.SentimentRegressor(), msa.SentimentRegressor(dropout_impl="hash")
+    params = init(threefry, *args)
+    np.testing.assert_array_equal(threefry.apply({"params": params}, *args)[0],
+                                  hashed.apply({"params": params}, *args)[0])
+    train = [m.apply({"params": params}, *args, deterministic=False, rngs={"dropout": jax.random.key(3)})[0]
+             for m in (threefry, hashed)]
+    assert np.all(np.isfinite(train[1])) and not np.allclose(train[0], train[1])
+    with pytest.raises(ValueError, match="dropout_impl='philox'"):
+        init(msa.SentimentRegressor(dropout_impl="philox"), *args)
+
+
 def test_unknown_fusion_is_refused():
     with pytest.raises(ValueError, match="fusion='middle'"):
         init(msa.SentimentRegressor(fusion="middle"), *inputs())

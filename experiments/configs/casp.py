@@ -42,6 +42,7 @@ def get_config(arg=None):
     config.model = config_dict.ConfigDict({
         "fusion": "late", "proj_dim": 40, "num_heads": 8, "depth": 5, "attn_dropout": 0.1, "relu_dropout": 0.1,
         "res_dropout": 0.1, "embed_dropout": 0.25, "out_dropout": 0.0, "zero_position_quirk": False,
+        "dropout_impl": "threefry",  # "hash": cheaper dropout masks on the CPU (layers.HashDropout)
         "use_padding_mask": False, "dtype": "float32",
     })
     # A source model trained with CASP's reference code (`--stage pretrain`) instead of source training here:
