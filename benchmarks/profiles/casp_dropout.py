@@ -1,6 +1,6 @@
 """How much of CASP's adaptation time is dropout: one offline contrastive epoch (as the reference: two forward
 passes per batch; both views in one pass; dropout off) and episodic vmapped adaptation (dropout on / off),
-plus the cost of drawing the dropout masks.
+plus the cost of drawing the dropout masks (jax.random's generators and `layers.HashDropout`).
 
     python -m benchmarks.profiles.casp_dropout              # MOSI-sized: 1,284 clips, batch 24; 64 episodic samples
     python -m benchmarks.profiles.casp_dropout --tiny
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import casp as casp_config
+from jaxemo import layers
 from jaxemo.data import synthetic_sentiment
 from jaxemo.systems import casp
 from jaxemo.tta import core, methods, modes
@@ -91,6 +92,10 @@ def main(argv=None):
             key = jax.random.key(0, impl=impl)
             _, median = timed(lambda: jax.block_until_ready(fn(key)), 10)
             print(f"mask {shape}, {name}, {impl}: {1e9 * median / np.prod(shape):.1f} ns per element")
+    ones = jnp.ones(shape)
+    hashed = jax.jit(lambda key: layers.HashDropout(0.1).apply({}, ones, False, rngs={"dropout": key}))
+    _, median = timed(lambda: jax.block_until_ready(hashed(jax.random.key(0))), 10)
+    print(f"mask {shape}, layers.HashDropout (applied): {1e9 * median / np.prod(shape):.1f} ns per element")
 
 
 if __name__ == "__main__":
