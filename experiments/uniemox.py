@@ -56,7 +56,8 @@ def teacher(config, workdir: str, train_source, eval_source, prompts: list[str])
     tokenizer = text_lib.ClipTokenizer(path, t.context_length)
     stage = pretrain.with_tokenizer(uniemox.stage_config(config, "teacher"), tokenizer)
     task = dataclasses.replace(uniemox.build_task(stage),
-                               host=pretrain.PromptTokens(tokenizer, tuple(config.data.class_names)))
+                               host=pretrain.PromptTokens(tokenizer, tuple(config.data.class_names),
+                                                          config.data.prompt_objects))
     model = task.model
     result = loop.train_and_evaluate(stage, folder, task, train_source, eval_source)
     if result.preempted:
@@ -66,11 +67,12 @@ def teacher(config, workdir: str, train_source, eval_source, prompts: list[str])
 
 
 def run_pretraining(config, workdir: str, train_source, eval_source, results: dict):
-    prompts, count, fallback = pretrain.prompt_table([train_source], tuple(config.data.class_names))
+    class_names, objects = tuple(config.data.class_names), config.data.prompt_objects
+    prompts, count, fallback = pretrain.prompt_table([train_source], class_names, objects)
     results["pretrain_data"] = {"elements": count, "prompts": len(prompts), "without_person": fallback}
     print(f"pretraining data: {count} images, {len(prompts)} distinct prompts, {fallback} without a person box "
           f"({fallback / max(count, 1):.1%}: their person view is a second crop of the whole image)", flush=True)
-    eval_prompts = pretrain.prompt_table([eval_source], tuple(config.data.class_names))[0] if eval_source else []
+    eval_prompts = pretrain.prompt_table([eval_source], class_names, objects)[0] if eval_source else []
     all_prompts = list(dict.fromkeys(prompts + eval_prompts))
     found = teacher(config, workdir, train_source, eval_source, all_prompts)
     if found is None:
@@ -78,7 +80,7 @@ def run_pretraining(config, workdir: str, train_source, eval_source, results: di
     clip_model, clip_params, tokenizer, teacher_id = found
     cache = config.data.cache_dir or os.path.join(workdir, "text_features")
     table = uniemox.text_features(clip_model, clip_params, tokenizer, all_prompts, cache, teacher_id)
-    host = pretrain.PromptFeatures({p: i for i, p in enumerate(all_prompts)}, table, tuple(config.data.class_names))
+    host = pretrain.PromptFeatures({p: i for i, p in enumerate(all_prompts)}, table, class_names, objects)
     stage = pretrain.with_tokenizer(uniemox.stage_config(config, "pretrain"), tokenizer)
     stage.frozen_dtype = config.teacher.dtype
     task = dataclasses.replace(uniemox.build_task(stage), host=host)

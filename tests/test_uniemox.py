@@ -112,6 +112,30 @@ def test_prompts_follow_the_reference_template():
                                                                 "conveyed is fear.")
 
 
+def test_multi_word_object_names_are_whole_by_default_and_split_as_the_reference_with_words():
+    """u-emo's EmoSet loader joins an image's object names with spaces and `_generate_prompt` splits that string
+    on whitespace: ["Alarm clock", "Car"] reads "Alarm, clock and Car" there. jaxemo keeps names whole;
+    `prompt_objects="words"` (config.data) restores the reference's prompts and so its cached text features."""
+    from jaxemo.systems import uniemox as system
+    from jaxemo.systems.uniemox import pretrain
+
+    element = {"object": b"Alarm clock|Car", "label": 2, "scene": b"-1"}
+    classes = ("amusement", "awe", "contentment")
+    assert system.example_prompt(element, classes) == (
+        "The main subjects are Alarm clock and Car. The overall emotion conveyed is contentment.")
+    reference = "The main subjects are Alarm, clock and Car. The overall emotion conveyed is contentment."
+    assert system.example_prompt(element, classes, "words") == reference
+    assert system.emotion_prompt({"object": ["Baseball bat"]}, "awe", "words").startswith(
+        "The main subjects are Baseball and bat.")
+    # the host transform finds the reference's prompt in a table built the same way
+    table = np.arange(6, dtype=np.float32).reshape(2, 3)
+    host = pretrain.PromptFeatures({"other": 0, reference: 1}, table, classes, "words")
+    example = {**element, "image": np.zeros((2, 2, 3), np.uint8), "person_box": np.zeros(4), "has_person": True}
+    np.testing.assert_array_equal(host(example)["text_feature"], table[1])
+    with pytest.raises(ValueError, match="prompt objects: 'split'"):
+        system.emotion_prompt({"object": ["a b"]}, "awe", "split")
+
+
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory):
     """A tiny byte-pair tokenizer with CLIP's special tokens, trained here (nothing is downloaded)."""

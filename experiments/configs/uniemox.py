@@ -75,9 +75,11 @@ def get_config(arg: str = "tiny"):
     config.loss_weights = config_dict.ConfigDict(dict(reconstruction=1.0, similarity=1.0, contrastive=1.0))
     config.pretrained = config_dict.ConfigDict(dict(mae=""))  # a jaxemo MAE checkpoint (python -m jaxemo.convert)
     # Pretraining data: EmoSet (train + val), read from manual_dir; the text features are cached in cache_dir
-    # (default <workdir>/text_features).
+    # (default <workdir>/text_features). prompt_objects: "names" lists each object name whole; "words" is the
+    # reference's (multi-word names split into words: "Alarm, clock and Car"; jaxemo.systems.uniemox.prompts).
     config.data.update(dict(name="emoset", builder_config="256", train_split="train+val", eval_split="",
-                            class_names=EMOSET_CLASSES, num_classes=8, cache_dir="", crop_scale=(0.2, 1.0)))
+                            class_names=EMOSET_CLASSES, num_classes=8, cache_dir="", crop_scale=(0.2, 1.0),
+                            prompt_objects="names"))
     config.pretrain = _stage(512, 800, _adamw(1e-3, 40, b2=0.95), log_every_steps=100, eval_every_steps=0)
     config.finetune = config_dict.ConfigDict(dict(
         datasets=FINETUNE_DATASETS, manual_dirs=config_dict.ConfigDict({d: "" for d in FINETUNE_DATASETS}),

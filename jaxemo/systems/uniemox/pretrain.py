@@ -185,9 +185,10 @@ class PromptFeatures:
     rows: Mapping[str, int]
     table: np.ndarray
     class_names: tuple
+    objects: str = "names"  # prompts.OBJECT_LISTS
 
     def __call__(self, example: dict, rng=None) -> dict:
-        prompt = prompts_lib.example_prompt(example, self.class_names)
+        prompt = prompts_lib.example_prompt(example, self.class_names, self.objects)
         row = self.rows.get(prompt)
         if row is None:
             raise KeyError(f"element {prompts_lib.as_text(example.get('id', '?'))!r}: its prompt has no cached text "
@@ -196,13 +197,14 @@ class PromptFeatures:
                 "has_person": np.bool_(example["has_person"]), "text_feature": self.table[row]}
 
 
-def prompt_table(sources: Sequence, class_names: Sequence[str]) -> tuple[list[str], int, int]:
+def prompt_table(sources: Sequence, class_names: Sequence[str],
+                 objects: str = "names") -> tuple[list[str], int, int]:
     """(distinct prompts of every element of `sources`, elements, elements without a person box): one pass."""
     seen, count, fallback = {}, 0, 0
     for source in sources:
         for i in range(len(source)):
             example = source[i]
-            seen.setdefault(prompts_lib.example_prompt(example, class_names), None)
+            seen.setdefault(prompts_lib.example_prompt(example, class_names, objects), None)
             count += 1
             fallback += not bool(example["has_person"])
     return list(seen), count, fallback
@@ -289,9 +291,10 @@ class PromptTokens:
 
     tokenizer: Any
     class_names: tuple
+    objects: str = "names"  # prompts.OBJECT_LISTS
 
     def __call__(self, example: dict, rng=None) -> dict:
-        ids = self.tokenizer([prompts_lib.example_prompt(example, self.class_names)])[0]
+        ids = self.tokenizer([prompts_lib.example_prompt(example, self.class_names, self.objects)])[0]
         return {"image": np.asarray(example["image"]), "token_ids": ids}
 
 

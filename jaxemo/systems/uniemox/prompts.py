@@ -34,10 +34,22 @@ MISSING = "-1"
 OBJECT_SEPARATOR = "|"  # how the EmoSet builder stores an image's objects
 
 
-def _objects(value) -> str:
-    """"dog ball toy" or ["dog", "ball", "toy"] -> "dog, ball and toy" (the reference splits on whitespace)."""
-    objects = list(value) if isinstance(value, (list, tuple)) else str(value).split()
-    return objects[0] if len(objects) == 1 else f"{', '.join(objects[:-1])} and {objects[-1]}"
+# How an image's object names become the list the prompt enumerates. "names" (jaxemo's default): each name
+# whole, so ["Alarm clock", "Car"] reads "Alarm clock and Car". "words" (the reference's): u-emo's EmoSet
+# loader joins the names with spaces and `_generate_prompt` splits on whitespace, so the same image reads
+# "Alarm, clock and Car" (EmoSet has many multi-word names: "Baseball bat", "Bell pepper", ...).
+OBJECT_LISTS = ("names", "words")
+
+
+def _objects(value, objects: str = "names") -> str:
+    """["dog", "ball", "toy"] -> "dog, ball and toy"; a str is split on whitespace (the reference's own
+    string); with `objects="words"` every name is split into its words first (see OBJECT_LISTS)."""
+    if objects not in OBJECT_LISTS:
+        raise ValueError(f"prompt objects: {objects!r}; expected one of {OBJECT_LISTS}")
+    names = list(value) if isinstance(value, (list, tuple)) else str(value).split()
+    if objects == "words":
+        names = " ".join(names).split()
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def as_text(value) -> str:
@@ -45,23 +57,24 @@ def as_text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def emotion_prompt(attributes: Mapping[str, object], emotion: str) -> str:
+def emotion_prompt(attributes: Mapping[str, object], emotion: str, objects: str = "names") -> str:
     """The reference's prompt for one image from its attributes (values as EmoSet stores them) and emotion.
-    An attribute that is absent, empty or "-1" is skipped."""
+    An attribute that is absent, empty or "-1" is skipped; `objects`: how object names are listed
+    (OBJECT_LISTS)."""
     sentences = []
     for key, sentence in ATTRIBUTE_SENTENCES:
         value = attributes.get(key)
         if value is None or (not isinstance(value, (list, tuple)) and as_text(value) in (MISSING, "")):
             continue
         value = value if isinstance(value, (list, tuple)) else as_text(value)
-        sentences.append(sentence.format(_objects(value) if key == "object" else value))
+        sentences.append(sentence.format(_objects(value, objects) if key == "object" else value))
     sentences.append(EMOTION_SENTENCE.format(emotion))
     return " ".join(sentences)
 
 
-def example_prompt(example: Mapping[str, object], class_names: Sequence[str]) -> str:
+def example_prompt(example: Mapping[str, object], class_names: Sequence[str], objects: str = "names") -> str:
     """The prompt of a stored EmoSet-like element (the builder's or `synthetic_scenes`'): its attributes as
-    text (objects joined by "|") and the name of its label."""
+    text (objects joined by "|") and the name of its label; `objects` as in `emotion_prompt`."""
     attributes = {key: example[key] for key, _ in ATTRIBUTE_SENTENCES if key in example}
     if "object" in attributes:
         attributes["object"] = [o for o in as_text(attributes["object"]).split(OBJECT_SEPARATOR) if o]
@@ -70,7 +83,7 @@ def example_prompt(example: Mapping[str, object], class_names: Sequence[str]) ->
     if not 0 <= label < len(class_names):
         raise ValueError(f"element {as_text(example.get('id', '?'))!r}: label {label} is outside the "
                          f"{len(class_names)} classes {list(class_names)}")
-    return emotion_prompt(attributes, class_names[label])
+    return emotion_prompt(attributes, class_names[label], objects)
 
 
 def text_features(model: clip.CLIP, params, tokenizer: text_lib.ClipTokenizer, prompts: Sequence[str],
