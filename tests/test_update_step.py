@@ -116,12 +116,13 @@ def test_early_stopping_follows_transformers_rule():
     tracker = early_stopping.BestTracker(early_stopping.BestConfig("acc", "max", min_delta=0.02, patience=3), 2)
     history = [(0.50, 0.50), (0.51, 0.60), (0.515, 0.59), (0.60, 0.58), (0.61, 0.57), (0.61, 0.70)]
     improved = [tracker.update(step, values).tolist() for step, values in enumerate(history, start=1)]
-    # run 0: 0.51 and 0.515 are within min_delta of 0.50, 0.60 improves, then 0.61 and 0.61 do not;
+    # run 0: every strict improvement is the new best (0.51, 0.515, 0.60, 0.61), but only 0.60 is more than
+    # min_delta above the best before it: the patience count stands at 2 after the last evaluation;
     # run 1: 0.60 improves, then three evaluations below it stop it at step 5 (its 0.70 comes too late).
-    assert [i[0] for i in improved] == [True, False, False, True, False, False]
+    assert [i[0] for i in improved] == [True, True, True, True, True, False]
     assert [i[1] for i in improved] == [True, True, False, False, False, False]
-    assert tracker.best_step.tolist() == [4, 2] and tracker.best_value.tolist() == [0.60, 0.60]
-    assert tracker.stopped_step.tolist() == [-1, 5]
+    assert tracker.best_step.tolist() == [5, 2] and tracker.best_value.tolist() == [0.61, 0.60]
+    assert tracker.stopped_step.tolist() == [-1, 5] and tracker.bad_evals.tolist() == [2, 3]
     state = tracker.state_dict()
     again = early_stopping.BestTracker(tracker.config, 2)
     again.load_state_dict(state)
@@ -130,6 +131,44 @@ def test_early_stopping_follows_transformers_rule():
     assert lower.update(1, 1.0)[0] and not lower.update(2, np.nan)[0] and lower.stopped_step[0] == 2
     with pytest.raises(ValueError, match="needs best.metric"):
         early_stopping.BestConfig.from_config(config_dict.ConfigDict(dict(best=dict(patience=2))))
+
+
+def _transformers_best_and_stop(values, greater: bool, threshold: float, patience: int):
+    """(best step, best value, stopped step) of one run under transformers' own code: per evaluation, the
+    `EarlyStoppingCallback` (inside `Trainer._evaluate`), then `Trainer._determine_best_metric`."""
+    import types
+
+    import transformers
+
+    args = types.SimpleNamespace(metric_for_best_model="acc", greater_is_better=greater, save_strategy="epoch")
+    trainer = types.SimpleNamespace(args=args, state=transformers.TrainerState())
+    callback = transformers.EarlyStoppingCallback(patience, threshold)
+    control = transformers.TrainerControl()
+    best_step, stopped = -1, -1
+    for step, value in enumerate(values, start=1):
+        callback.on_evaluate(args, trainer.state, control, {"eval_acc": value})
+        if transformers.Trainer._determine_best_metric(trainer, {"eval_acc": value}, None):
+            best_step = step
+        if control.should_training_stop:
+            stopped = step
+            break
+    return best_step, trainer.state.best_metric, stopped
+
+
+def test_best_and_stopping_match_transformers_trainer_on_random_histories():
+    """min_delta decides when to stop, never which evaluation is the best: the released pre-finetuning run
+    (Trainer, load_best_model_at_end, EarlyStoppingCallback(3, 0.02)) keeps any strict improvement."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        greater, threshold, patience = bool(trial % 2), [0.0, 0.02, 0.05][trial % 3], 1 + trial % 4
+        history = np.round(rng.uniform(0.4, 0.6, size=12), 2)  # rounded: ties happen
+        config = early_stopping.BestConfig("acc", "max" if greater else "min", threshold, patience)
+        tracker = early_stopping.BestTracker(config)
+        for step, value in enumerate(history, start=1):
+            tracker.update(step, value)
+        expected = _transformers_best_and_stop(history.tolist(), greater, threshold, patience)
+        got = (int(tracker.best_step[0]), float(tracker.best_value[0]), int(tracker.stopped_step[0]))
+        assert got == expected, (trial, history.tolist(), greater, threshold, patience)
 
 
 def test_one_optimizer_factory_injects_the_learning_rate():

@@ -4,10 +4,12 @@
 how many evaluations in a row brought no improvement, and the step at which the run stopped. The trainer uses
 it with one run, population training with one per trial: the rule is the same code.
 
-The rule is transformers' `EarlyStoppingCallback`: an evaluation improves on the best when it is better in
-the direction of `mode` *and* differs from it by more than `min_delta`; the first evaluation always improves;
-a run stops once `patience` evaluations in a row have not improved (`patience=0`: never). A NaN metric never
-improves.
+The rule is transformers' `Trainer` with its `EarlyStoppingCallback`: an evaluation is the new best when it is
+strictly better than the best so far in the direction of `mode` (the first evaluation always is); it resets
+the patience count only when it is better by more than `min_delta`. A run stops once `patience` evaluations in
+a row have not beaten the best by more than `min_delta` (`patience=0`: never). So `min_delta` decides only when
+to stop: a small improvement still becomes the best (the checkpoint `load_best_model_at_end` restores), as in
+the released Speech-PreFinetuning run. A NaN metric never improves.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class BestTracker:
 
     def update(self, step: int, values, evaluated: Optional[np.ndarray] = None) -> np.ndarray:
         """Records an evaluation at `step` of the runs where `evaluated` (default all, never stopped ones);
-        returns which of them improved on their best. Runs reaching `patience` get `stopped_step = step`."""
+        returns which of them have a new best (strictly better: `min_delta` plays no part). The patience count
+        of a run resets only on an improvement larger than `min_delta`; runs reaching `patience` get
+        `stopped_step = step`."""
         values = np.broadcast_to(np.asarray(values, np.float64), self.best_value.shape)
         evaluated = np.ones(self.best_value.shape, bool) if evaluated is None else np.asarray(evaluated, bool)
         evaluated = evaluated & ~self.stopped
@@ -77,10 +81,12 @@ class BestTracker:
         with np.errstate(invalid="ignore"):
             better = sign * (values - self.best_value) > 0
             far_enough = np.abs(values - self.best_value) > self.config.min_delta
-        improved = evaluated & ~np.isnan(values) & (first | (better & far_enough))
+        valid = evaluated & ~np.isnan(values)
+        improved = valid & (first | better)
+        patient = valid & (first | (better & far_enough))  # measured against the best before this evaluation
         self.best_value = np.where(improved, values, self.best_value)
         self.best_step = np.where(improved, step, self.best_step)
-        self.bad_evals = np.where(improved, 0, np.where(evaluated, self.bad_evals + 1, self.bad_evals))
+        self.bad_evals = np.where(patient, 0, np.where(evaluated, self.bad_evals + 1, self.bad_evals))
         if self.config.patience:
             newly = evaluated & (self.bad_evals >= self.config.patience)
             self.stopped_step = np.where(newly, step, self.stopped_step)

@@ -2,8 +2,9 @@
 
 Every micro-batch comes from one corpus, corpora drawn in proportion to their size (`MultiCorpusSource`);
 the loss is the cross-entropy of the corpus's head divided by ln(its number of classes); AdamW (lr 3e-5,
-10% linear warm-up, linear decay); the best epoch by the pooled validation accuracy of all corpora, stopping
-after 3 evaluations without an improvement above 0.02 (transformers' `EarlyStoppingCallback`).
+10% linear warm-up, linear decay); the best epoch by the pooled validation accuracy of all corpora (any strict
+improvement, as the released run's `load_best_model_at_end`), stopping after 3 evaluations without an
+improvement above 0.02 (transformers' `EarlyStoppingCallback`; the threshold decides only when to stop).
 
 `heads`: `"all"` trains every head with the backbone (the method as described). `"reference"` leaves the
 heads at their random initialisation, as the released code does: it keeps them in a Python dict that is
