@@ -54,6 +54,32 @@ def test_classification_metrics_f1_match_sklearn():
     assert metrics["weighted_f1"] == pytest.approx(f1_score(labels, predictions, average="weighted"))
 
 
+def test_k2_accumulation_is_the_mean_or_the_released_transformers_half():
+    """k = 2 with batch 1 x accumulation 4: one update from the 2 shots. transformers <= 4.45 divided each
+    micro-batch's loss by 4 (half the mean, then clipped at 1.0); `protocol.accumulation="fixed"` does too."""
+    from ml_collections import config_dict
+
+    config = fewshot_config.get_config("paper")
+    mean = fewshot.stage_config(config, 2)
+    assert (mean.batch_size, mean.optimizer.grad_accum_steps, mean.optimizer.get("grad_scale")) == (2, 2, None)
+    config.protocol.accumulation = "fixed"
+    fixed = fewshot.stage_config(config, 2)
+    assert fixed.optimizer.grad_scale == 0.5 and fixed.optimizer.grad_accum_steps == 2
+    assert fewshot.stage_config(config, 4).optimizer.get("grad_scale") is None  # a full window: the mean
+    # the scale comes before clipping at 1.0: a gradient of norm 1.6 is halved to 0.8 (not clipped), where
+    # unscaled it is clipped to 1.0
+    for scale, expected in ((0.5, 0.8), (None, 1.0)):
+        optimizer = config_dict.ConfigDict(dict(name="sgd", learning_rate=1.0, momentum=0.0, schedule="constant",
+                                                clip_norm=1.0, grad_scale=scale))
+        opt = optim.make_optimizer(optimizer, 10, 10)
+        zeros = {"w": np.zeros(2, np.float32)}
+        updates, _ = opt.tx.update({"w": np.array([1.6, 0.0], np.float32)}, opt.tx.init(zeros), zeros)
+        np.testing.assert_allclose(np.asarray(updates["w"]), [-expected, 0.0], rtol=1e-6)
+    config.protocol.accumulation = "sum"
+    with pytest.raises(ValueError, match="protocol.accumulation='sum'"):
+        fewshot.stage_config(config, 2)
+
+
 def test_shots_are_balanced_seeded_and_independent_of_start_and_order():
     labels = np.repeat(np.arange(5), 6)
     shots = fewshot.draw_shots(labels, 3, 5, seed=7)

@@ -55,7 +55,10 @@ def get_config(arg: str | None = None):
         k_values=K_VALUES, trials=3, emotions=EMOTIONS, speakers=(), small_k=8,
         small_epochs=200 if paper else 8, small_patience=30 if paper else 3,
         large_epochs=50 if paper else 3, large_patience=5 if paper else 2,
-        full_epochs=10, full_patience=3))
+        full_epochs=10, full_patience=3,
+        # k = 2's two micro-batches: their mean gradient ("mean", transformers >= 4.46) or half of it, as the
+        # released code's transformers (<= 4.45) scaled them ("fixed"; jaxemo.systems.speech_ser.fewshot)
+        accumulation="mean"))
     all_four = prefinetune_ser.ALL_CORPORA
     if paper:
         from jaxemo.systems.speech_ser import corpora

@@ -190,7 +190,8 @@ def with_hyperparams(opt_state, **hyperparams):
 
 
 def make_optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
-    """`Optimizer` from `config.optimizer`: name in {adamw, adam, sgd}, learning_rate, schedule, clip_norm, ...
+    """`Optimizer` from `config.optimizer`: name in {adamw, adam, sgd}, learning_rate, schedule, clip_norm,
+    grad_scale (the gradients are multiplied by it before clipping), ...
     Adam with `weight_decay` > 0 is torch's Adam: the decay is an L2 term in the gradient, before the moments.
     AdamW also takes `decay_exclude` (regexes of parameters without weight decay, `decay_mask`) and
     `layer_decay` with `layer_decay_depth` (layer-wise learning-rate decay over a ViT, `layer_decay_factor`).
@@ -199,10 +200,13 @@ def make_optimizer(config, total_steps: int, steps_per_epoch: int) -> Optimizer:
     """
     shape = schedule_shape(config, total_steps, steps_per_epoch)
     clip = config.get("clip_norm")
+    grad_scale = float(config.get("grad_scale") or 1.0)  # gradients times this before clipping (default 1)
     b1, b2, eps = config.get("b1", 0.9), config.get("b2", 0.999), config.get("eps", 1e-8)
 
     def clipped(opt):
-        return optax.chain(optax.clip_by_global_norm(clip), opt) if clip else opt
+        before = ([optax.scale(grad_scale)] if grad_scale != 1.0 else []) + (
+            [optax.clip_by_global_norm(clip)] if clip else [])
+        return optax.chain(*before, opt) if before else opt
 
     def scheduled(learning_rate):
         return lambda count: learning_rate * shape(count)

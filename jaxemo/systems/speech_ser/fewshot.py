@@ -141,10 +141,18 @@ def make_trials(config, data: SpeakerData, k: int, start: str) -> list[populatio
     return trials
 
 
+ACCUMULATIONS = ("mean", "fixed")  # a short accumulation window's gradient: see `stage_config`
+
+
 def stage_config(config, k: int, num_shots: Optional[int] = None):
     """The population's config for trials with k shots (`num_shots` training utterances: 2 ceil(k/2), or the
     whole folder for k = -1). A batch holds at most the shots (k = 2: one update from the 2 shots, as
-    transformers accumulates what an epoch has: 2 micro-batches of 1); an epoch is one pass over them."""
+    transformers accumulates what an epoch has: 2 micro-batches of 1); an epoch is one pass over them.
+
+    Such a short window's gradient is the mean over its micro-batches (`protocol.accumulation="mean"`, as
+    transformers >= 4.46 computes it). The transformers of the released code's time (<= 4.45) divided every
+    micro-batch's loss by the configured accumulation steps (4), so k = 2's gradient was half the mean, which
+    matters through gradient clipping at 1.0: `protocol.accumulation="fixed"` reproduces it."""
     out = config.copy_and_resolve_references()
     epochs, patience = schedule(config.protocol, k)
     shots = num_shots if num_shots is not None else 2 * math.ceil(k / 2)
@@ -156,6 +164,11 @@ def stage_config(config, k: int, num_shots: Optional[int] = None):
             micro = out.batch_size // accum
             out.batch_size = max(micro, shots - shots % micro)
             out.optimizer.grad_accum_steps = out.batch_size // micro
+            accumulation = config.protocol.get("accumulation", "mean")
+            if accumulation not in ACCUMULATIONS:
+                raise ValueError(f"protocol.accumulation={accumulation!r}: expected one of {ACCUMULATIONS}")
+            if accumulation == "fixed":
+                out.optimizer.grad_scale = out.optimizer.grad_accum_steps / accum
         out.steps_per_epoch = max(shots // out.batch_size, 1)
     return out
 
