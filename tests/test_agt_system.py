@@ -174,6 +174,13 @@ def test_draws_folds_and_sets():
     assert sorted(len(f) for f in folds) == [4, 4, 5, 5, 5]
     with pytest.raises(ValueError, match="num_folds"):
         data_lib.folds(3, 5, 0)
+    # MERTools' own cut (`random_split_indexes`): int(n / 5) per fold, the last fold takes the rest
+    reference = data_lib.folds(1003, 5, seed=0, sizes="reference")
+    assert [len(f) for f in reference] == [200, 200, 200, 200, 203]
+    assert [len(f) for f in data_lib.folds(1003, 5, seed=0)] == [201, 201, 201, 200, 200]
+    assert sorted(np.concatenate(reference).tolist()) == list(range(1003))
+    with pytest.raises(ValueError, match="cv.fold_sizes='mertools'"):
+        data_lib.folds(23, 5, 0, sizes="mertools")
     labelled = data_lib.MerSet({"a": np.arange(12, dtype=np.float32).reshape(6, 2)}, np.arange(6) % 3,
                                [f"s{i}" for i in range(6)], {"a": np.arange(1, 7)})
     part = labelled.take([4, 1], labels=[2, 2])

@@ -52,7 +52,8 @@ def get_config(arg: str | None = None):
             prior_shift=0.7, spread=2.0, noise=0.8, world_seed=1234))
     config.models = _models(small=not paper)
     config.model_names = ("agt", "agt_video", "agt_text") if variant == "ablation" else ("agt", "attention")
-    config.cv = config_dict.ConfigDict(dict(folds=5, draws=50 if paper else 4))
+    # fold_sizes: "equal" (near-equal folds) or "reference" (MERTools' cut: int(n / 5) per fold, the rest last)
+    config.cv = config_dict.ConfigDict(dict(folds=5, draws=50 if paper else 4, fold_sizes="equal"))
     config.batch_size = 32
     config.eval_batch_size = 256
     config.num_epochs = 100 if paper else 20

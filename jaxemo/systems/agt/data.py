@@ -173,9 +173,22 @@ def load(config, seed: int = 0) -> tuple[MerSet, Optional[MerSet]]:
     return labelled, pool
 
 
-def folds(num_samples: int, num_folds: int, seed: int) -> list[np.ndarray]:
-    """MERTools' 5-fold split: a random permutation cut into `num_folds` near-equal validation folds."""
+FOLD_SIZES = ("equal", "reference")
+
+
+def folds(num_samples: int, num_folds: int, seed: int, sizes: str = "equal") -> list[np.ndarray]:
+    """MERTools' 5-fold split: a random permutation cut into `num_folds` validation folds. `sizes="equal"`:
+    near-equal folds (1,003 samples: 201, 201, 201, 200, 200); `"reference"`: MERTools' own cut
+    (`random_split_indexes`: `int(n / folds)` samples in each fold but the last, which takes the rest: 200 x 4
+    and 203)."""
     if not 2 <= num_folds <= num_samples:
         raise ValueError(f"num_folds={num_folds} must be in [2, {num_samples}] (the labelled samples)")
+    if sizes not in FOLD_SIZES:
+        raise ValueError(f"cv.fold_sizes={sizes!r}: expected one of {FOLD_SIZES}")
     order = np.random.default_rng(seed).permutation(num_samples)
-    return [np.sort(part) for part in np.array_split(order, num_folds)]
+    if sizes == "reference":
+        size = num_samples // num_folds
+        parts = [order[i * size:(i + 1) * size] for i in range(num_folds - 1)] + [order[(num_folds - 1) * size:]]
+    else:
+        parts = np.array_split(order, num_folds)
+    return [np.sort(part) for part in parts]
