@@ -33,7 +33,8 @@ def main(argv):
     config, workdir = cli.experiment_config_and_workdir("agt_mer")
     results = run(config, workdir)
     for row in results["members"]:
-        print(f"{row['member']}: CV weighted F1 {row['cv_weighted_f1']:.4f}, hyperparameters {row['hyperparams']}")
+        print(f"{row['member']}: CV weighted F1 {row['cv_weighted_f1']:.4f}, accuracy {row['cv_accuracy']:.4f}, "
+              f"hyperparameters {row['hyperparams']}")
     for row in results["pseudo_labels"]:
         accuracy = f", accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""
         print(f"round {row['round']}: {row['added']} pseudo-labels{accuracy}")

@@ -85,6 +85,11 @@ def test_reports_submission_and_resume(synthetic_run):
     with open(os.path.join(workdir, "draws.csv")) as f:
         draws = list(csv.DictReader(f))
     assert len(draws) == 2 + 1  # round 0: both draws; round 1: the selected one
+    # MERTools' report: the folds' mean accuracy beside their mean weighted F1, per draw and per member
+    for draw in draws:
+        assert 0 < float(draw["cv_accuracy"]) <= 1 and 0 < float(draw["cv_weighted_f1"]) <= 1
+    selected = [float(d["cv_accuracy"]) for d in draws if d["selected"] == "True"]
+    assert sorted(selected) == sorted(m["cv_accuracy"] for m in results["members"])
     # a rerun finds every group finished (with its logits) and reports the same
     again = agt_mer.run(config, workdir, mesh=one_device())
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)

@@ -49,12 +49,13 @@ class Member:
     oof_logits: np.ndarray  # [N_labelled, C]: each sample scored by the fold that held it out
     pool_logits: Optional[np.ndarray]  # [N_pool, C]: mean over folds
     train_prior: np.ndarray  # [C] class frequencies of the training set (labelled + pseudo-labelled)
-    draws: list  # every draw's {draw, hyperparams, cv_weighted_f1}
+    draws: list  # every draw's {draw, hyperparams, cv_weighted_f1, cv_accuracy}
     # Calibration of the logits (`semi.calibrate`): probabilities are softmax(scale * logits + bias), under
     # `source_prior` (the training prior, or with fitted biases the labelled set's).
     scale: float = 1.0
     bias: Optional[np.ndarray] = None
     source_prior: Optional[np.ndarray] = None
+    cv_accuracy: float = math.nan  # mean over folds of the validation accuracy at each fold's best epoch
 
     def probs(self, logits) -> np.ndarray:
         z = self.scale * np.asarray(logits, np.float64) + (0.0 if self.bias is None else self.bias)
@@ -168,12 +169,14 @@ def train_model(config, name: str, model_config, train_extra: Optional[data_lib.
 
 def _best_member(name, round_index, draws, rows, logits, fold_indices, labelled, pool, train_sets) -> Member:
     num_folds = len(fold_indices)
-    scores = {}
+    scores, accuracies = {}, {}
     for row in rows:
         value = row.get("best_value")
         scores.setdefault(row["draw"], []).append(-math.inf if value is None else float(value))
-    summary = [{"draw": d, "hyperparams": draws[d], "cv_weighted_f1": float(np.mean(scores[d]))}
-               for d in sorted(scores)]
+        accuracies.setdefault(row["draw"], []).append(float(row.get("eval/accuracy", math.nan)))
+    # MERTools reports the folds' mean accuracy beside their mean weighted F1 (each at the fold's best epoch)
+    summary = [{"draw": d, "hyperparams": draws[d], "cv_weighted_f1": float(np.mean(scores[d])),
+                "cv_accuracy": float(np.mean(accuracies[d]))} for d in sorted(scores)]
     best = max(summary, key=lambda s: (s["cv_weighted_f1"], -s["draw"]))
     d = best["draw"]
     oof = np.zeros((len(labelled), len(task_lib.CLASSES)), np.float32)
@@ -189,7 +192,7 @@ def _best_member(name, round_index, draws, rows, logits, fold_indices, labelled,
     train_labels = np.concatenate([t.labels for t in train_sets])
     return Member(name, round_index, d, dict(draws[d]), best["cv_weighted_f1"], oof,
                   None if pool_logits is None else np.mean(pool_logits, axis=0), data_lib.class_prior(train_labels),
-                  summary)
+                  summary, cv_accuracy=best["cv_accuracy"])
 
 
 def _write_logits(folder: str, index: int, names: list, arrays: list) -> None:

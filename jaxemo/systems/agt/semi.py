@@ -161,7 +161,7 @@ def report(config, workdir: str, labelled, pool, rounds_members: list, pseudo_ro
                "members": [], "pool_scores": {}, "pseudo_labels": pseudo_rows}
     for m in members:
         row = {"member": m.name, "model": m.model, "round": m.round, "hyperparams": m.hyperparams,
-               "cv_weighted_f1": m.cv_weighted_f1,
+               "cv_weighted_f1": m.cv_weighted_f1, "cv_accuracy": m.cv_accuracy,
                "oof": {k: v for k, v in scores(m.oof_logits.argmax(1), labelled.labels).items() if k != "confusion"},
                "train_prior": m.train_prior.tolist(), "calibration": {"temperature": 1 / m.scale,
                "bias": None if m.bias is None else m.bias.tolist()}}
@@ -209,10 +209,12 @@ def report(config, workdir: str, labelled, pool, rounds_members: list, pseudo_ro
 
 def _write_tables(workdir: str, results: dict, rounds_members: list, pseudo_rows: list) -> None:
     rows = [{"member": r["member"], "hyperparams": json.dumps(r["hyperparams"]), "cv_weighted_f1": r["cv_weighted_f1"],
-             **{f"oof_{k}": v for k, v in r["oof"].items()}} for r in results["members"]]
+             "cv_accuracy": r["cv_accuracy"], **{f"oof_{k}": v for k, v in r["oof"].items()}}
+            for r in results["members"]]
     _csv(os.path.join(workdir, "members.csv"), rows)
     draws = [{"model": m.model, "round": m.round, "draw": d["draw"], "hyperparams": json.dumps(d["hyperparams"]),
-              "cv_weighted_f1": d["cv_weighted_f1"], "selected": d["draw"] == m.draw}
+              "cv_weighted_f1": d["cv_weighted_f1"], "cv_accuracy": d["cv_accuracy"],
+              "selected": d["draw"] == m.draw}
              for ms in rounds_members for m in ms for d in m.draws]
     _csv(os.path.join(workdir, "draws.csv"), draws)
     _csv(os.path.join(workdir, "pseudo_labels.csv"), pseudo_rows)
