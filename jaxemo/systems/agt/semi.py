@@ -118,8 +118,7 @@ def run(config, workdir: str, mesh=None) -> dict:
                          f"vote.prior='none' or 'given'")
     logger.info("MER data: %d labelled, %s pool samples; features %s", len(labelled),
                 len(pool) if pool is not None else "no", {k: v.shape[1:] for k, v in labelled.features.items()})
-    fold_indices = data_lib.folds(len(labelled), int(config.cv.folds), int(config.seed),
-                                  config.cv.get("fold_sizes", "equal"))
+    fold_indices = data_lib.folds(len(labelled), int(config.cv.folds), int(config.seed), config.cv.fold_sizes)
     names = tuple(config.model_names)
     missing = [n for n in names if n not in config.models]
     if missing:

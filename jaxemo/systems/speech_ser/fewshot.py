@@ -153,6 +153,9 @@ def stage_config(config, k: int, num_shots: Optional[int] = None):
     transformers >= 4.46 computes it). The transformers of the released code's time (<= 4.45) divided every
     micro-batch's loss by the configured accumulation steps (4), so k = 2's gradient was half the mean, which
     matters through gradient clipping at 1.0: `protocol.accumulation="fixed"` reproduces it."""
+    accumulation = config.protocol.accumulation
+    if accumulation not in ACCUMULATIONS:
+        raise ValueError(f"protocol.accumulation={accumulation!r}: expected one of {ACCUMULATIONS}")
     out = config.copy_and_resolve_references()
     epochs, patience = schedule(config.protocol, k)
     shots = num_shots if num_shots is not None else 2 * math.ceil(k / 2)
@@ -164,9 +167,6 @@ def stage_config(config, k: int, num_shots: Optional[int] = None):
             micro = out.batch_size // accum
             out.batch_size = max(micro, shots - shots % micro)
             out.optimizer.grad_accum_steps = out.batch_size // micro
-            accumulation = config.protocol.get("accumulation", "mean")
-            if accumulation not in ACCUMULATIONS:
-                raise ValueError(f"protocol.accumulation={accumulation!r}: expected one of {ACCUMULATIONS}")
             if accumulation == "fixed":
                 out.optimizer.grad_scale = out.optimizer.grad_accum_steps / accum
         out.steps_per_epoch = max(shots // out.batch_size, 1)
