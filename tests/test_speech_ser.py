@@ -208,6 +208,66 @@ def test_binary_summary_has_sklearn_metrics_and_the_reference_weighted_f1():
     assert summary["reference_weighted_f1"] == pytest.approx(f1_score(predictions, labels, average="weighted"))
 
 
+def test_reference_padding_is_the_released_preprocessing():
+    """`model.padding="reference"`: the released scripts pad a split to its longest clip (truncated to 5 s),
+    normalise over the padding and pass no attention mask. transformers' own feature extractor and
+    Wav2Vec2ForSequenceClassification on that array give the logits jaxemo's task computes from the split's
+    sources; the default ("clip") computes each clip alone, which differs for every clip shorter than the
+    split's longest."""
+    import torch
+    import transformers
+
+    from jaxemo.convert import wav2vec2 as convert
+    from jaxemo.models import speech_classifier
+    from jaxemo.systems.speech_ser.task import SpeechEmotionTask
+
+    hf_config = transformers.Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8,) * 4,
+        conv_kernel=(10, 3, 3, 3), conv_stride=(5, 2, 2, 2), num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2, classifier_proj_size=8, num_labels=2, feat_extract_norm="group",
+        do_stable_layer_norm=False, conv_bias=False)
+    torch.manual_seed(0)
+    hf = transformers.Wav2Vec2ForSequenceClassification(hf_config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    config = convert.config_from_hf(hf_config.to_dict(), feature_norm_mask=True, scan_layers=False)
+    converted = convert.convert_state_dict(state, config)
+    params = {"backbone": converted["backbone"], "projector": converted["projector"],
+              "heads": {"target": converted["classifier"]}}
+    max_samples, rng = 1200, np.random.default_rng(0)
+    clips = [(rng.standard_normal(n) * 3000).astype(np.int16) for n in (500, 800, 1500)]  # int16 as sf.read
+    split = [{"waveform": c.astype(np.float32), "label": np.int32(i % 2)} for i, c in enumerate(clips)]
+
+    extractor = transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                      do_normalize=True, return_attention_mask=False)
+    inputs = extractor(clips, sampling_rate=16000, max_length=max_samples, truncation=True, padding=True)
+    assert "attention_mask" not in inputs
+    with torch.no_grad():
+        # float32, as the Trainer's collator (the extractor's `pad`) turns the stored float64 rows
+        expected = hf(torch.from_numpy(np.stack(inputs["input_values"]).astype(np.float32))).logits.numpy()
+
+    model = speech_classifier.create(config=config, heads=(("target", 2),))
+    logits = {}
+    for padding in ("reference", "clip"):
+        task = SpeechEmotionTask(model, max_samples, padding=padding)
+        source = corpora.padded_as_configured(split, padding, max_samples)
+        batch = pipeline.stack_examples([task.host_transform(False)(source[i], None) for i in range(3)])
+        logits[padding] = np.asarray(jax.jit(task.logits)(params, batch))
+    np.testing.assert_allclose(logits["reference"], expected, atol=2e-5, rtol=2e-5)
+    assert np.abs(logits["clip"][:2] - expected[:2]).max() > 1e-3  # the shorter clips change with padding
+    np.testing.assert_allclose(logits["clip"][2], expected[2], atol=2e-5, rtol=2e-5)  # the longest: no padding
+
+    with pytest.raises(ValueError, match="padded_length"):
+        SpeechEmotionTask(model, max_samples, padding="reference").host_transform(False)(split[0], None)
+    bad = small_config()
+    bad.model.padding = "reference"
+    bad.model.overrides.feature_norm_mask = False
+    with pytest.raises(ValueError, match="feature_norm_mask"):
+        speech_ser.build_task(bad)
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     """The experiment's run (pre-finetuning, every trial, the report); two tests read it."""

@@ -16,9 +16,11 @@ subsets of iemocap, podcast (MSP-Podcast), improv (MSP-Improv), mandarin (Mandar
   warm-up then linear decay over 200 epochs, evaluation every epoch, early stopping on the pooled validation
   accuracy (patience 3, threshold 0.02), the best epoch kept. Audio resampled to 16 kHz by the builders (the
   reference feeds every corpus at its native rate as if it were 16 kHz) and truncated to 5 s.
-  `heads="reference"` reproduces the released code's untrained heads. The reference trains with batch 1, so
-  its clips are never padded; here every clip is padded to 5 s (static shapes) with `feature_norm_mask`, so
-  the first conv layer's group norm sees only the real samples and a padded clip computes what it alone would.
+  `heads="reference"` reproduces the released code's untrained heads. The released preprocessing pads every
+  split to its longest clip (per 1,000 clips), normalises over the padding and passes no attention mask, so a
+  clip's output depends on its split; here every clip is padded to 5 s (static shapes) with its mask and
+  `feature_norm_mask`, so a padded clip computes what it alone would. `model.padding=reference` restores the
+  released padding.
 - `tiny`: the same stage on synthetic stand-ins for the four corpora (their own voices and label sets), with
   a small random backbone, for a 2-core CPU.
 """
@@ -58,14 +60,16 @@ def model_config(variant: str) -> config_dict.ConfigDict:
     """The backbone: a converted checkpoint (`checkpoint`) or a preset, with config overrides;
     `eval_conv_impl` ("": the backbone's `conv_impl`) computes evaluation's convolutions another way."""
     if variant == "paper":
-        overrides = dict(feature_norm_mask=True)  # clips padded to 5 s normalise as the reference's unpadded ones
+        overrides = dict(feature_norm_mask=True)  # a clip padded to 5 s computes what it computes alone
         preset = "base"
     else:  # the synthetic runs train from a random start: no SpecAugment/LayerDrop, light dropout
         overrides = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
                          layerdrop=0.0, mask_time_prob=0.0, feature_norm_mask=True, conv_dim=(8,) * 7)
         preset = "tiny"
+    # padding: "clip" (each clip computes what it computes alone) or "reference" (the released preprocessing:
+    # each split padded to its longest clip, normalised over the padding, no attention mask)
     return config_dict.ConfigDict(dict(preset=preset, checkpoint="", overrides=overrides, dtype="float32",
-                                       normalize=True, eval_conv_impl=""))
+                                       normalize=True, eval_conv_impl="", padding="clip"))
 
 
 def corpora_config(variant: str) -> config_dict.ConfigDict:

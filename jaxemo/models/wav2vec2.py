@@ -89,8 +89,8 @@ class Wav2Vec2Config:
     # cost of the position conv's patches (num_conv_pos_embeddings x the hidden states) in memory.
     conv_impl: str = "xla"
     # The first conv layer's group norm ("group" layout) takes its statistics over the real samples' frames
-    # only, so a zero-padded clip gives the same features as the clip alone (the reference fine-tunes with
-    # batch 1, unpadded). transformers normalises over the padding too (False: its behaviour, for parity).
+    # only, so a zero-padded clip gives the same features as the clip alone. transformers normalises over the
+    # padding too (False: its behaviour, for parity).
     feature_norm_mask: bool = False
     remat: Any = False  # False / True (= "full") or a `layers.REMAT_POLICIES` name
 

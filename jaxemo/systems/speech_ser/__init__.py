@@ -73,15 +73,20 @@ def build_task(config) -> SpeechEmotionTask:
     """The task of a classifier with `config.classifier_heads` on `config.model`'s backbone; the loss is divided
     by ln(classes) with `config.scale_loss`, and `config.heads == "reference"` leaves the heads untrained (the
     released pre-finetuning code). `config.model.eval_conv_impl` evaluates with other convolutions than the
-    backbone's `conv_impl` trains with (the same params)."""
+    backbone's `conv_impl` trains with (the same params); `config.model.padding` is "clip" or "reference"
+    (`task` module docstring; the sources then need `corpora.padded_as_configured`)."""
     backbone = model_config(config.model)
     create = functools.partial(speech_classifier.create, heads=classifier_heads(config),
                                normalize=bool(config.model.get("normalize", True)))
     eval_impl = config.model.get("eval_conv_impl") or backbone.conv_impl
     eval_model = None if eval_impl == backbone.conv_impl else create(config=backbone.replace(conv_impl=eval_impl))
     trainable = ("^backbone/", "^projector/") if config.get("heads") == "reference" else None
+    padding = config.model.padding
+    if padding == "reference" and backbone.feat_extract_norm == "group" and not backbone.feature_norm_mask:
+        raise ValueError("model.padding='reference' masks what lies beyond each split's longest clip, which the "
+                         "first conv layer's group norm must not see: set model.overrides.feature_norm_mask=true")
     return SpeechEmotionTask(create(config=backbone), max_samples(config), bool(config.get("scale_loss")),
-                             trainable, flops(config).train, eval_model)
+                             trainable, flops(config).train, eval_model, padding)
 
 
 def flops(config) -> Flops:

@@ -12,6 +12,8 @@ do. Splits are `train`, `validation` and `test`.
     Tagged              an example with its corpus index (the evaluation sets)
     BinaryTarget        few-shot labels: 1 for the target emotion, 0 for the rest
     Cached              keeps the examples it has read (a trial reads its few shots every epoch)
+    PaddedToLongest     the released scripts' padding (`model.padding="reference"`): each example's
+                        `padded_length`, the longest clip of its chunk of the split
 
 All are `DataSource`s (`jaxemo.data.datasource`). The per-speaker few-shot sets are drawn from a split's
 `{'label', 'speaker'}` of every row without reading audio: the source's `row_index` where it has one
@@ -171,6 +173,39 @@ class Cached(SourceBase):
             with self._lock:
                 self._cache[i] = found
         return found
+
+
+REFERENCE_PAD_CHUNK = 1000  # datasets' `map(batched=True)` default batch_size, which the released scripts keep
+
+
+class PaddedToLongest(SourceBase):
+    """`source` with `padded_length` on every example: the longest clip (capped at `max_samples`) among the
+    `chunk` consecutive rows it belongs to, i.e. the length the released scripts' feature extractor pads it to
+    (`padding=True` over each batch of `datasets.map`). Few-shot splits (k shots, a speaker's evaluation or
+    test folder) fit in one chunk; a larger split's chunks follow the source's row order, which need not be the
+    reference's. Reads every clip once to measure it (`row_index` passes through)."""
+
+    def __init__(self, source, max_samples: int, chunk: int = REFERENCE_PAD_CHUNK):
+        self.source = as_data_source(source, "PaddedToLongest's source")
+        self.row_index = self.source.row_index
+        if max_samples <= 0 or chunk <= 0:
+            raise ValueError(f"max_samples={max_samples}, chunk={chunk}: must be positive")
+        lengths = np.asarray([min(np.shape(self.source[i]["waveform"])[-1], max_samples)
+                              for i in range(len(self.source))], np.int32)
+        self.padded = np.empty_like(lengths)
+        for start in range(0, len(lengths), chunk):
+            self.padded[start:start + chunk] = lengths[start:start + chunk].max()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.source[i], "padded_length": np.int32(self.padded[int(i)])}
+
+
+def padded_as_configured(source, padding: str, max_samples: int):
+    """`source` as `model.padding` wants it: unchanged for "clip", `PaddedToLongest` for "reference"."""
+    return PaddedToLongest(source, max_samples) if padding == "reference" else source
 
 
 class MultiCorpusSource(SourceBase):

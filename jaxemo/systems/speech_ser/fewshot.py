@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -121,6 +122,8 @@ def trial_specs(config, speakers: Sequence[str], k: int) -> list[TrialSpec]:
 def make_trials(config, data: SpeakerData, k: int, start: str) -> list[population.Trial]:
     """The population trials of one k and start; each trial's training set is its shots, reshuffled every epoch."""
     epochs = int(math.ceil(config.get("num_epochs") or schedule(config.protocol, k)[0]))
+    padded = functools.partial(corpora_lib.padded_as_configured, padding=config.model.padding,
+                               max_samples=speech_ser.max_samples(config))  # each split its own longest clip
     trials = []
     for spec in trial_specs(config, data.speakers, k):
         speaker_index = data.speakers.index(spec.speaker)
@@ -130,12 +133,12 @@ def make_trials(config, data: SpeakerData, k: int, start: str) -> list[populatio
         shots = draw_shots(data.index["train"]["label"][data.rows("train", spec.speaker)], spec.emotion, k, seed,
                            where)
         evaluation, test = data.view("evaluation", spec.speaker), data.view("test", spec.speaker)
-        shots_source = corpora_lib.BinaryTarget(train_view, shots, spec.emotion, f"{spec.name}/train")
+        shots_source = padded(corpora_lib.BinaryTarget(train_view, shots, spec.emotion, f"{spec.name}/train"))
         trials.append(population.Trial(
             spec.name, seed,
             train=sources.EpochShuffled(shots_source, seed, epochs + 1),
-            eval=corpora_lib.BinaryTarget(evaluation, np.arange(len(evaluation)), spec.emotion),
-            test=corpora_lib.BinaryTarget(test, np.arange(len(test)), spec.emotion),
+            eval=padded(corpora_lib.BinaryTarget(evaluation, np.arange(len(evaluation)), spec.emotion)),
+            test=padded(corpora_lib.BinaryTarget(test, np.arange(len(test)), spec.emotion)),
             tags={"start": start, "speaker": spec.speaker, "emotion": EMOTIONS[spec.emotion], "k": k,
                   "repetition": spec.repetition}))
     return trials

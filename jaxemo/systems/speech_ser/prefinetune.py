@@ -59,9 +59,13 @@ def build(config, corpora: tuple[str, ...]):
     task = speech_ser.build_task(stage)
     accum = int(stage.optimizer.get("grad_accum_steps", 1))
     micro = stage.batch_size // accum
-    train_source = corpora_lib.MultiCorpusSource(
-        [corpora_lib.Cached(s) for s in train] if stage.get("cache_audio") else train, micro, stage.seed,
-        epochs=int(math.ceil(stage.num_epochs)), interleave=accum)
+    if stage.get("cache_audio"):
+        train = [corpora_lib.Cached(s) for s in train]
+    samples = speech_ser.max_samples(stage)  # model.padding="reference": each split padded to its longest clip
+    train = [corpora_lib.padded_as_configured(s, stage.model.padding, samples) for s in train]
+    validation = [corpora_lib.padded_as_configured(s, stage.model.padding, samples) for s in validation]
+    train_source = corpora_lib.MultiCorpusSource(train, micro, stage.seed, epochs=int(math.ceil(stage.num_epochs)),
+                                                 interleave=accum)
     with stage.unlocked():
         stage.steps_per_epoch = train_source.epoch_length // stage.batch_size
     eval_source = _concat([corpora_lib.Tagged(s, i) for i, s in enumerate(validation)])

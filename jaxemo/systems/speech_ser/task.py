@@ -1,5 +1,14 @@
 """The speech emotion task: the classifier (`jaxemo.models.speech_classifier`) on waveforms truncated to
 `max_samples` (5 s at 16 kHz in the paper) and zero-padded, with their mask; one confusion matrix per head.
+
+Padding (`config.model.padding`). "clip" (the default): a clip's mask covers its own samples, so the
+normalisation, the feature encoder's group norm (`feature_norm_mask`), attention and pooling see only them and
+a clip computes what it computes alone. "reference": the released scripts' preprocessing, in which
+`datasets.map(batched=True)` hands the feature extractor 1,000 clips at a time, pads them to the longest
+(truncated to `max_samples`), normalises each over its padded length (zeros included) and returns no attention
+mask (wav2vec2-base's extractor has `return_attention_mask=False`), so the model attends over and pools the
+padding. Here the source marks each example's `padded_length` (`corpora.PaddedToLongest`) and the mask covers
+that many samples: within them the zeros are data, exactly as in the reference's padded array.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from jaxemo.train import metrics as metrics_lib
 from jaxemo.train import optim
 from jaxemo.train.tasks import HostTransform
 
+PADDINGS = ("clip", "reference")
+
 
 @dataclasses.dataclass(frozen=True)
 class SpeechInput:
@@ -25,6 +36,11 @@ class SpeechInput:
 
     max_samples: int
     with_corpus: bool = False
+    padding: str = "clip"  # "clip" | "reference" (the module docstring)
+
+    def __post_init__(self):
+        if self.padding not in PADDINGS:
+            raise ValueError(f"model.padding={self.padding!r}: expected one of {PADDINGS}")
 
     def __call__(self, example: dict, rng=None) -> dict:
         waveform = np.asarray(example["waveform"], np.float32)
@@ -34,6 +50,14 @@ class SpeechInput:
         out = np.zeros(self.max_samples, np.float32)
         out[:real] = waveform[:real]
         mask = np.zeros(self.max_samples, bool)
+        if self.padding == "reference":
+            if "padded_length" not in example:
+                raise ValueError("model.padding='reference' needs each example's padded_length (the longest clip "
+                                 "of its split's chunk): wrap the split in corpora.PaddedToLongest")
+            padded = int(example["padded_length"])
+            if not real <= padded <= self.max_samples:
+                raise ValueError(f"padded_length={padded} must lie in [{real} (this clip), {self.max_samples}]")
+            real = padded
         mask[:real] = True
         row = {"waveform": out, "waveform_mask": mask, "label": np.int32(example["label"])}
         if self.with_corpus:
@@ -62,6 +86,7 @@ class SpeechEmotionTask:
     trainable_patterns: Optional[Sequence[str]] = None
     flops_per_example: Optional[int] = None
     eval_model: Optional[SpeechEmotionClassifier] = None
+    padding: str = "clip"  # "clip" | "reference" (the module docstring)
     pad_spec = None
     label_key = "label"
 
@@ -81,7 +106,8 @@ class SpeechEmotionTask:
         return optim.path_matcher(self.trainable_patterns)(path)
 
     def host_transform(self, train: bool) -> HostTransform:
-        return HostTransform(SpeechInput(self.max_samples, self.multi_head), (*self.input_keys, self.label_key))
+        return HostTransform(SpeechInput(self.max_samples, self.multi_head, self.padding),
+                             (*self.input_keys, self.label_key))
 
     def _corpus(self, batch):
         return batch["corpus"] if self.multi_head else None
