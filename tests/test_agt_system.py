@@ -199,6 +199,55 @@ def test_draws_folds_and_sets():
     np.testing.assert_allclose(prior, [2 / 4, 1 / 4, 1 / 4])  # an absent class counts once: no zero ratio
 
 
+def test_mertools_frame_modes_shrink_and_align_frames():
+    """MERTools' `func_mapping_feature` (front zeros to a multiple of the target, then the mean of each run; a
+    shorter input front-padded, here left as padding), `feature_scale_compress` (ceil(T / scale) frames) and
+    `align_to_text`, as `config.frames` applies them; values worked out by hand from the reference's rule."""
+    from jaxemo.systems.agt import frames
+
+    x = np.arange(1, 11, dtype=np.float32)[:, None] * np.array([[1.0, -1.0]], np.float32)  # 10 frames, D = 2
+    mapped, length = frames.map_frames(x, 7)  # 4 zeros in front, runs of 2: the first two frames are zero
+    assert length == 7 and mapped.shape == (7, 2)
+    np.testing.assert_allclose(mapped[:, 0], [0, 0, 1.5, 3.5, 5.5, 7.5, 9.5])
+    np.testing.assert_allclose(frames.map_frames(x, 5)[0][:, 0], [1.5, 3.5, 5.5, 7.5, 9.5])  # exact runs
+    short, length = frames.map_frames(x[:3], 5)
+    assert length == 5 and np.array_equal(short, x[:3])  # the reference's 2 front zeros are padding here
+    thirteen = np.arange(1, 14, dtype=np.float32)[:, None]
+    np.testing.assert_allclose(frames.shrink(thirteen, 6)[:, 0], [(1 + 2 + 3) / 5, 30 / 5, 55 / 5])  # 3 frames
+
+    rng = np.random.default_rng(0)
+
+    def merset(n, audio_lengths, text_lengths):
+        width = 30
+        features = {"audio": rng.standard_normal((n, width, 2)).astype(np.float32),
+                    "text": rng.standard_normal((n, width, 3)).astype(np.float32),
+                    "clip-vit": rng.standard_normal((n, 4)).astype(np.float32)}
+        lengths = {"audio": np.asarray(audio_lengths, np.int32), "text": np.asarray(text_lengths, np.int32)}
+        return data_lib.MerSet(features, np.zeros(n, np.int32), [f"s{i}" for i in range(n)], lengths)
+
+    labelled, pool = merset(2, [30, 7], [12, 18]), merset(1, [25], [6])
+    unaligned = frames.transform_sets([labelled, pool], scale=12)  # frm_unalign
+    assert unaligned[0].lengths["audio"].tolist() == [3, 1] and unaligned[1].lengths["audio"].tolist() == [3]
+    assert unaligned[0].features["audio"].shape[1] == unaligned[1].features["audio"].shape[1] == 3  # one width
+    np.testing.assert_allclose(unaligned[0].features["audio"][1, 0], labelled.features["audio"][1, :7].mean(0),
+                               rtol=1e-6)  # 7 frames to ceil(7 / 12) = 1: a whole run, no zeros
+    aligned_l, aligned_p = frames.transform_sets([labelled, pool], scale=6, align="text")  # frm_align
+    assert aligned_l.lengths["text"].tolist() == [2, 3] and aligned_p.lengths["text"].tolist() == [1]
+    # audio shrunk to 5, 2 and 5 frames, then mapped to the text's 2, 3 and 1: pooled, kept (padding), pooled
+    assert aligned_l.lengths["audio"].tolist() == [2, 2] and aligned_p.lengths["audio"].tolist() == [1]
+    assert aligned_l.features["audio"].shape[1] == 3  # the reference's mapped length 3 sets the width
+    np.testing.assert_array_equal(aligned_l.features["clip-vit"], labelled.features["clip-vit"])  # utterance level
+    assert frames.transform_sets([labelled], 1, "") == [labelled]
+    with pytest.raises(ValueError, match="frame_scale=0"):
+        frames.transform_sets([labelled], 0)
+    with pytest.raises(ValueError, match="guide='video'"):
+        frames.transform_sets([labelled], 6, "video")  # the video feature is utterance-level
+    config = agt_config.get_config("tiny")
+    config.frames.scale = 6
+    with pytest.raises(ValueError, match="utterance-level"):
+        data_lib.load(config)  # the synthetic features are utterance vectors
+
+
 def test_scores_match_sklearn():
     rng = np.random.default_rng(0)
     labels, predicted = rng.integers(0, 6, 200), rng.integers(0, 6, 200)

@@ -50,6 +50,9 @@ def get_config(arg: str | None = None):
             name="synthetic_mer", train_size=600, eval_size=0, pool_size=1500,
             feature_dims={"chinese-hubert-large": 32, "clip-vit-large-patch14": 24, "Baichuan-13B-Base": 40},
             prior_shift=0.7, spread=2.0, noise=0.8, world_seed=1234))
+    # MERTools' frame modes for frame-level features (builder config `fra`): scale=12 is its frm_unalign,
+    # scale=6 with align="text" its frm_align; 1 and "" keep every frame (jaxemo.systems.agt.frames)
+    config.frames = config_dict.ConfigDict(dict(scale=1, align=""))
     config.models = _models(small=not paper)
     config.model_names = ("agt", "agt_video", "agt_text") if variant == "ablation" else ("agt", "attention")
     # fold_sizes: "equal" (near-equal folds) or "reference" (MERTools' cut: int(n / 5) per fold, the rest last)

@@ -24,6 +24,7 @@ from jaxemo.data import sources
 from jaxemo.data.builders.base import DataError
 from jaxemo.data.builders.mer2024 import CLASSES  # MERTools `emos_mer`, index order
 from jaxemo.data.datasource import SourceBase
+from jaxemo.systems.agt import frames
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ def _materialize(source, where: str) -> MerSet:
 
 
 def load(config, seed: int = 0) -> tuple[MerSet, Optional[MerSet]]:
-    """(labelled set, unlabelled pool or None) for `config.data` (see the module docstring)."""
+    """(labelled set, unlabelled pool or None) for `config.data` (see the module docstring), frame-level
+    features shrunk and aligned as `config.frames` says (`jaxemo.systems.agt.frames`)."""
     data = config.data
     name = data.name
     labelled = _materialize(sources.make_source(data, "train", seed), f"{name}/train")
@@ -170,7 +172,9 @@ def load(config, seed: int = 0) -> tuple[MerSet, Optional[MerSet]]:
     if pool is not None and pool.feature_names != labelled.feature_names:
         raise DataError(f"{name}/unlabeled", "features", f"features {pool.feature_names} differ from the labelled "
                         f"set's {labelled.feature_names}")
-    return labelled, pool
+    sets = frames.transform_sets([labelled] + ([pool] if pool is not None else []), config.frames.scale,
+                                 config.frames.align)
+    return sets[0], sets[1] if pool is not None else None
 
 
 FOLD_SIZES = ("equal", "reference")
