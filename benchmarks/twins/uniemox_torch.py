@@ -29,8 +29,9 @@ timm-style random erasing (per-pixel noise, p = `finetune.random_erasing`), timm
 the config's layer-wise lr decay and `decay_exclude`. RandAugment is NOT done here (no torchvision / timm in
 the environment; the JAX step does it), so the twin's fine-tuning step does a little less work than JAX's.
 
-Gradient clipping follows `optimizer.clip_norm` (0 in the UniEmoX configs). Importing this module needs
-neither torch nor transformers.
+Gradient clipping follows `optimizer.clip_norm` (0 in the UniEmoX configs). `uemo_checkpoint` saves the
+pretraining student and fusion as UniEmoX's released code (u-emo) does, under its names, for
+`jaxemo.convert.uniemox`'s tests. Importing this module needs neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -127,6 +128,64 @@ def modules() -> types.SimpleNamespace:
             return self.head(self.fc_norm(tokens[:, 1:].mean(dim=1)))
 
     return types.SimpleNamespace(Fusion=Fusion, Classifier=Classifier)
+
+
+# ------------------------------------------------------------------------------------------------ u-emo's names
+
+
+# The twin's modules under the names of UniEmoX's released code (chincharles/u-emo at d251937): its student is
+# `models_mae.MaskedAutoencoderViT` (official MAE / timm names, q, k, v fused in `attn.qkv`), its fusion
+# `attention_fusion.AttentionFusion` (`bn`: the LayerNorm, `linear`). `jaxemo.convert.uniemox` reads these.
+UEMO_BLOCK_NAMES = {"attention.o_proj": "attn.proj", "layernorm_before": "norm1", "layernorm_after": "norm2",
+                    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}  # transformers 5 -> u-emo, per block
+UEMO_FUSION_NAMES = {"norm": "bn", "proj": "linear"}
+
+
+def uemo_state_dicts(torch, student, fusion) -> tuple[dict, dict]:
+    """(model, att_fusion): the state dicts of the twin's student (`hf_student`, transformers 5's names) and
+    `modules().Fusion` as u-emo's `MaskedAutoencoderViT` and `AttentionFusion` name them (tensors copied)."""
+    s = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    if "vit.layers.0.attention.q_proj.weight" not in s:
+        raise ValueError("expected transformers 5's ViTMAEForPreTraining names (vit.layers.{i}.attention.q_proj)")
+    used = set()
+
+    def take(name):
+        used.add(name)
+        return s[name]
+
+    out = {"cls_token": take("vit.embeddings.cls_token"), "pos_embed": take("vit.embeddings.position_embeddings"),
+           "mask_token": take("decoder.mask_token"), "decoder_pos_embed": take("decoder.decoder_pos_embed")}
+    pairs = [("patch_embed.proj", "vit.embeddings.patch_embeddings.projection"), ("norm", "vit.layernorm")]
+    pairs += [(name, f"decoder.{name}") for name in ("decoder_embed", "decoder_norm", "decoder_pred")]
+    config = student.config
+    for theirs, ours, depth in (("vit.layers", "blocks", config.num_hidden_layers),
+                                ("decoder.decoder_layers", "decoder_blocks", config.decoder_num_hidden_layers)):
+        for i in range(depth):
+            at, to = f"{theirs}.{i}.", f"{ours}.{i}."
+            for leaf in ("weight", "bias"):
+                out[f"{to}attn.qkv.{leaf}"] = torch.cat([take(f"{at}attention.{p}_proj.{leaf}") for p in "qkv"])
+            pairs += [(to + mine, at + hf) for hf, mine in UEMO_BLOCK_NAMES.items()]
+    for ours, theirs in pairs:
+        for leaf in ("weight", "bias"):
+            out[f"{ours}.{leaf}"] = take(f"{theirs}.{leaf}")
+    if used != set(s):
+        raise ValueError(f"student keys without a u-emo name: {sorted(set(s) - used)}")
+    fused = {}
+    for name, value in fusion.state_dict().items():
+        module, leaf = name.split(".", 1)
+        fused[f"{UEMO_FUSION_NAMES[module]}.{leaf}"] = value.detach().clone()
+    return out, fused
+
+
+def uemo_checkpoint(torch, student, fusion, args, epoch: int, optimizer=None, distributed: bool = False) -> dict:
+    """What u-emo's `main_pretrain.py` saves as `checkpoint.pth` after an epoch, for the twin's student and
+    fusion: {"model", "att_fusion", "optimizer", "epoch", "args"}; `args` is the run's argparse.Namespace, and
+    `distributed` prefixes both state dicts with `module.`, as its DDP wrappers' state dicts are."""
+    model, fused = uemo_state_dicts(torch, student, fusion)
+    if distributed:
+        model, fused = ({f"module.{k}": v for k, v in sd.items()} for sd in (model, fused))
+    return {"model": model, "att_fusion": fused, "optimizer": optimizer.state_dict() if optimizer else {},
+            "epoch": epoch, "args": args}
 
 
 # ------------------------------------------------------------------------------------------------ augmentation

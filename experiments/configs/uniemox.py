@@ -15,6 +15,9 @@ Variants:
   (ViT-L at 10% visible patches is cheap; change it and the lr follows). It starts from an MAE checkpoint
   (`pretrained.mae`): the official `mae_pretrain_vit_large_full.pth` carries the decoder, converted by
   `python -m jaxemo.convert mae`; an encoder-only checkpoint leaves the decoder (and the fusion) random.
+  A run of the released code continues from its `checkpoint.pth` (student, decoder and fusion):
+  `python -m jaxemo.convert uemo checkpoint.pth ckpt/uemo`, then `--config.pretrained.uemo=ckpt/uemo`
+  instead of `pretrained.mae` (the CLIP teacher still comes from `teacher.checkpoint`).
   Fine-tuning per dataset (Emotion6, FI, UnbiasedEmo, CAER-S, HECO, Emo8): 100 epochs, AdamW wd 0.05,
   lr 1e-3 x batch / 256 (batch 64), 5 warm-up epochs then cosine to 1e-6, layer-wise lr decay 0.75 (the
   reference parses it and never applies it), drop path 0.2, label smoothing 0.1, mixup 0.8 / cutmix 1.0,
@@ -73,7 +76,10 @@ def get_config(arg: str = "tiny"):
         train=_stage(256, 30, _adamw(5e-4, 2, b2=0.98, weight_decay=0.1)),
     ))
     config.loss_weights = config_dict.ConfigDict(dict(reconstruction=1.0, similarity=1.0, contrastive=1.0))
-    config.pretrained = config_dict.ConfigDict(dict(mae=""))  # a jaxemo MAE checkpoint (python -m jaxemo.convert)
+    # The student's start, a jaxemo checkpoint from `python -m jaxemo.convert`: `mae` an MAE (`mae`, `mae_hf`;
+    # the fusion starts fresh), or `uemo` a u-emo pretraining checkpoint (`uemo`: student, decoder and fusion, to
+    # continue a run of the released code). One of them at most; the teacher comes from `teacher.*` either way.
+    config.pretrained = config_dict.ConfigDict(dict(mae="", uemo=""))
     # Pretraining data: EmoSet (train + val), read from manual_dir; the text features are cached in cache_dir
     # (default <workdir>/text_features). prompt_objects: "names" lists each object name whole; "words" is the
     # reference's (multi-word names split into words: "Alarm, clock and Car"; jaxemo.systems.uniemox.prompts).

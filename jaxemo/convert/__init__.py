@@ -9,6 +9,7 @@
   any other object is refused with the one-line command that re-saves its weights as a state dict.
 - `common`: what the converters share: `StateDictReader` (key look-ups with errors naming the key), `to_numpy`,
   and the torch -> flax leaf layouts (`dense_params`, `norm_params`, `heads_in_params`, ...).
-- one module per source layout: `vit`, `mae`, `clip`, `mma_dfer`, `casp`, `wav2vec2`; `python -m jaxemo.convert`
-  runs them on a file.
+- one module per source layout: `vit`, `mae`, `clip`, `mma_dfer`, `casp`, `wav2vec2`, `uniemox` (a u-emo
+  pretraining checkpoint: the MAE student, its decoder and the `att_fusion` fusion -> UniEmoX params, kind
+  `uemo`); `python -m jaxemo.convert` runs them on a file.
 """

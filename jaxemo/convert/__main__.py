@@ -7,6 +7,7 @@
     python -m jaxemo.convert vit_hf model.safetensors runs/vit_b16                  # transformers ViT(ForImageClassification)
     python -m jaxemo.convert vit_timm mae_pretrain_vit_base.pth runs/vit_b16        # timm / MAE / AudioMAE encoder
     python -m jaxemo.convert mma_dfer DFEW-set1-model_best.pth runs/mma_dfer_fold1  # the reference's trained model
+    python -m jaxemo.convert uemo checkpoint.pth runs/uemo_start                    # u-emo's UniEmoX pretraining
     python -m jaxemo.convert wav2vec2 wav2vec2-base/ runs/w2v2_base                 # transformers Wav2Vec2*: a
     python -m jaxemo.convert hubert hubert-large-ll60k/ runs/hubert_large           #   directory with config.json
 
@@ -15,14 +16,18 @@ The params are written as step 0 of a jaxemo checkpoint directory (`<output_dir>
 take a weights file or a directory holding config.json and the weights (without config.json the layout is
 inferred from the weights, and the CLI says what it assumed); they also write the model config
 (`<output_dir>/0/model_config.json`): `jaxemo.convert.wav2vec2.load(output_dir)` returns (config, params).
+uemo takes the whole dict u-emo's `main_pretrain.py` saves (`checkpoint.pth`: the MAE student with its decoder,
+and the `att_fusion` entry) and writes UniEmoX params (`student`, `fuse`) for `--config.pretrained.uemo`; it
+prints what is not carried over (optimizer state, epoch) and the run's settings. `misc.save_model`'s
+`checkpoint-<epoch>.pth` has no fusion: it converts with `--allow_missing_fusion` only.
 
 Inputs are read by `jaxemo.convert.torch_state`: `torch.save` files (`.pth` / `.bin` / `.pt`, with
 `torch.load(weights_only=True)`: weights, plain containers and `argparse.Namespace` only), TorchScript archives,
 `.safetensors` files or a Hugging Face model directory; a `module.` (DataParallel) prefix is stripped, and a
 pickled model is refused with the command that re-saves it as a state dict. Head counts are not stored in the
 weights: they default by width (ViT 192/384/768/1024/1280 -> 3/6/12/16/16 heads, MAE decoder 512 -> 16, CLIP
-text 512/768 -> 8/12, wav2vec2 / HuBERT without config.json 768/1024 -> 12/16) and `--num_heads`,
-`--decoder_heads`, `--text_heads` override them.
+text 512/768 -> 8/12, wav2vec2 / HuBERT without config.json 768/1024 -> 12/16; uemo: by the saved `args.model`
+first) and `--num_heads`, `--decoder_heads`, `--text_heads` override them.
 """
 
 from __future__ import annotations
@@ -36,12 +41,13 @@ import numpy as np
 
 from jaxemo.convert import clip as convert_clip, mae as convert_mae, mma_dfer as convert_mma_dfer
 from jaxemo.convert import torch_state, vit as convert_vit, wav2vec2 as convert_wav2vec2
+from jaxemo.convert import uniemox as convert_uniemox
 from jaxemo.convert.common import layer_count
 
 VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 DECODER_HEADS = {512: 16}
 TEXT_HEADS = {512: 8, 768: 12}
-KINDS = ("mae", "mae_hf", "clip", "clip_hf", "vit_hf", "vit_timm", "mma_dfer", "wav2vec2", "hubert")
+KINDS = ("mae", "mae_hf", "clip", "clip_hf", "vit_hf", "vit_timm", "mma_dfer", "wav2vec2", "hubert", "uemo")
 
 
 def _heads(table: dict, width: int, override, what: str) -> int:
@@ -107,6 +113,8 @@ def parse_args(argv):
     p.add_argument("--decoder_heads", type=int, default=None, help="MAE decoder heads; default by width")
     p.add_argument("--text_heads", type=int, default=None, help="CLIP text tower heads; default by width")
     p.add_argument("--temporal_heads", type=int, default=8, help="MMA-DFER temporal transformer heads")
+    p.add_argument("--allow_missing_fusion", action="store_true",
+                   help="uemo: convert a checkpoint without u-emo's att_fusion (the fusion then starts fresh)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output checkpoint")
     return p.parse_args(argv)
 
@@ -122,6 +130,8 @@ def main(argv=None) -> dict:
         print(f"{args.input} -> {os.path.join(os.path.abspath(args.output_dir), '0')}: {count:,} parameters "
               f"({args.kind})")
         return params
+    if args.kind == "uemo":  # the whole saved dict: the student and the fusion are two entries of it
+        return _convert_uemo(args, checkpoint)
     source = torch_state.read_checkpoint(args.input)
     params, unused = convert(args.kind, source.state_dict, args)
     path = checkpoint.save_params(args.output_dir, params, overwrite=args.overwrite)
@@ -131,6 +141,22 @@ def main(argv=None) -> dict:
     if unused:
         print(f"unused keys ({len(unused)}): {', '.join(unused[:20])}{' ...' if len(unused) > 20 else ''}")
     return params
+
+
+def _convert_uemo(args, checkpoint) -> dict:
+    converted = convert_uniemox.load(args.input, args.num_heads, args.decoder_heads,
+                                     require_fusion=not args.allow_missing_fusion)
+    path = checkpoint.save_params(args.output_dir, converted.params, overwrite=args.overwrite)
+    count = sum(int(np.size(x)) for x in jax.tree.leaves(converted.params))
+    print(f"{args.input} -> {path}: {count:,} parameters (uemo: {' and '.join(sorted(converted.params))}; "
+          f"heads {converted.heads[0]} encoder, {converted.heads[1]} decoder)")
+    print(f"checked, not stored (jaxemo computes them): {', '.join(converted.checked)}")
+    if converted.not_converted:
+        print(f"not converted: {', '.join(converted.not_converted)}")
+    for note in converted.notes:
+        print(f"note: {note}")
+    print(f"continue with --config.pretrained.uemo={os.path.abspath(args.output_dir)}")
+    return converted.params
 
 
 if __name__ == "__main__":

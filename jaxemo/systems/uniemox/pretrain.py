@@ -119,13 +119,20 @@ def load_teacher(config):
 
 def init_params(config, teacher_params):
     """`params -> params` for the pretraining run: the teacher's image tower from `teacher_params` (a full CLIP
-    tree) and, with `pretrained.mae`, every part of that MAE checkpoint (an encoder-only one keeps the
-    initialised decoder; the fusion always starts from its initialisation)."""
-    mae_params = checkpoint.load_params(config.pretrained.mae) if config.pretrained.mae else None
+    tree) and the student's start, shapes checked against the model's: with `pretrained.mae`, every part of
+    that MAE checkpoint (an encoder-only one keeps the initialised decoder; the fusion starts from its
+    initialisation); with `pretrained.uemo`, a converted u-emo pretraining checkpoint (`python -m
+    jaxemo.convert uemo`): the student, its decoder and the fusion, to continue a run of the released code."""
+    mae_path, uemo_path = config.pretrained.mae, config.pretrained.uemo
+    if mae_path and uemo_path:
+        raise ValueError(f"pretrained.mae={mae_path!r} and pretrained.uemo={uemo_path!r}: give one start")
+    mae_params = checkpoint.load_params(mae_path) if mae_path else None
     if mae_params is not None:
-        logging.info("student starts from %s (%s)", config.pretrained.mae, ", ".join(sorted(mae_params)))
+        logging.info("student starts from %s (%s)", mae_path, ", ".join(sorted(mae_params)))
         if "decoder" not in mae_params:
             logging.info("the MAE checkpoint has no decoder: the decoder starts from random weights")
+    uemo_params = uemo_start(checkpoint.load_params(uemo_path), config.model.fusion, uemo_path) if uemo_path \
+        else None
 
     def init(template):
         out = dict(template)
@@ -133,9 +140,33 @@ def init_params(config, teacher_params):
         if mae_params is not None:
             student = mae_convert.merge_encoder(template["uniemox"]["student"], jax.device_get(mae_params))
             out["uniemox"] = {**template["uniemox"], "student": student}
+        if uemo_params is not None:
+            out["uniemox"] = mae_convert.merge_encoder(template["uniemox"], jax.device_get(uemo_params))
         return out
 
     return init
+
+
+def uemo_start(params: Mapping, fusion: str, path: str = "") -> dict:
+    """The parts of a converted u-emo checkpoint (`student`, `fuse`) the student of `model.fusion` takes: the
+    student always (decoder included); the fusion for "easyfusion" (a checkpoint without one leaves it at its
+    initialisation), not for "none"."""
+    unknown = sorted(set(params) - {"student", "fuse"})
+    if "student" not in params or unknown:
+        raise ValueError(f"{path}: not a converted u-emo checkpoint (parts {sorted(params)}; expected student and "
+                         f"fuse, as `python -m jaxemo.convert uemo` writes)")
+    if "decoder" not in params["student"]:
+        raise ValueError(f"{path}: the u-emo student has no decoder")
+    out = {"student": params["student"]}
+    if fusion == "none":
+        if "fuse" in params:
+            logging.info("model.fusion=none: the u-emo checkpoint's fusion weights are not used")
+    elif "fuse" in params:
+        out["fuse"] = params["fuse"]
+    else:
+        logging.info("the u-emo checkpoint has no fusion: the fusion starts from its initialisation")
+    logging.info("student%s start from the u-emo checkpoint %s", " and fusion" if "fuse" in out else "", path)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ views
