@@ -141,7 +141,9 @@ def test_baseline_frame_level_lstm_ignores_padding():
     model = agt.MERToolsAttention(MODS, hidden_dim=8, dropout=0.2)
     features, masks = frame_inputs()
     params = init(model, features, masks)
-    assert shapes(params)["encoder_audio/rnn/input_kernel"] == (DIMS["audio"], 32)
+    rnn = shapes(params["encoder_audio"]["rnn"])
+    assert rnn == {"input_kernel": (DIMS["audio"], 32), "recurrent_kernel": (8, 32), "bias_ih": (32,),
+                   "bias_hh": (32,)}  # torch's two biases
     assert "encoder_audio/linear_2/kernel" not in shapes(params)  # the LSTM encoder has one linear
     logits, _ = run(model, params, features, masks)
     logits2, _ = run(model, params, *repad(features, masks))
@@ -155,7 +157,8 @@ def test_baseline_frame_level_lstm_ignores_padding():
     for b, n in enumerate(masks["audio"].sum(1)):
         h, c = np.zeros(8), np.zeros(8)
         for x in features["audio"][b, :n]:
-            i, f, g, o = np.split(x @ p["input_kernel"] + h @ p["recurrent_kernel"] + p["bias"], 4)
+            gates = x @ p["input_kernel"] + p["bias_ih"] + h @ p["recurrent_kernel"] + p["bias_hh"]
+            i, f, g, o = np.split(gates, 4)
             c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
             h = sigmoid(o) * np.tanh(c)
         np.testing.assert_allclose(full[b], h, rtol=1e-5, atol=1e-6)
@@ -175,22 +178,85 @@ def test_baseline_reference_front_padding():
     assert np.all(np.isfinite(logits)) and not np.allclose(logits, logits2, atol=1e-6)
 
 
-def test_baseline_matches_pytorch_twin():
+@pytest.mark.parametrize("frames", [False, True])
+def test_baseline_matches_pytorch_twin(frames):
     torch = pytest.importorskip("torch")
     from benchmarks.twins import mertools_attention_torch as twin
 
-    model = agt.MERToolsAttention(MODS, hidden_dim=16, dropout=0.3)
-    features = utt_inputs()
-    params = init(model, features)
+    model = agt.MERToolsAttention(MODS, hidden_dim=16, dropout=0.3, lstm_front_padding=frames)
+    features, masks = frame_inputs() if frames else (utt_inputs(), None)
+    params = init(model, features, masks)
     rng = np.random.default_rng(3)
     params = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32), params)
-    net = twin.build(DIMS, hidden_dim=16, dropout=0.3).eval()
+    net = twin.build(DIMS, hidden_dim=16, dropout=0.3, frame_level=FRAMES if frames else ()).eval()
     twin.load_jaxemo_params(net, params)
+    inputs = dict(features)
+    for m in masks or {}:  # MERTools' loader pads in front; its LSTM runs over the zeros
+        inputs[m] = np.array(agt.front_pad(jnp.asarray(features[m]), jnp.asarray(masks[m])))
     with torch.no_grad():
-        t_logits, t_fused = net({m: torch.from_numpy(x) for m, x in features.items()})
-    logits, aux = run(model, params, features)
+        t_logits, t_fused = net({m: torch.from_numpy(x) for m, x in inputs.items()})
+    logits, aux = run(model, params, features, masks)
     np.testing.assert_allclose(np.asarray(logits), t_logits.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(aux["features"]), t_fused.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def twin_key(path: str) -> str:
+    """A MERToolsAttention param path -> the torch twin's state-dict key (`build`'s layout)."""
+    parts = path.split("/")
+    if parts[0].startswith("encoder_"):
+        parts = ["encoders", parts[0][len("encoder_"):]] + parts[1:]
+    leaf = {"kernel": "weight", "input_kernel": "weight_ih_l0", "recurrent_kernel": "weight_hh_l0",
+            "bias_ih": "bias_ih_l0", "bias_hh": "bias_hh_l0"}.get(parts[-1], parts[-1])
+    return ".".join(parts[:-1] + [leaf])
+
+
+def ks_statistic(a, b) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    grid = np.sort(np.concatenate([a, b]))
+    gaps = np.searchsorted(np.sort(a), grid, side="right") / len(a) - np.searchsorted(np.sort(b), grid,
+                                                                                       side="right") / len(b)
+    return float(np.max(np.abs(gaps)))
+
+
+def test_baseline_init_matches_torch_defaults():
+    # every param maps one-to-one to the torch module's state dict (torch's two LSTM biases included), and
+    # is drawn as torch draws it: Linear kernel and bias U(+-1/sqrt(fan_in)), LSTM weights and biases
+    # U(+-1/sqrt(h)); the AGT keeps its own initialisers (module docstring)
+    torch = pytest.importorskip("torch")
+    from benchmarks.twins import mertools_attention_torch as twin
+
+    hidden = 64
+    model = agt.MERToolsAttention(MODS, hidden_dim=hidden, dropout=0.2)
+    features, masks = frame_inputs()
+    flat = traverse_util.flatten_dict(init(model, features, masks), sep="/")
+    params = {k: np.asarray(v) for k, v in flat.items()}
+    torch.manual_seed(0)
+    state = {k: v.numpy() for k, v in twin.build(DIMS, hidden, 0.2, frame_level=FRAMES).state_dict().items()}
+    assert sorted(twin_key(k) for k in params) == sorted(state)
+    ours, theirs, biases, torch_biases = [], [], [], []
+    for path, value in params.items():
+        reference = state[twin_key(path)]
+        assert value.shape == (reference.T.shape if path.endswith("kernel") else reference.shape), path
+        if "/rnn/" in path:
+            bound = 1 / np.sqrt(hidden)
+        else:
+            bound = 1 / np.sqrt(params[path.rsplit("/", 1)[0] + "/kernel"].shape[0])  # fan_in
+        for x in (value, reference):
+            assert np.max(np.abs(x)) <= bound * (1 + 1e-6), path
+            if x.size >= 64:  # U(+-b): std b / sqrt(3); 0.25 is over 4 standard errors at 64 draws
+                assert abs(x.std() / (bound / np.sqrt(3)) - 1) < 0.25, (path, x.std(), bound)
+        assert np.std(value) > 0, path  # no zero-initialised bias
+        ours.append(value.ravel() / bound)
+        theirs.append(reference.ravel() / bound)
+        if path.rsplit("/", 1)[1].startswith("bias"):
+            biases.append(ours[-1])
+            torch_biases.append(theirs[-1])
+    # the text MLP's 3, 2 x (the LSTM's 2 + linear_1), attention_mlp's 3, fc_att, fc_out_1
+    assert len(biases) == 3 + 2 * 3 + 3 + 2
+    # scaled by their bounds, jaxemo's draws and torch's have one distribution, U(-1, 1): two-sample KS
+    # statistics under the critical values at p = 1e-4 (~77,000 params: 0.011; ~1,500 biases: 0.08)
+    assert ks_statistic(np.concatenate(ours), np.concatenate(theirs)) < 0.011
+    assert ks_statistic(np.concatenate(biases), np.concatenate(torch_biases)) < 0.08
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -329,6 +329,13 @@ def casp_state() -> dict:
     return casp_torch.build("late", (12, 5, 20), proj_dim=16, heads=4, depth=1).state_dict()
 
 
+def mertools_state() -> dict:
+    from benchmarks.twins import mertools_attention_torch
+
+    torch.manual_seed(0)
+    return mertools_attention_torch.build_mertools(6, 8, 4, hidden_dim=8, feat_type="frm_align").state_dict()
+
+
 def speech_state(kind: str, folder) -> dict:
     """A tiny transformers wav2vec2 / HuBERT's state dict; its config.json is written into `folder`."""
     transformers = pytest.importorskip("transformers")
@@ -350,6 +357,7 @@ CONVERTERS = {  # kind: (state dict builder, CLI flags)
     "clip": (openai_clip_state, ["--num_heads=2", "--text_heads=4"]),
     "clip_hf": (lambda: transformers_state("clip"), ["--num_heads=2", "--text_heads=4"]),
     "mma_dfer": (mma_dfer_state, ["--num_heads=2", "--temporal_heads=2"]),
+    "mertools": (mertools_state, ["--features=a=audio,v=video,t=text"]),
 }
 
 

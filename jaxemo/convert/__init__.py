@@ -11,5 +11,6 @@
   and the torch -> flax leaf layouts (`dense_params`, `norm_params`, `heads_in_params`, ...).
 - one module per source layout: `vit`, `mae`, `clip`, `mma_dfer`, `casp`, `wav2vec2`, `uniemox` (a u-emo
   pretraining checkpoint: the MAE student, its decoder and the `att_fusion` fusion -> UniEmoX params, kind
-  `uemo`); `python -m jaxemo.convert` runs them on a file.
+  `uemo`), `mertools` (MERTools' MER2024 attention baseline <-> `MERToolsAttention`); `python -m
+  jaxemo.convert` runs them on a file.
 """

@@ -10,6 +10,8 @@
     python -m jaxemo.convert uemo checkpoint.pth runs/uemo_start                    # u-emo's UniEmoX pretraining
     python -m jaxemo.convert wav2vec2 wav2vec2-base/ runs/w2v2_base                 # transformers Wav2Vec2*: a
     python -m jaxemo.convert hubert hubert-large-ll60k/ runs/hubert_large           #   directory with config.json
+    python -m jaxemo.convert mertools attention.pth runs/mertools \
+        --features hubert=audio,clip=video,baichuan=text       # MERTools' attention baseline (MERToolsAttention)
 
 The params are written as step 0 of a jaxemo checkpoint directory (`<output_dir>/0/params`), which
 `jaxemo.train.checkpoint.load_params(output_dir)` and every recipe's `init_params` read. wav2vec2 / HuBERT
@@ -20,6 +22,11 @@ uemo takes the whole dict u-emo's `main_pretrain.py` saves (`checkpoint.pth`: th
 and the `att_fusion` entry) and writes UniEmoX params (`student`, `fuse`) for `--config.pretrained.uemo`; it
 prints what is not carried over (optimizer state, epoch) and the run's settings. `misc.save_model`'s
 `checkpoint-<epoch>.pth` has no fusion: it converts with `--allow_missing_fusion` only.
+mertools takes a state dict of MERTools' `Attention` / `Attention_TOPN` and `--features`: the jaxemo feature
+names in jaxemo's fusion order, each with the MERTools slot it comes from (audio / text / video or
+encoder<k>; default audio=audio,video=video,text=text, or feat<k>=encoder<k>); it writes
+`<output_dir>/0/model_config.json`, the `MERToolsAttention` fields (name "attention", modalities, hidden_dim,
+num_classes, lstm_front_padding) the params fit, and drops the valence head `fc_out_2` (listed as unused).
 
 Inputs are read by `jaxemo.convert.torch_state`: `torch.save` files (`.pth` / `.bin` / `.pt`, with
 `torch.load(weights_only=True)`: weights, plain containers and `argparse.Namespace` only), TorchScript archives,
@@ -33,13 +40,15 @@ first) and `--num_heads`, `--decoder_heads`, `--text_heads` override them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 import jax
 import numpy as np
 
-from jaxemo.convert import clip as convert_clip, mae as convert_mae, mma_dfer as convert_mma_dfer
+from jaxemo.convert import clip as convert_clip, mae as convert_mae, mertools as convert_mertools
+from jaxemo.convert import mma_dfer as convert_mma_dfer
 from jaxemo.convert import torch_state, vit as convert_vit, wav2vec2 as convert_wav2vec2
 from jaxemo.convert import uniemox as convert_uniemox
 from jaxemo.convert.common import layer_count
@@ -47,7 +56,8 @@ from jaxemo.convert.common import layer_count
 VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 DECODER_HEADS = {512: 16}
 TEXT_HEADS = {512: 8, 768: 12}
-KINDS = ("mae", "mae_hf", "clip", "clip_hf", "vit_hf", "vit_timm", "mma_dfer", "wav2vec2", "hubert", "uemo")
+KINDS = ("mae", "mae_hf", "clip", "clip_hf", "vit_hf", "vit_timm", "mma_dfer", "wav2vec2", "hubert", "mertools",
+         "uemo")
 
 
 def _heads(table: dict, width: int, override, what: str) -> int:
@@ -99,7 +109,16 @@ def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
     if kind == "mma_dfer":
         return convert_mma_dfer.from_reference_checkpoint(state_dict, num_heads=args.num_heads or 12,
                                                           temporal_heads=args.temporal_heads)
+    if kind == "mertools":
+        params, info = mertools_convert(state_dict, args)
+        return params, info["dropped"]
     raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+
+
+def mertools_convert(state_dict: dict, args) -> tuple[dict, dict]:
+    sources = convert_mertools.parse_sources(getattr(args, "features", None))
+    return convert_mertools.convert_mertools_state_dict(
+        state_dict, sources or convert_mertools.default_sources(state_dict))
 
 
 def parse_args(argv):
@@ -113,6 +132,8 @@ def parse_args(argv):
     p.add_argument("--decoder_heads", type=int, default=None, help="MAE decoder heads; default by width")
     p.add_argument("--text_heads", type=int, default=None, help="CLIP text tower heads; default by width")
     p.add_argument("--temporal_heads", type=int, default=8, help="MMA-DFER temporal transformer heads")
+    p.add_argument("--features", default=None,
+                   help="mertools: name=slot,... in jaxemo's fusion order (slots audio, text, video, encoder<k>)")
     p.add_argument("--allow_missing_fusion", action="store_true",
                    help="uemo: convert a checkpoint without u-emo's att_fusion (the fusion then starts fresh)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output checkpoint")
@@ -133,8 +154,17 @@ def main(argv=None) -> dict:
     if args.kind == "uemo":  # the whole saved dict: the student and the fusion are two entries of it
         return _convert_uemo(args, checkpoint)
     source = torch_state.read_checkpoint(args.input)
-    params, unused = convert(args.kind, source.state_dict, args)
-    path = checkpoint.save_params(args.output_dir, params, overwrite=args.overwrite)
+    if args.kind == "mertools":  # the params need their model's fields: written beside them
+        params, info = mertools_convert(source.state_dict, args)
+        unused = info["dropped"]
+        path = checkpoint.save_params(args.output_dir, params, overwrite=args.overwrite)
+        fields = {"name": "attention", **info["model_fields"], "modalities": list(info["modalities"])}
+        with open(os.path.join(path, "model_config.json"), "w") as f:
+            json.dump(fields, f, indent=1)
+        print(f"MERToolsAttention fields ({info['layout']}, slots {dict(info['sources'])}): {fields}")
+    else:
+        params, unused = convert(args.kind, source.state_dict, args)
+        path = checkpoint.save_params(args.output_dir, params, overwrite=args.overwrite)
     count = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     stripped = f"; the keys' {source.stripped_prefix!r} prefix stripped" if source.stripped_prefix else ""
     print(f"{args.input} -> {path}: {count:,} parameters ({args.kind}{stripped})")

@@ -13,11 +13,23 @@ hidden state, Dropout, Linear h->h with no activation). Fusion: concat [n h] -> 
 Linear(h -> n) gives raw weights, used WITHOUT a softmax: fused = stack(hidden, -1) @ w [h] -> Linear(h ->
 6). n = 3 is the reference; any number of features works (as its `attention_topn`). Parameter names follow
 the reference (`linear_1..3`, `attention_mlp`, `fc_att`, `fc_out_1`), with `encoder_<feature>` for
-`audio_encoder` etc. Padding: MERTools zero-pads frame sequences *in front* and runs the LSTM over the zeros
-(its final state is then the last real frame's, but the zeros have moved the state). Here the LSTM is masked:
-padded steps leave the state unchanged, so padding changes nothing; `lstm_front_padding=True` reproduces the
-reference (end-padded input is moved to the back and the LSTM runs over leading zeros). Gates are in torch's
-order (i, f, g, o) with one bias (torch's b_ih + b_hh).
+`audio_encoder` etc.; the reference's valence head `fc_out_2` (Linear(h -> 0) for MER2024, whose
+`output_dim2` is 0) is left out. Padding: MERTools zero-pads frame sequences *in front* and runs the LSTM
+over the zeros (its final state is then the last real frame's, but the zeros have moved the state). Here the
+LSTM is masked: padded steps leave the state unchanged, so padding changes nothing; `lstm_front_padding=True`
+reproduces the reference (end-padded input is moved to the back and the LSTM runs over leading zeros).
+Gates are in torch's order (i, f, g, o); the LSTM keeps torch's two biases (`bias_ih`, `bias_hh`, summed in
+the forward pass), since two biases train differently from one under Adam and L2. `jaxemo.convert.mertools`
+converts a MERTools state dict to these params and back.
+
+Initialisers (torch's defaults where the reference is torch code):
+  * MERToolsAttention: every Linear (`linear_1..3` of the encoders and `attention_mlp`, the frame encoders'
+    `linear_1`, `fc_att`, `fc_out_1`) as torch's nn.Linear: kernel and bias both U(+-1/sqrt(fan_in));
+    the LSTM as torch's nn.LSTM: `input_kernel`, `recurrent_kernel`, `bias_ih`, `bias_hh` all U(+-1/sqrt(h)).
+  * AudioGuidedTransformer: the input projections `proj_*` and the `head`: kernel U(+-1/sqrt(fan_in)) (torch's
+    kernel default), bias zero; attention projections (self and cross): xavier-uniform kernel, zero bias;
+    FFNs (`layers.Mlp`): xavier-uniform kernel, N(0, 1e-6) bias; LayerNorms: scale 1, bias 0; the `gate`
+    Linear: zero kernel and bias (equal gates at init).
 
 AudioGuidedTransformer. Known (the paper's abstract; ../shared/research/casp_agt.md B.1-B.2): HuBERT-large
 audio features "guide" CLIP-large video and Baichuan-13B text features through a "Context-Based Transformer"
@@ -99,10 +111,27 @@ def resolve_guide(guide: str, modalities: Sequence[str], roles: Optional[Mapping
     return found[0]
 
 
-# torch nn.Linear's default kernel init (kaiming-uniform a=sqrt(5), i.e. U(+-1/sqrt(fan_in))) keeps MERTools'
-# training dynamics for its layers (their biases start at zero here); the transformer parts use xavier.
+# torch nn.Linear's default kernel init: kaiming-uniform with a=sqrt(5), i.e. U(+-1/sqrt(fan_in)).
 TORCH_LINEAR_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-_torch_linear = functools.partial(layers.dense, kernel_init=TORCH_LINEAR_INIT)
+
+
+def symmetric_uniform(bound: float):
+    """An initializer drawing U(-bound, bound), as torch's `init.uniform_(-bound, bound)`."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def _torch_linear(x, features: int, name: str, axes, dtype) -> jax.Array:
+    """torch nn.Linear(x.shape[-1], features) applied to `x`, initialised as torch's default (kernel and bias
+    U(+-1/sqrt(fan_in))): the MERTools baseline's layers, so that they start (and train) as the reference's."""
+    bound = 1 / np.sqrt(x.shape[-1])
+    return layers.dense(features, name, axes, dtype, kernel_init=TORCH_LINEAR_INIT,
+                        bias_init=symmetric_uniform(bound))(x)
+
+
+# The AGT's own Linears (input projections, head): torch's kernel init, a zero bias (a choice of ours).
+_agt_linear = functools.partial(layers.dense, kernel_init=TORCH_LINEAR_INIT)
 
 
 def _masked_mean(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
@@ -127,7 +156,7 @@ class MLPEncoder(nn.Module):
     def __call__(self, x, deterministic: bool):
         x = nn.Dropout(self.dropout)(x.astype(self.dtype), deterministic)
         for i, in_axis in ((1, None), (2, "embed"), (3, "embed")):
-            x = nn.relu(_torch_linear(self.hidden_dim, f"linear_{i}", (in_axis, "mlp"), self.dtype)(x))
+            x = nn.relu(_torch_linear(x, self.hidden_dim, f"linear_{i}", (in_axis, "mlp"), self.dtype))
         return x
 
 
@@ -135,6 +164,9 @@ class LSTM(nn.Module):
     """One LSTM layer over [B, T, D] (torch gate order i, f, g, o); returns the final hidden state [B, h].
 
     Masked steps (mask False) leave (h, c) unchanged, so the result is the state after the last real frame.
+    Params as torch's nn.LSTM (one layer, unidirectional), all U(+-1/sqrt(h)) at init: `input_kernel` [D, 4h]
+    (weight_ih_l0 transposed), `recurrent_kernel` [h, 4h] (weight_hh_l0 transposed), `bias_ih` and `bias_hh`
+    [4h] (bias_ih_l0, bias_hh_l0), the two biases summed in the forward pass.
     """
 
     hidden_dim: int
@@ -143,11 +175,12 @@ class LSTM(nn.Module):
     @nn.compact
     def __call__(self, x, mask: Optional[jax.Array] = None):
         h = self.hidden_dim
-        init = nn.initializers.uniform(2 / np.sqrt(h))  # torch: U(-1/sqrt(h), 1/sqrt(h)), shifted below
-        shifted = lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) - 1 / np.sqrt(h)
-        w_in = self.param("input_kernel", layers.with_axes(shifted, None, "mlp"), (x.shape[-1], 4 * h))
-        w_rec = self.param("recurrent_kernel", layers.with_axes(shifted, "embed", "mlp"), (h, 4 * h))
-        bias = self.param("bias", layers.with_axes(shifted, "mlp"), (4 * h,))
+        init = symmetric_uniform(1 / np.sqrt(h))  # torch's nn.LSTM: every weight and bias U(+-1/sqrt(h))
+        w_in = self.param("input_kernel", layers.with_axes(init, None, "mlp"), (x.shape[-1], 4 * h))
+        w_rec = self.param("recurrent_kernel", layers.with_axes(init, "embed", "mlp"), (h, 4 * h))
+        bias_ih = self.param("bias_ih", layers.with_axes(init, "mlp"), (4 * h,))
+        bias_hh = self.param("bias_hh", layers.with_axes(init, "mlp"), (4 * h,))
+        bias = (bias_ih + bias_hh).astype(self.dtype)
         gates_in = jnp.einsum("btd,dg->tbg", x.astype(self.dtype), w_in.astype(self.dtype)) + bias
         steps = jnp.ones(x.shape[:2], bool) if mask is None else mask
         carry = (jnp.zeros((x.shape[0], h), self.dtype),) * 2
@@ -187,7 +220,7 @@ class LSTMEncoder(nn.Module):
             x, mask = front_pad(x, mask), None
         h = LSTM(self.hidden_dim, self.dtype, name="rnn")(x, mask)
         h = nn.Dropout(self.dropout)(h, deterministic)
-        return _torch_linear(self.hidden_dim, "linear_1", ("embed", "mlp"), self.dtype)(h)
+        return _torch_linear(h, self.hidden_dim, "linear_1", ("embed", "mlp"), self.dtype)
 
 
 class MERToolsAttention(nn.Module):
@@ -217,10 +250,9 @@ class MERToolsAttention(nn.Module):
                     x, deterministic))
         attention = MLPEncoder(self.hidden_dim, self.dropout, self.dtype, name="attention_mlp")(
             jnp.concatenate(hidden, axis=-1), deterministic)
-        fc_att = _torch_linear(len(self.modalities), "fc_att", ("embed", None), self.dtype)
-        weights = fc_att(attention)  # raw: no softmax
+        weights = _torch_linear(attention, len(self.modalities), "fc_att", ("embed", None), self.dtype)  # raw
         fused = jnp.einsum("bhm,bm->bh", jnp.stack(hidden, axis=-1), weights)
-        logits = _torch_linear(self.num_classes, "fc_out_1", ("embed", "classes"), self.dtype)(fused)
+        logits = _torch_linear(fused, self.num_classes, "fc_out_1", ("embed", "classes"), self.dtype)
         return logits.astype(jnp.float32), {"features": fused, "weights": weights}
 
 
@@ -309,9 +341,9 @@ class AudioGuidedTransformer(nn.Module):
     def _tokens(self, name, x, mask, deterministic):
         x = nn.Dropout(self.input_dropout)(x.astype(self.dtype), deterministic)
         if x.ndim == 2:  # utterance vector -> utt_tokens tokens
-            tokens = _torch_linear(self.utt_tokens * self.width, f"proj_{name}", (None, "embed"), self.dtype)(x)
+            tokens = _agt_linear(self.utt_tokens * self.width, f"proj_{name}", (None, "embed"), self.dtype)(x)
             return tokens.reshape(x.shape[0], self.utt_tokens, self.width), None
-        tokens = _torch_linear(self.width, f"proj_{name}", (None, "embed"), self.dtype)(x)
+        tokens = _agt_linear(self.width, f"proj_{name}", (None, "embed"), self.dtype)(x)
         if self.frame_positions:
             tokens = tokens + jnp.asarray(sinusoidal_table(x.shape[1] + 1, self.width)[1:], self.dtype)
         return tokens, mask
@@ -357,7 +389,7 @@ class AudioGuidedTransformer(nn.Module):
         gates = jax.nn.softmax(gate_logits, -1) if self.gate == "softmax" else jax.nn.sigmoid(gate_logits)
         fused = jnp.einsum("bsd,bs->bd", jnp.stack(pooled, axis=1), gates)
         fused_dropped = nn.Dropout(self.dropout)(fused, deterministic)
-        logits = _torch_linear(self.num_classes, "head", ("embed", "classes"), self.dtype)(fused_dropped)
+        logits = _agt_linear(self.num_classes, "head", ("embed", "classes"), self.dtype)(fused_dropped)
         return logits.astype(jnp.float32), {"features": fused, "gates": gates}  # gates in `stream_names()` order
 
 
