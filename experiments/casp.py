@@ -5,14 +5,15 @@
         --config.data.manual_dir=/data/MOSEI --config.target.manual_dir=/data/SIMS --workdir=runs/casp_m2s
 
 1. Source training (`<workdir>/source/`): the trainer on the source train split, the checkpoint with the best
-   source-valid Acc-2 kept; rerunning resumes or reuses it. `--config.source_checkpoint=<file>` skips it and
-   starts from a source model trained with CASP's reference code (its state dict, `jaxemo.convert.casp`).
+   source-valid Acc-2 kept; rerunning resumes or reuses it. `--config.lr_plateau.enabled=true` adds CASP's
+   ReduceLROnPlateau on the source-valid L1 loss. `--config.source_checkpoint=<file>` skips source training
+   and starts from a source model trained with CASP's reference code (its state dict, `jaxemo.convert.casp`).
 2. Every method in `config.tta.methods` (source_only, casp, dropout_variance, feature_alignment) in every
    mode in `config.tta.modes`: `offline` (CASP's protocol: epochs over the unlabelled target adapt split,
    then the test split is scored), `online` (the test split as a stream: adapt on a batch, then predict it),
    `episodic` (each test sample adapted on its own from the source weights, vmapped).
-3. `<workdir>/results.json`: MAE, correlation, Acc-2/F1 (has-0, non-0, reference), Acc-7, Acc-5 and wall time
-   per method and mode; a table is printed.
+3. `<workdir>/results.json`: MAE, correlation, Acc-2/F1 (has-0, non-0, reference), the F1 CASP prints
+   (`f1_reference_swapped`), Acc-7, Acc-5 and wall time per method and mode; a table is printed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 from experiments import cli
 from jaxemo.data import sources
 from jaxemo.systems import casp
+from jaxemo.systems.casp import plateau
 from jaxemo.train import checkpoint, loop
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ def train_source(config, workdir: str, mesh=None) -> dict:
     source_dir = os.path.join(loop.check_workdir(workdir), "source")
     os.makedirs(source_dir, exist_ok=True)
     train, valid = sources.make_sources(config.data, config.seed)
-    result = loop.train_and_evaluate(config, source_dir, casp.build_task(config), train, valid, mesh=mesh)
+    run_training = plateau.train_and_evaluate if config.lr_plateau.enabled else loop.train_and_evaluate
+    result = run_training(config, source_dir, casp.build_task(config), train, valid, mesh=mesh)
     if result.preempted:
         raise KeyboardInterrupt(f"source training stopped at step {int(result.state.step)}; rerun to resume")
     best = result.best

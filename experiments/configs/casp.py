@@ -62,6 +62,13 @@ def get_config(arg=None):
     config.eval_every_epochs = 1
     config.log_every_steps = 50
     config.best.metric = "acc2_reference"
+    # CASP's ReduceLROnPlateau (mode "min", relative threshold) on the source-valid L1 loss, stepped after every
+    # evaluation (every epoch): the rate is multiplied by `factor` once more than `patience` evaluations in a
+    # row were not below best * (1 - threshold). Off by default (a constant rate); `enabled=True` trains the
+    # source with `jaxemo.systems.casp.plateau`. Adaptation keeps a constant rate either way (CASP steps it on
+    # target-valid labels, which adaptation here never reads).
+    config.lr_plateau = config_dict.ConfigDict({"enabled": False, "metric": "loss", "factor": 0.1, "patience": 10,
+                                                "threshold": 1e-4})
     config.data.update({"name": "synthetic_sentiment", "train_split": "source_train",
                         "eval_split": "source_valid", "builder_config": ""})
     # The target: `adapt_split` is adapted on without labels (CASP adapts on the target train split),

@@ -2,6 +2,7 @@
 backbones are `jaxemo/models/msa.py`, the methods and modes `jaxemo/tta/`; this module builds them from the
 recipe (`experiments/configs/casp.py`), adapts a source model on a target with every method in every mode,
 and holds the FLOP count and the benchmark cases (`python -m experiments.casp`, `benchmarks.tta_latency`).
+`plateau` trains the source model with the reference's `ReduceLROnPlateau` (`config.lr_plateau.enabled`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxemo import layers
@@ -29,10 +31,32 @@ def build_model(config) -> msa.SentimentRegressor:
     return msa.create(dtype=layers.dtype_from_name(config.model.dtype), **fields)
 
 
-def build_task(config) -> tasks.SentimentRegressionTask:
+def reference_f1(stats) -> float:
+    """The weighted F1 that CASP prints (`utils/util.py` `eval_senti`): `f1_score(preds > 0, labels > 0,
+    average="weighted")`, the predictions passed as sklearn's `y_true`, so the two classes are weighted by
+    how often they are *predicted*. `f1_reference` is the same F1 with the arguments in order; this is its
+    transposed confusion matrix."""
+    confusion = np.asarray(stats["confusion_reference"], np.float64)
+    return metrics.classification_metrics(confusion.T)["weighted_f1"]
+
+
+def sentiment_metrics(predictions, labels) -> dict:
+    """`metrics.sentiment_metrics` plus `f1_reference_swapped` (`reference_f1`)."""
+    stats = jax.device_get(metrics.sentiment_stats(jnp.asarray(predictions), jnp.asarray(labels)))
+    return {**metrics.sentiment_metrics_from_stats(stats), "f1_reference_swapped": reference_f1(stats)}
+
+
+class RegressionTask(tasks.SentimentRegressionTask):
+    """The sentiment regression task whose evaluation also reports `f1_reference_swapped` (`reference_f1`)."""
+
+    def summarize(self, stats) -> dict:
+        return {**super().summarize(stats), "f1_reference_swapped": reference_f1(stats)}
+
+
+def build_task(config) -> RegressionTask:
     """The source-training task; its FLOP count needs the sequence lengths, known for the synthetic data."""
     counts = flops(config)
-    return tasks.SentimentRegressionTask(build_model(config), flops_per_example=counts.train if counts else None)
+    return RegressionTask(build_model(config), flops_per_example=counts.train if counts else None)
 
 
 def flops(config) -> Flops | None:
@@ -108,7 +132,8 @@ def run_mode(mode: str, method, model, frozen, adapted, adapt_data, test_data, c
         else:
             result = modes.adapt_offline(method, model, frozen, adapted, unlabelled, offline_config(config), rng)
         batches = modes.batched(test_inputs, t.batch_size)
-        return modes.unbatch(modes.predict_batches(model, frozen, result.adapted, batches), len(test_data["label"]))
+        predictions = modes.predict_batches(model, frozen, result.adapted, batches)
+        return modes.unbatch(predictions, len(test_data["label"]))
     if mode == "online":
         return modes.adapt_online(method, model, frozen, adapted, test_inputs, t.batch_size, rng, t.online_steps,
                                   optimizer)[0]
@@ -136,8 +161,9 @@ def run_adaptation(config, params: dict) -> dict:
             rng = jax.random.key(config.seed)
             predictions = run_mode(mode, method, model, frozen, adapted, adapt_data, test_data, config, rng)
             row = {"method": name, "mode": mode, "seconds": time.perf_counter() - start,
-                   **metrics.sentiment_metrics(predictions, test_data["label"])}
-            logger.info("%s / %s: MAE %.4f, corr %.4f (%.1f s)", name, mode, row["mae"], row["corr"], row["seconds"])
+                   **sentiment_metrics(predictions, test_data["label"])}
+            logger.info("%s / %s: MAE %.4f, corr %.4f (%.1f s)", name, mode, row["mae"], row["corr"],
+                        row["seconds"])
             results.append(row)
     return {"source": config.data.name, "target": config.target.name, "backbone": config.model.fusion,
             "results": results}
