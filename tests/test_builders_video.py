@@ -207,6 +207,38 @@ def test_mafw_lexsort_config_keeps_the_reference_order(tmp_path):
     np.testing.assert_allclose(red_channel(frames), [20 * int(n[:-4]) + 5 for n in order], atol=3)
 
 
+def test_mafw_annotated_configs_keep_the_frames_the_reference_samples_from(tmp_path):
+    """MMA-DFER's loader samples MAFW segments from the annotated count (one less than on disk), indexing the
+    clip's frames in lexicographic order: it never reads the last of them."""
+    root = mafw_layout(tmp_path / "mafw")
+    for config, order in (("frames224_annotated", [f"{t}.jpg" for t in range(12)]),
+                          ("frames224_lexsort_annotated", sorted(f"{t}.jpg" for t in range(12)))):
+        clips = builders.data_source("mafw", "clips", manual_dir=root, config=config,
+                                     data_dir=str(tmp_path / config))
+        by_id = {clips[i]["id"].decode(): clips[i] for i in range(len(clips))}
+        assert {i: int(c["num_frames"]) for i, c in by_id.items()} == {"00025": 11, "00028": 4, "00108": 2,
+                                                                       "00123": 2}  # 00123 is annotated right
+        read = [20 * int(name[:-4]) + 5 for name in order[:11]]
+        np.testing.assert_allclose(red_channel(by_id["00025"]["frames"]), read, atol=3)
+        metadata = builders.make_builder("mafw", config, str(tmp_path / config)).info.metadata
+        assert metadata["frame_count"] == "annotated" and metadata["fallbacks"]["num_frames_mismatch"] == 3
+    assert "9.jpg" not in order[:11]  # lexicographic: 0, 1, 10, 11, 2, ..., 8 are read, 9.jpg never
+    first = os.path.join(root, "annotation", "MAFW_set_1_train_faces.txt")  # line 1: clip 00028, 4 annotated
+    _replace_line(first, 1, f"{AUTHORS_MAFW}/00028 6 10\n")
+    with pytest.raises(DataError, match=r"MAFW_set_2_test_faces.txt:1: num_frames: clip 00028 has 4 frames here "
+                                        r"but 6 at .*MAFW_set_1_train_faces.txt:1"):
+        builders.prepare("mafw", root, "frames224_annotated", str(tmp_path / "conflict"))
+    for name in os.listdir(os.path.join(root, "annotation")):
+        path = os.path.join(root, "annotation", name)
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace("/00028 4 ", "/00028 6 "))
+    with pytest.raises(DataError, match=r"MAFW_set_1_train_faces.txt:1: num_frames: clip 00028: 6 frames "
+                                        r"annotated, 5 found"):
+        builders.prepare("mafw", root, "frames224_annotated", str(tmp_path / "too_many"))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Errors name the file (and line / clip) and the field
 

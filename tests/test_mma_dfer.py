@@ -141,3 +141,23 @@ def test_wrong_inputs_are_reported():
         model.init(jax.random.key(0), video, audio[:, :60])
     with pytest.raises(ValueError, match="fusion='late'"):
         mma_dfer.MMADFER(fusion="late", **TINY).init(jax.random.key(0), video, audio)
+
+
+def test_the_recipe_never_decays_the_unused_norms():
+    """The reference's unused PreNorm LayerNorms get no gradient, and torch's AdamW skips them: they never change.
+    Here their gradient is zero and the recipe keeps them (and nothing else) out of AdamW's decay."""
+    from experiments.configs import mma_dfer as recipe
+
+    config = recipe.get_config("dfew").optimizer
+    model = mma_dfer.MMADFER(**{**TINY, "temporal_depth": 2}, reference_unused_norms=True)
+    trainable, _ = _split(_abstract_params(model, frames=4, size=32, audio=(64, 32)))
+    decayed = jax.tree_util.tree_flatten_with_path(optim.decay_mask(config.decay_exclude)(trainable))[0]
+    kept = sorted(jax.tree_util.keystr(path) for path, decays in decayed if not decays)
+    assert kept == sorted(f"['temporal']['block_{i}_{part}_unused_norm_{leaf}']" for i in range(2)
+                          for part in ("attn", "mlp") for leaf in ("scale", "bias"))
+    optimizer = optim.make_optimizer(config, total_steps=10, steps_per_epoch=10)
+    params = {"temporal": {"block_0_attn_unused_norm_scale": jnp.ones(4), "block_0": {"scale": jnp.ones(4)}}}
+    updates, _ = optimizer.tx.update(jax.tree.map(jnp.zeros_like, params), optimizer.init(params), params)
+    np.testing.assert_array_equal(updates["temporal"]["block_0_attn_unused_norm_scale"], 0.0)
+    decay = -config.learning_rate * config.weight_decay
+    np.testing.assert_allclose(updates["temporal"]["block_0"]["scale"], decay, rtol=1e-5)

@@ -163,8 +163,11 @@ class TemporalTransformer(nn.Module):
         return x[:, 0]
 
     def _unused_norms(self, i: int, width: int) -> None:
-        """The reference's PreNorm defines a second LayerNorm it never calls; these count, train (weight decay
-        only) and have no effect. Kept behind `reference_unused_norms` for parameter-count parity."""
+        """The reference's PreNorm defines a second LayerNorm it never calls: it counts as trainable but gets no
+        gradient, and torch's AdamW skips parameters without one, so it never changes (not even by weight
+        decay). Here its gradient is zero, so Adam moves it by nothing, and the MMA-DFER recipe's
+        `optimizer.decay_exclude` keeps AdamW's decay off it: it never changes either. No effect on the
+        outputs; kept behind `reference_unused_norms` for parameter-count parity."""
         for part in ("attn", "mlp"):
             self.param(f"block_{i}_{part}_unused_norm_scale", nn.initializers.ones, (width,))
             self.param(f"block_{i}_{part}_unused_norm_bias", nn.initializers.zeros, (width,))

@@ -6,8 +6,8 @@ frame images per clip, one wav per clip, and per-fold annotation lists of `<fram
 decoded uint8 frames resized to `S x S` and a precomputed AudioMAE fbank, so that training never decodes a
 JPEG or computes a spectrogram:
 
-    frames      uint8   [T, S, S, 3]  every frame of the clip, in numeric file order, bilinear-resized
-    num_frames  int32   T (the frames found on disk)
+    frames      uint8   [T, S, S, 3]  the clip's T frames, in numeric file order, bilinear-resized
+    num_frames  int32   T (the frames found on disk; the annotated count under the `*_annotated` configs)
     fbank       float32 [512, 128]    audio.audiomae_fbank(read_wav(wav)) at the wav's native rate, channel 0
     has_audio   bool    False where MAFW has no wav (fbank = audio.silent_audiomae_fbank(), as the reference)
     label       ClassLabel            DFEW 7 classes, MAFW 11
@@ -21,16 +21,22 @@ into `clips`, read from the annotation files at build time and kept in `info.met
     train = builders.data_source("dfew", "fold1_train", manual_dir="/data/DFEW")   # Subset of `clips`
 
 Configs: `frames224` (default; what the reference's `GroupResize(224)` feeds the model), `frames112`,
-`frames32` (CPU smoke runs on real data), and for MAFW `frames224_lexsort`, which keeps the reference's
-lexicographic frame order (`glob` + `sort`: 10.jpg before 2.jpg) for parity experiments only.
+`frames32` (CPU smoke runs on real data), and for MAFW, for parity experiments only, `frames224_lexsort`,
+which keeps the reference's lexicographic frame order (`glob` + `sort`: 10.jpg before 2.jpg),
+`frames224_annotated`, which keeps only the annotated number of frames (`num_frames` of the annotation
+lists, one less than on disk), and `frames224_lexsort_annotated`, both: the frames the reference's loader
+samples from.
 
 Decisions that differ from the reference loader (each documented where it is made):
 - Frames are sorted numerically by default (the reference's lexicographic sort scrambles MAFW's 0.jpg, 1.jpg,
   ... 10.jpg; DFEW's zero-padded names sort the same either way).
 - `num_frames` is the number of frames found. MAFW's annotation counts are one less than the frames on disk
   (`data_utils/process_ann_mfaw.py` writes `len(listdir) - 1`), so the reference samples segments from the
-  annotated count and never reads a clip's last frame; here the frames found win. Every difference is
-  counted, logged and recorded in `info.metadata["fallbacks"]` (with up to 5 example clips).
+  annotated count and never reads a clip's last frame (the last in its lexicographic order); here the
+  frames found win. Every difference is counted, logged and recorded in `info.metadata["fallbacks"]` (with
+  up to 5 example clips). The `*_annotated` configs (`frame_count="annotated"`) store the first annotated
+  `num_frames` frames of each clip instead, in the config's order; a count above the frames found, or
+  below one, is an error there (the reference's loader cannot read it either).
 - Frames are resized to `S x S` once at build time; the training crop (`GroupRandomSizedCrop`) is then taken
   from the resized frame on device, not from the original-resolution one (identical for DFEW's 224 x 224
   frames; MAFW's face crops of other sizes lose resolution before the crop).
@@ -67,6 +73,7 @@ STORED_SPLIT = "clips"
 FBANK_FRAMES = 512
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FRAME_ORDERS = ("numeric", "lexicographic")
+FRAME_COUNTS = ("found", "annotated")
 
 DFEW_CLASSES = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
 MAFW_CLASSES = ("Happiness", "Sadness", "Neutral", "Anger", "Surprise", "Disgust", "Fear", "Contempt",
@@ -76,29 +83,44 @@ MAFW_CLASSES = ("Happiness", "Sadness", "Neutral", "Anger", "Surprise", "Disgust
 @dataclasses.dataclass(eq=False)
 class VideoEmotionConfig(tfds.core.BuilderConfig):
     """`frame_size`: stored frames are `frame_size x frame_size` (PIL bilinear, as `GroupResize`).
-    `frame_order`: "numeric" (10.jpg after 9.jpg) or "lexicographic" (the MAFW reference's scrambled order)."""
+    `frame_order`: "numeric" (10.jpg after 9.jpg) or "lexicographic" (the MAFW reference's scrambled order).
+    `frame_count`: "found" (every frame on disk) or "annotated" (the first `num_frames` of the annotation,
+    in `frame_order`: what the reference samples from)."""
 
     frame_size: int = 224
     frame_order: str = "numeric"
+    frame_count: str = "found"
 
     def __post_init__(self):
         if self.frame_order not in FRAME_ORDERS:
             raise ValueError(f"frame_order={self.frame_order!r}; expected one of {FRAME_ORDERS}")
+        if self.frame_count not in FRAME_COUNTS:
+            raise ValueError(f"frame_count={self.frame_count!r}; expected one of {FRAME_COUNTS}")
         if self.frame_size < 1:
             raise ValueError(f"frame_size={self.frame_size} must be positive")
 
 
-def _configs(lexsort: bool) -> list:
+def _configs(mafw: bool) -> list:
     configs = [
         VideoEmotionConfig(name="frames224", description="224 x 224 frames in numeric order (default)."),
         VideoEmotionConfig(name="frames112", frame_size=112, description="112 x 112 frames, numeric order."),
         VideoEmotionConfig(name="frames32", frame_size=32, description="32 x 32 frames: CPU smoke runs."),
     ]
-    if lexsort:
-        configs.append(VideoEmotionConfig(
-            name="frames224_lexsort", frame_order="lexicographic",
-            description="224 x 224 frames in the reference loader's lexicographic order (0, 1, 10, 11, ..., 2): "
-                        "for parity with released MMA-DFER MAFW checkpoints only."))
+    if mafw:  # the reference loader's quirks on MAFW, for parity with released MMA-DFER MAFW checkpoints only
+        configs += [
+            VideoEmotionConfig(
+                name="frames224_lexsort", frame_order="lexicographic",
+                description="224 x 224 frames in the reference loader's lexicographic order (0, 1, 10, 11, ..., "
+                            "2): for parity with released MMA-DFER MAFW checkpoints only."),
+            VideoEmotionConfig(
+                name="frames224_annotated", frame_count="annotated",
+                description="224 x 224 frames, numeric order, only the annotated number of them (one less than "
+                            "on disk in the shipped lists): for parity experiments only."),
+            VideoEmotionConfig(
+                name="frames224_lexsort_annotated", frame_order="lexicographic", frame_count="annotated",
+                description="224 x 224 frames as the reference's loader reads them: lexicographic order, the "
+                            "annotated number of them: for parity with released MMA-DFER MAFW checkpoints only."),
+        ]
     return configs
 
 
@@ -299,6 +321,10 @@ class _VideoEmotionBuilder(ManualShardBuilder, skip_registration=True):
                 if other.label != line.label:
                     raise DataError(line.where, "label", f"clip {line.clip_id} has label {line.label} here but "
                                     f"{other.label} at {other.where}")
+                if config.frame_count == "annotated" and other.num_frames != line.num_frames:
+                    raise DataError(line.where, "num_frames", f"clip {line.clip_id} has {line.num_frames} frames "
+                                    f"here but {other.num_frames} at {other.where} (config {config.name} stores "
+                                    "the annotated count)")
 
         clip_ids = sorted(first_seen, key=natural_key)
         row = {clip_id: i for i, clip_id in enumerate(clip_ids)}
@@ -312,6 +338,12 @@ class _VideoEmotionBuilder(ManualShardBuilder, skip_registration=True):
             if len(frame_paths) != line.num_frames:
                 fallbacks.add("num_frames_mismatch", f"{clip_id} ({line.num_frames} annotated, "
                               f"{len(frame_paths)} found)")
+            if config.frame_count == "annotated":
+                if not 1 <= line.num_frames <= len(frame_paths):
+                    raise DataError(line.where, "num_frames", f"clip {clip_id}: {line.num_frames} frames "
+                                    f"annotated, {len(frame_paths)} found in {frame_dir}; config {config.name} "
+                                    "reads the annotated count, which must be 1 to the frames found")
+                frame_paths = frame_paths[:line.num_frames]
             wav = self.wav_path(manual_dir, clip_id, line.where)
             if not os.path.isfile(wav):
                 if self.AUDIO_REQUIRED:
@@ -327,6 +359,7 @@ class _VideoEmotionBuilder(ManualShardBuilder, skip_registration=True):
         metadata["folds"] = {split: [row[line.clip_id] for line in lines] for split, lines in listings.items()}
         metadata["frame_size"] = config.frame_size
         metadata["frame_order"] = config.frame_order
+        metadata["frame_count"] = config.frame_count
         metadata["fallbacks"] = counts
         metadata["fallback_examples"] = {kind: list(examples) for kind, examples in fallbacks.examples.items()}
         metadata["annotation_files"] = {split: os.path.basename(p)
@@ -376,7 +409,7 @@ class Dfew(_VideoEmotionBuilder):
     AUDIO_REQUIRED = True
     HOMEPAGE = "https://dfew-dataset.github.io/"
     DESCRIPTION = "DFEW clips (face frames + audio) for dynamic facial expression recognition, 7 classes."
-    BUILDER_CONFIGS = _configs(lexsort=False)
+    BUILDER_CONFIGS = _configs(mafw=False)
     DEFAULT_CONFIG_NAME = "frames224"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
 DFEW is licensed: request it at https://dfew-dataset.github.io/. manual_dir must contain
@@ -402,7 +435,7 @@ class Mafw(_VideoEmotionBuilder):
     AUDIO_REQUIRED = False
     HOMEPAGE = "https://mafw-database.github.io/MAFW/"
     DESCRIPTION = "MAFW clips (face crops + audio) for dynamic facial expression recognition, 11 classes."
-    BUILDER_CONFIGS = _configs(lexsort=True)
+    BUILDER_CONFIGS = _configs(mafw=True)
     DEFAULT_CONFIG_NAME = "frames224"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
 MAFW is licensed: request it at https://mafw-database.github.io/MAFW/. manual_dir must contain
@@ -414,4 +447,5 @@ MAFW is licensed: request it at https://mafw-database.github.io/MAFW/. manual_di
                                 False), counted in info.metadata["fallbacks"]["missing_audio"]
 """ + _LAYOUT_COMMON.format(frames="clips_faces") + (
         "The annotated num_frames (one less than the frames on disk in the shipped lists) is checked, "
-        "not used: the frames found win, and differences are counted in the metadata.")
+        "not used: the frames found win, and differences are counted in the metadata. The *_annotated "
+        "configs store only the annotated number of frames, as the reference samples from.")
