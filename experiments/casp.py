@@ -63,8 +63,9 @@ def train_source(config, workdir: str, mesh=None) -> dict:
     source_dir = os.path.join(loop.check_workdir(workdir), "source")
     os.makedirs(source_dir, exist_ok=True)
     train, valid = sources.make_sources(config.data, config.seed)
-    run_training = plateau.train_and_evaluate if config.lr_plateau.enabled else loop.train_and_evaluate
-    result = run_training(config, source_dir, casp.build_task(config), train, valid, mesh=mesh)
+    hook = plateau.Plateau.from_config(config) if config.lr_plateau.enabled else None
+    result = loop.train_and_evaluate(config, source_dir, casp.build_task(config), train, valid, mesh=mesh,
+                                     eval_hook=hook)
     if result.preempted:
         raise KeyboardInterrupt(f"source training stopped at step {int(result.state.step)}; rerun to resume")
     best = result.best

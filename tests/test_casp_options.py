@@ -16,7 +16,7 @@ from experiments.configs import casp as casp_config
 from jaxemo.models import msa
 from jaxemo.systems import casp
 from jaxemo.systems.casp import plateau
-from jaxemo.train import metrics, optim, sharding
+from jaxemo.train import loop, metrics, optim, sharding
 from jaxemo.train.state import TrainState
 
 
@@ -120,7 +120,12 @@ def test_source_training_cuts_the_rate_after_patience_bad_evaluations_and_resume
     train, valid = _examples(8, 0), _examples(4, 1)  # 2 steps per epoch, one evaluation per epoch
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     workdir = str(tmp_path)
-    result = plateau.train_and_evaluate(config, workdir, task, train, valid, mesh)
+
+    def run(config):  # the trainer with the plateau rule as its eval hook, as experiments.casp trains the source
+        return loop.train_and_evaluate(config, workdir, task, train, valid, mesh,
+                                       eval_hook=plateau.Plateau.from_config(config))
+
+    result = run(config)
     assert result.steps_run == 8 and result.best["step"] == 2
     # evaluation 1 is the best; 2 is one bad, 3 the second (more than patience=1): cut before epoch 4
     rates = _learning_rates(workdir)
@@ -128,9 +133,9 @@ def test_source_training_cuts_the_rate_after_patience_bad_evaluations_and_resume
     # resumed with two more epochs: the plateau's count comes back with the checkpoint, so evaluation 5 (the
     # second bad one since the cut) cuts again before epoch 6
     config.num_epochs = 6
-    result = plateau.train_and_evaluate(config, workdir, task, train, valid, mesh)
+    result = run(config)
     assert result.steps_run == 4
     rates = _learning_rates(workdir)
     np.testing.assert_allclose([rates[s] for s in range(9, 13)], [1e-3] * 2 + [1e-4] * 2, rtol=1e-6)
-    finished = plateau.train_and_evaluate(config, workdir, task, train, valid, mesh)  # done: no step
+    finished = run(config)  # done: no step
     assert finished.steps_run == 0 and finished.best == result.best

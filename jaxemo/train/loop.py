@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from typing import Optional
+from typing import Optional, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -196,16 +196,34 @@ def evaluate_params(config, task, params, eval_source, mesh=None) -> tuple[dict,
     return task.summarize(stats), stats
 
 
+@runtime_checkable
+class EvalHook(Protocol):
+    """What `train_and_evaluate` calls after every evaluation (a learning rate cut on a plateau, say):
+    `hook(state, step, metrics) -> state` returns the train state to go on with. Its host state goes into every
+    checkpoint under `name` (`state_dict()`) and comes back on resume (`load_state_dict`)."""
+
+    name: str
+
+    def __call__(self, state, step: int, metrics: dict): ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, values: dict) -> None: ...
+
+
 def train_and_evaluate(config, workdir: str, task: tasks.Task, train_source, eval_source=None, mesh=None,
-                       init_params=None) -> TrainResult:
+                       init_params=None, eval_hook: Optional[EvalHook] = None) -> TrainResult:
     """Trains `task` on `train_source` (a `DataSource`, or any random-access object: len and [i]), evaluating
     on `eval_source`.
 
     `mesh` defaults to one built from `config.mesh` over all devices. `init_params(params) -> params` adjusts
     the initial parameters of a fresh run (not of a resumed one). With `config.best.metric` set, the best
     evaluation's state is kept in `checkpoints_best/` and `config.best.patience` > 0 stops the run after that
-    many evaluations without improvement (`early_stopping`).
+    many evaluations without improvement (`early_stopping`). `eval_hook` (`EvalHook`) sees every evaluation
+    and may change the train state.
     """
+    if eval_hook is not None and eval_source is None:
+        raise ValueError(f"eval_hook {eval_hook.name!r} acts on evaluations: it needs an evaluation source")
     workdir = check_workdir(workdir)
     trainer = Trainer(config, task, train_source, eval_source, mesh)
     _write_config(config, workdir)
@@ -225,13 +243,18 @@ def train_and_evaluate(config, workdir: str, task: tasks.Task, train_source, eva
         train_iter.set_state(data_state)
         if "best" in data_state:
             tracker.load_state_dict(data_state["best"])
+        if eval_hook is not None:
+            if eval_hook.name not in data_state:
+                raise ValueError(f"{ckpt.directory} holds a run trained without {eval_hook.name!r}: resume it "
+                                 f"as it was trained, or start in a new workdir")
+            eval_hook.load_state_dict(data_state[eval_hook.name])
         logger.info("resumed from %s at step %d", ckpt.directory, int(state.step))
     else:
         state = trainer.init_state(init_params)
     writer = metrics_lib.MetricWriter(workdir)
     best = (checkpoint_lib.BestCheckpoint(os.path.join(workdir, "checkpoints_best"))
             if tracker.config.enabled else None)
-    run = _Run(trainer, config, train_iter, ckpt, writer, best, tracker)
+    run = _Run(trainer, config, train_iter, ckpt, writer, best, tracker, eval_hook)
     try:
         return run(state)
     finally:
@@ -245,9 +268,10 @@ def train_and_evaluate(config, workdir: str, task: tasks.Task, train_source, eva
 class _Run:
     """The loop of `train_and_evaluate` and what it threads through: checkpoints, metrics, the best tracker."""
 
-    def __init__(self, trainer: Trainer, config, train_iter, ckpt, writer, best, tracker):
+    def __init__(self, trainer: Trainer, config, train_iter, ckpt, writer, best, tracker, eval_hook=None):
         self.trainer, self.config, self.train_iter = trainer, config, train_iter
         self.ckpt, self.writer, self.best, self.tracker = ckpt, writer, best, tracker
+        self.eval_hook = eval_hook
         self.config_json = json.loads(config.to_json_best_effort())
 
     def throughput(self, rates: dict) -> dict:
@@ -262,8 +286,13 @@ class _Run:
         return {**rates, "achieved_tflops": achieved / 1e12, "mfu": achieved / peak}
 
     def run_state(self) -> dict:
-        """The host state that goes with a train state: the data iterator's position and the best tracker."""
-        return {**self.train_iter.get_state(), "best": self.tracker.state_dict()}
+        """The host state that goes with a train state: the data iterator's position, the best tracker and
+        the eval hook's state."""
+        hook = {self.eval_hook.name: self.eval_hook.state_dict()} if self.eval_hook is not None else {}
+        return {**self.train_iter.get_state(), "best": self.tracker.state_dict(), **hook}
+
+    def after_eval(self, state, step: int, metrics: dict):
+        return state if self.eval_hook is None else self.eval_hook(state, step, metrics)
 
     def evaluate(self, state, step: int, track: bool = True) -> tuple[dict, dict]:
         stats = self.trainer.evaluate_stats(state)
@@ -289,7 +318,7 @@ class _Run:
     def __call__(self, state) -> TrainResult:
         trainer, config = self.trainer, self.config
         start, total = int(state.step), trainer.total_steps
-        if self.tracker.stopped[0]:  # resumed after early stopping: report, do not train further
+        if self.tracker.stopped[0] or start >= total:  # resumed after early stopping or the end: report only
             eval_metrics, eval_stats = self.evaluate(state, start, track=False)
             return self.result(state, eval_metrics, 0, eval_stats)
         watcher = checkpoint_lib.PreemptionWatcher()
@@ -308,6 +337,7 @@ class _Run:
                 if trainer.eval_source is not None and step != total and \
                         is_eval_step(step, trainer.eval_every_steps, total):
                     eval_metrics, eval_stats = self.evaluate(state, step)
+                    state = self.after_eval(state, step, eval_metrics)
                     if self.tracker.stopped[0]:
                         self.ckpt.save(step, state, self.run_state(), self.config_json, force=True)
                         return self.result(state, eval_metrics, step - start, eval_stats)
@@ -321,10 +351,11 @@ class _Run:
         finally:
             progress.close()
             watcher.close()
-        self.ckpt.save(total, state, self.run_state(), self.config_json, force=True)
         eval_stats = None
-        if trainer.eval_source is not None:
+        if trainer.eval_source is not None:  # before the last save: a longer rerun resumes with this evaluation
             eval_metrics, eval_stats = self.evaluate(state, total)
+            state = self.after_eval(state, total, eval_metrics)
+        self.ckpt.save(total, state, self.run_state(), self.config_json, force=True)
         return self.result(state, eval_metrics, total - start, eval_stats)
 
 

@@ -2,7 +2,7 @@
 backbones are `jaxemo/models/msa.py`, the methods and modes `jaxemo/tta/`; this module builds them from the
 recipe (`experiments/configs/casp.py`), adapts a source model on a target with every method in every mode,
 and holds the FLOP count and the benchmark cases (`python -m experiments.casp`, `benchmarks.tta_latency`).
-`plateau` trains the source model with the reference's `ReduceLROnPlateau` (`config.lr_plateau.enabled`).
+`plateau`: the reference's `ReduceLROnPlateau` as the trainer's eval hook (`config.lr_plateau.enabled`).
 """
 
 from __future__ import annotations
