@@ -116,7 +116,7 @@ def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
 
 
 def mertools_convert(state_dict: dict, args) -> tuple[dict, dict]:
-    sources = convert_mertools.parse_sources(getattr(args, "features", None))
+    sources = convert_mertools.parse_sources(args.features)
     return convert_mertools.convert_mertools_state_dict(
         state_dict, sources or convert_mertools.default_sources(state_dict))
 

@@ -118,8 +118,10 @@ def _run_args(args: Any) -> dict:
     """The run settings jaxemo reads from the saved `args` (an argparse.Namespace, or a dict)."""
     names = ("model", "input_size", "mask_ratio", "norm_pix_loss", "use_fusion", "use_component", "channels",
              "epochs", "warmup_epochs", "blr", "lr", "batch_size", "accum_iter")
-    get = args.get if isinstance(args, Mapping) else (lambda name: getattr(args, name, None))
-    return {name: get(name) for name in names if get(name) is not None} if args is not None else {}
+    if args is None:
+        return {}
+    values = dict(args) if isinstance(args, Mapping) else vars(args)
+    return {name: values[name] for name in names if values.get(name) is not None}
 
 
 def _strip(state_dict: Mapping[str, Any], entry: str) -> dict:
