@@ -154,11 +154,19 @@ def run_loop(jax, workdir: str, steps: int, mesh_name: str) -> dict:
     from jaxemo.systems import vit_classifier
     from jaxemo.train import loop, tasks
 
+    from jaxemo.data import pipeline
+    from jaxemo.train import sharding
+
     config = tiny_config(steps, MESHES[mesh_name])
     task = tasks.ClassificationTask(vit_classifier.build_model(config), config.data.num_classes)
     train_source, eval_source = vit_classifier.build_data(config)
+    first = next(iter(pipeline.train_dataset(train_source, config.batch_size, config.seed)))
+    if len(first["label"]) != config.batch_size // jax.process_count():
+        raise RuntimeError(f"process {jax.process_index()} got {len(first['label'])} rows of batch 0")
+    mesh = sharding.make_mesh(MESHES[mesh_name])
+    labels = gather(jax, {"labels": sharding.shard_batch(first, mesh)["label"]})["labels"]  # the global batch
     result = loop.train_and_evaluate(config, workdir, task, train_source, eval_source)
-    out = {f"param/{k}": v for k, v in gather(jax, result.state.params).items()}
+    out = {"batch0_labels": labels, **{f"param/{k}": v for k, v in gather(jax, result.state.params).items()}}
     out.update({f"eval/{k}": np.asarray(v) for k, v in result.eval_metrics.items()})
     out["steps_run"] = np.asarray(result.steps_run)
 
