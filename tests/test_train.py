@@ -108,6 +108,22 @@ def test_persistent_nonfinite_loss_stops_with_a_clear_error(tiny_config, tmp_pat
         loop.train_and_evaluate(config, str(tmp_path / "nan"), task, _NaNImages(), mesh=_one_device_mesh())
 
 
+class _ZeroImages(_NaNImages):
+    def __getitem__(self, i):
+        return {"image": np.zeros((32, 32, 3), np.float32), "label": np.int32(i % 10)}
+
+
+def test_a_finished_run_without_evaluation_reruns_as_a_report(tiny_config, tmp_path):
+    """No eval source: the rerun of a finished run trains nothing and evaluates nothing (the step is the NaN
+    test's program: the same model, images and mesh)."""
+    config = tiny_config(total_steps=2, log_every_steps=1)
+    task = tasks.ClassificationTask(vit_classifier.build_model(config), 10)
+    first = loop.train_and_evaluate(config, str(tmp_path / "run"), task, _ZeroImages(), mesh=_one_device_mesh())
+    again = loop.train_and_evaluate(config, str(tmp_path / "run"), task, _ZeroImages(), mesh=_one_device_mesh())
+    assert first.steps_run == 2 and again.steps_run == 0 and again.eval_metrics == {}
+    assert int(again.state.step) == 2
+
+
 def test_gradient_accumulation_matches_one_big_batch(tiny_config):
     config = tiny_config()
     batch = _batch(config)

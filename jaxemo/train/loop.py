@@ -319,6 +319,8 @@ class _Run:
         trainer, config = self.trainer, self.config
         start, total = int(state.step), trainer.total_steps
         if self.tracker.stopped[0] or start >= total:  # resumed after early stopping or the end: report only
+            if trainer.eval_source is None:
+                return self.result(state, {}, 0)
             eval_metrics, eval_stats = self.evaluate(state, start, track=False)
             return self.result(state, eval_metrics, 0, eval_stats)
         watcher = checkpoint_lib.PreemptionWatcher()
