@@ -14,9 +14,8 @@ from sklearn.metrics import f1_score
 
 from experiments.configs import casp as casp_config
 from jaxemo.models import msa
-from jaxemo.systems import casp
 from jaxemo.systems.casp import plateau
-from jaxemo.train import loop, metrics, optim, sharding
+from jaxemo.train import loop, metrics, optim, sharding, tasks
 from jaxemo.train.state import TrainState
 
 
@@ -28,7 +27,7 @@ def test_f1_reference_swapped_is_sklearn_called_as_casp_calls_it():
     expected = f1_score(predictions > 0, labels > 0, average="weighted")  # utils/util.py eval_senti
     in_order = f1_score(labels > 0, predictions > 0, average="weighted")
     assert abs(expected - in_order) > 0.01
-    row = casp.sentiment_metrics(predictions, labels)
+    row = metrics.sentiment_metrics(predictions, labels)
     assert row["f1_reference_swapped"] == pytest.approx(expected, abs=1e-6)
     assert row["f1_reference"] == pytest.approx(in_order, abs=1e-6)
     # the source-training task reports it at every evaluation (from summed statistics, padding masked)
@@ -36,7 +35,7 @@ def test_f1_reference_swapped_is_sklearn_called_as_casp_calls_it():
     mask[200:] = 0
     stats = metrics.sentiment_stats(jnp.asarray(np.pad(predictions, (0, 10), constant_values=5.0)),
                                     jnp.asarray(np.pad(labels, (0, 10), constant_values=-5.0)), jnp.asarray(mask))
-    summary = casp.RegressionTask(msa.SentimentRegressor(depth=1)).summarize(jax.device_get(stats))
+    summary = tasks.SentimentRegressionTask(msa.SentimentRegressor(depth=1)).summarize(jax.device_get(stats))
     assert summary["f1_reference_swapped"] == pytest.approx(expected, abs=1e-6)
 
 
@@ -116,7 +115,7 @@ def test_source_training_cuts_the_rate_after_patience_bad_evaluations_and_resume
     config.update(batch_size=4, eval_batch_size=4, num_epochs=4, log_every_steps=1)
     config.optimizer.learning_rate = 1e-2
     config.lr_plateau.update(enabled=True, patience=1)
-    task = casp.RegressionTask(Stuck())
+    task = tasks.SentimentRegressionTask(Stuck())
     train, valid = _examples(8, 0), _examples(4, 1)  # 2 steps per epoch, one evaluation per epoch
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     workdir = str(tmp_path)

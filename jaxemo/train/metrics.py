@@ -76,6 +76,10 @@ def sentiment_metrics_from_stats(stats) -> dict:
     non0       negative vs positive, samples with label 0 left out (MMSA's `Non0_acc_2`)
     reference  label > 0 vs <= 0 on all samples: CASP's (MulT's) `eval_senti` with exclude_zero=False,
                which CASP uses to select checkpoints
+
+    and `f1_reference_swapped`, the weighted F1 CASP prints: `f1_score(preds > 0, labels > 0,
+    average="weighted")`, the predictions passed as sklearn's `y_true`, so the classes are weighted by how
+    often they are predicted (the reference variant's confusion matrix transposed).
     """
     s = {k: np.asarray(v, np.float64) for k, v in stats.items()}
     n = max(float(s["count"]), 1.0)
@@ -89,6 +93,7 @@ def sentiment_metrics_from_stats(stats) -> dict:
         confusion = s[f"confusion_{variant}"]
         out[f"acc2_{variant}"] = float(np.trace(confusion) / max(confusion.sum(), 1.0))
         out[f"f1_{variant}"] = _weighted_f1(confusion)
+    out["f1_reference_swapped"] = _weighted_f1(s["confusion_reference"].T)
     return out
 
 

@@ -13,7 +13,6 @@ import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxemo import layers
@@ -31,32 +30,10 @@ def build_model(config) -> msa.SentimentRegressor:
     return msa.create(dtype=layers.dtype_from_name(config.model.dtype), **fields)
 
 
-def reference_f1(stats) -> float:
-    """The weighted F1 that CASP prints (`utils/util.py` `eval_senti`): `f1_score(preds > 0, labels > 0,
-    average="weighted")`, the predictions passed as sklearn's `y_true`, so the two classes are weighted by
-    how often they are *predicted*. `f1_reference` is the same F1 with the arguments in order; this is its
-    transposed confusion matrix."""
-    confusion = np.asarray(stats["confusion_reference"], np.float64)
-    return metrics.classification_metrics(confusion.T)["weighted_f1"]
-
-
-def sentiment_metrics(predictions, labels) -> dict:
-    """`metrics.sentiment_metrics` plus `f1_reference_swapped` (`reference_f1`)."""
-    stats = jax.device_get(metrics.sentiment_stats(jnp.asarray(predictions), jnp.asarray(labels)))
-    return {**metrics.sentiment_metrics_from_stats(stats), "f1_reference_swapped": reference_f1(stats)}
-
-
-class RegressionTask(tasks.SentimentRegressionTask):
-    """The sentiment regression task whose evaluation also reports `f1_reference_swapped` (`reference_f1`)."""
-
-    def summarize(self, stats) -> dict:
-        return {**super().summarize(stats), "f1_reference_swapped": reference_f1(stats)}
-
-
-def build_task(config) -> RegressionTask:
+def build_task(config) -> tasks.SentimentRegressionTask:
     """The source-training task; its FLOP count needs the sequence lengths, known for the synthetic data."""
     counts = flops(config)
-    return RegressionTask(build_model(config), flops_per_example=counts.train if counts else None)
+    return tasks.SentimentRegressionTask(build_model(config), flops_per_example=counts.train if counts else None)
 
 
 def flops(config) -> Flops | None:
@@ -161,7 +138,7 @@ def run_adaptation(config, params: dict) -> dict:
             rng = jax.random.key(config.seed)
             predictions = run_mode(mode, method, model, frozen, adapted, adapt_data, test_data, config, rng)
             row = {"method": name, "mode": mode, "seconds": time.perf_counter() - start,
-                   **sentiment_metrics(predictions, test_data["label"])}
+                   **metrics.sentiment_metrics(predictions, test_data["label"])}
             logger.info("%s / %s: MAE %.4f, corr %.4f (%.1f s)", name, mode, row["mae"], row["corr"],
                         row["seconds"])
             results.append(row)
