@@ -109,16 +109,8 @@ def convert(kind: str, state_dict: dict, args) -> tuple[dict, list[str]]:
     if kind == "mma_dfer":
         return convert_mma_dfer.from_reference_checkpoint(state_dict, num_heads=args.num_heads or 12,
                                                           temporal_heads=args.temporal_heads)
-    if kind == "mertools":
-        params, info = mertools_convert(state_dict, args)
-        return params, info["dropped"]
-    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
-
-
-def mertools_convert(state_dict: dict, args) -> tuple[dict, dict]:
-    sources = convert_mertools.parse_sources(args.features)
-    return convert_mertools.convert_mertools_state_dict(
-        state_dict, sources or convert_mertools.default_sources(state_dict))
+    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS} (mertools, uemo, wav2vec2 and hubert "
+                     "write more than params: `main`)")
 
 
 def parse_args(argv):
@@ -155,7 +147,9 @@ def main(argv=None) -> dict:
         return _convert_uemo(args, checkpoint)
     source = torch_state.read_checkpoint(args.input)
     if args.kind == "mertools":  # the params need their model's fields: written beside them
-        params, info = mertools_convert(source.state_dict, args)
+        sources = convert_mertools.parse_sources(args.features) or convert_mertools.default_sources(
+            source.state_dict)
+        params, info = convert_mertools.convert_mertools_state_dict(source.state_dict, sources)
         unused = info["dropped"]
         path = checkpoint.save_params(args.output_dir, params, overwrite=args.overwrite)
         fields = {"name": "attention", **info["model_fields"], "modalities": list(info["modalities"])}
