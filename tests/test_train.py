@@ -209,3 +209,8 @@ def test_evaluation_counts_each_real_example_once(tiny_config):
     params = nn.unbox(task.init(jax.random.key(0), next(pipeline.eval_batches(source, 1)))["params"])
     metrics, stats = loop.evaluate_params(config, task, params, source, mesh)
     assert int(np.asarray(stats["confusion"]).sum()) == 20
+    # a system's eval transform that returns only the model's inputs (MMA-DFER's clip transform does): the
+    # mask is the pipeline's, not the transform's
+    inputs_only = dataclasses.replace(task, eval_transform=lambda e, rng: {"image": e["image"], "label": e["label"]})
+    _, stats = loop.evaluate_params(config, inputs_only, params, source, mesh)
+    assert int(np.asarray(stats["confusion"]).sum()) == 20

@@ -69,14 +69,17 @@ class HostTransform:
     keys: tuple
 
     def __call__(self, example: dict, rng) -> dict:
+        # the eval pipeline's marker of padding rows (`pipeline.eval_dataset`), read before the transform, which
+        # need not pass it on (MMA-DFER's clip transform returns only the model's inputs and the label)
+        mask = example.get("mask")
         if self.transform is not None:
             example = self.transform(example, rng)
         missing = [k for k in self.keys if k not in example]
         if missing:
             raise KeyError(f"examples lack the fields {missing} the task reads (they have {sorted(example)})")
         kept = {k: example[k] for k in self.keys}
-        if "mask" in example:  # the eval pipeline's marker of padding rows (`pipeline.eval_dataset`)
-            kept["mask"] = example["mask"]
+        if mask is not None:
+            kept["mask"] = mask
         return kept
 
 
