@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
 from experiments.configs import config_path
+from jaxemo.train import checkpoint
 
 
 def default_workdir(experiment: str, variant: str) -> str:
@@ -35,6 +37,28 @@ def experiment_config_and_workdir(experiment: str):
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or default_workdir(experiment, config.get("variant", "custom"))
     return config, workdir
+
+
+def stored_config(path: str, step: int | None) -> config_dict.ConfigDict:
+    """The recipe config a jaxemo checkpoint stored beside its params (`path`: a run's checkpoints or one step)."""
+    step_dir = checkpoint.step_directory(path, step)
+    config_file = os.path.join(step_dir, "config", "metadata")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{step_dir} has no stored config ({config_file}); is it a jaxemo checkpoint?")
+    with open(config_file) as f:
+        return config_dict.ConfigDict(json.load(f))
+
+
+def apply_overrides(config: config_dict.ConfigDict, overrides) -> None:
+    """`field.sub=value` strings applied to `config`, each value cast to the type the field has."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        target = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            target = target[name]
+        target[leaf] = type(target[leaf])(value) if target.get(leaf) is not None else value
+
 
 
 def run(main) -> None:

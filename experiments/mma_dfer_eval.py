@@ -14,7 +14,6 @@ import json
 import os
 
 from absl import flags
-from ml_collections import config_dict
 
 from experiments import cli
 from jaxemo.systems import mma_dfer
@@ -29,29 +28,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "where to write confusion.png and 
 _OVERRIDES = flags.DEFINE_multi_string("config_override", [], "field=value, applied to the stored config")
 
 
-def stored_config(path: str, step: int | None) -> config_dict.ConfigDict:
-    step_dir = checkpoint.step_directory(path, step)
-    config_file = os.path.join(step_dir, "config", "metadata")
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"{step_dir} has no stored config ({config_file}); is it a jaxemo checkpoint?")
-    with open(config_file) as f:
-        return config_dict.ConfigDict(json.load(f))
-
-
-def apply_overrides(config: config_dict.ConfigDict, overrides) -> None:
-    for item in overrides:
-        key, _, value = item.partition("=")
-        target = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            target = target[name]
-        target[leaf] = type(target[leaf])(value) if target.get(leaf) is not None else value
-
-
 def main(argv):
     del argv
-    config = stored_config(_CHECKPOINT.value, _STEP.value)
-    apply_overrides(config, _OVERRIDES.value)
+    config = cli.stored_config(_CHECKPOINT.value, _STEP.value)
+    cli.apply_overrides(config, _OVERRIDES.value)
     params = checkpoint.load_params(_CHECKPOINT.value, step=_STEP.value)
     _, test_source = mma_dfer.fold_sources(config, _FOLD.value)
     scores, stats = loop.evaluate_params(config, mma_dfer.build_task(config), params, test_source)

@@ -93,3 +93,25 @@ def test_pair_variants_use_one_extraction_and_scale_sims():
     assert (config.data.name, config.data.builder_config) == ("cmu_mosei", "casp")
     assert (config.target.name, config.target.builder_config) == ("ch_sims", "casp_scaled")
     assert config.model.fusion == "early" and len(casp_config.PAIRS) == 12
+
+
+def test_robustness_sweep_of_the_source_model(run, tmp_path):
+    """`python -m experiments.robustness --system=casp` on the source checkpoint: the clean point is the
+    experiment's source-only MAE on the target test split, and every modality's failures raise the MAE as they
+    grow (the synthetic labels depend on all three), on one compiled program."""
+    import os
+
+    from experiments import robustness as robustness_experiment
+
+    _, _, workdir, summary, mesh = run
+    result = robustness_experiment.run("casp", os.path.join(workdir, "source", "checkpoints_best"), str(tmp_path),
+                                       snr_db=(10, 0, -10), dropout=(0.5,), mesh=mesh)
+    rows = result["rows"]
+    assert rows[0]["mae"] == pytest.approx(mae(summary, "source_only", "-"), abs=1e-5)
+    assert rows[0]["compiles"] == 1 and result["metric"] == "mae"
+    for modality in ("text", "audio", "vision"):
+        noise = [rows[0]["mae"]] + [r["mae"] for r in rows if r["modality"] == modality and r["kind"] == "noise"]
+        assert all(b >= a - 0.005 for a, b in zip(noise, noise[1:])) and noise[-1] > noise[0], (modality, noise)
+        absent = next(r["mae"] for r in rows if r["modality"] == modality and r["kind"] == "absent")
+        assert absent > rows[0]["mae"], modality
+

@@ -5,7 +5,8 @@ Layers, lowest first; a module may import its own unit and the units below it, n
 
     jaxemo.layers, jaxemo.perf       building blocks and run-time measurement
     jaxemo.vit, jaxemo.data          the shared encoder; data sources, pipelines, builders
-    jaxemo.train                     sharding, the update step, the trainer, populations, checkpoints
+    jaxemo.train                     sharding, the update step, the trainer, populations, checkpoints,
+                                     evaluation under modality failures
     jaxemo.models                    one file per model
     jaxemo.tta, jaxemo.convert       test-time adaptation; PyTorch checkpoints -> params
     jaxemo.systems                   one package per system (none imports another), the registry

@@ -91,6 +91,35 @@ def test_eval_module_reads_the_checkpoint_and_reproduces_the_scores(trained, tmp
     assert "fold 1: UAR" in out and (tmp_path / "confusion_fold1.png").exists()
 
 
+def _curve(rows, modality, kind, metric):
+    return [row[metric] for row in rows if row["modality"] == modality and row["kind"] == kind]
+
+
+def test_robustness_sweep_of_the_trained_checkpoint(trained, tmp_path):
+    """`python -m experiments.robustness --system=mma_dfer` on the run's best checkpoint: the clean point is the
+    checkpoint's own score, both modalities matter (the synthetic clips carry the label in both), each failure
+    lowers UAR further as it grows, and every point ran on one compiled program."""
+    from experiments import robustness as robustness_experiment
+
+    workdir, _ = trained
+    result = robustness_experiment.run("mma_dfer", os.path.join(workdir, "fold1", "checkpoints_best"), str(tmp_path),
+                                       snr_db=(10, 0, -10), dropout=(0.5, 1.0), mesh=eight_devices())
+    rows = result["rows"]
+    best = json.load(open(os.path.join(workdir, "fold1", "checkpoints_best.json")))
+    assert rows[0]["kind"] == "clean" and rows[0]["uar"] == pytest.approx(best["value"], abs=1e-6)
+    assert rows[0]["compiles"] == 1 and len(rows) == 1 + 2 * (1 + 3 + 2)
+    for modality in ("video", "audio"):
+        absent = _curve(rows, modality, "absent", "uar")[0]
+        assert absent < rows[0]["uar"] - 0.2, modality
+        for kind in ("noise", "temporal_dropout"):
+            curve = [rows[0]["uar"], *_curve(rows, modality, kind, "uar")]
+            assert all(b <= a + 0.03 for a, b in zip(curve, curve[1:])), (modality, kind, curve)
+            assert curve[-1] < curve[0] - 0.1, (modality, kind, curve)
+        assert _curve(rows, modality, "temporal_dropout", "uar")[-1] == pytest.approx(absent)  # every frame
+    for name in ("csv", "json", "png"):
+        assert os.path.getsize(result["paths"][name]) > 0
+
+
 def one_device():
     """A one-device mesh, as a CPU machine has."""
     return sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])

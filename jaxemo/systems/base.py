@@ -12,6 +12,8 @@ beside its model in `jaxemo/models/`) whose `SYSTEM` is a `System`:
     benchmark             its train / inference step cases (`StepBenchmark`): `python -m benchmarks.steps`,
                           the GPU suite's step rows and the TPU pod compiles read them
     workloads             whole-workload benchmark drivers it adds to the GPU suite (`GpuRun`)
+    robustness            where it is multimodal, its modalities and evaluation set for the modality-failure
+                          sweep (`RobustnessSpec`, `python -m experiments.robustness`)
 
 The library never imports `experiments` or `benchmarks`: whoever runs loads the config (`experiments.configs.
 load(name, variant)`) and passes it in; a case gets a loaded config, never a loader.
@@ -121,6 +123,18 @@ class GpuRun:
 
 
 @dataclasses.dataclass(frozen=True)
+class RobustnessSpec:
+    """What `python -m experiments.robustness` needs to score a trained checkpoint of the system under modality
+    failures (`jaxemo.train.robustness`): its `modalities` (`Modality`: batch field, time axis, lengths),
+    `eval_source(config, fold)`, the evaluation split of a stored recipe config (systems without folds ignore
+    `fold`), and the `metric` its plot shows."""
+
+    modalities: tuple
+    eval_source: Callable[[Any, int], Any]
+    metric: str
+
+
+@dataclasses.dataclass(frozen=True)
 class System:
     """See the module docstring: one per package, `jaxemo/systems/<name>/__init__.py`'s `SYSTEM`."""
 
@@ -131,6 +145,7 @@ class System:
     flops: Callable[[Any], Optional[Flops]]
     benchmark: Optional[StepBenchmark] = None
     workloads: tuple = ()
+    robustness: Optional[RobustnessSpec] = None
 
     def __post_init__(self):
         if not self.configs:

@@ -18,8 +18,10 @@ import numpy as np
 from jaxemo import layers
 from jaxemo.data import sources
 from jaxemo.models import msa
-from jaxemo.systems.base import TINY, CaseOptions, Flops, GpuRun, PaperRun, StepBenchmark, StepCase, System
+from jaxemo.systems.base import (TINY, CaseOptions, Flops, GpuRun, PaperRun, RobustnessSpec, StepBenchmark,
+                                 StepCase, System)
 from jaxemo.train import metrics, tasks
+from jaxemo.train.robustness import Modality
 from jaxemo.tta import core, methods, modes
 
 logger = logging.getLogger(__name__)
@@ -267,4 +269,10 @@ SYSTEM = System(
                ("--tiny", "--batches=1,4", "--steps=1", "--notorch", "--nooffline"), 60,
                "test-time adaptation latency, episodic vmap vs per-sample loop"),
     ),
+    # the source model on the target's test split (no adaptation): what a failing sensor does to it
+    robustness=RobustnessSpec(
+        modalities=(Modality("text", "text"), Modality("audio", "audio", length_key="audio_length"),
+                    Modality("vision", "vision", length_key="vision_length")),
+        eval_source=lambda config, fold: sources.make_source(config.target, config.target.test_split, config.seed),
+        metric="mae"),
 )

@@ -16,8 +16,10 @@ from jaxemo.convert import mma_dfer as mma_dfer_convert
 from jaxemo.convert.torch_state import load_state_dict
 from jaxemo.data import augment, sources, video
 from jaxemo.models import mma_dfer
-from jaxemo.systems.base import TINY, CaseOptions, Flops, PaperRun, StepBenchmark, StepCase, System
+from jaxemo.systems.base import (TINY, CaseOptions, Flops, PaperRun, RobustnessSpec, StepBenchmark, StepCase,
+                                 System)
 from jaxemo.train import tasks
+from jaxemo.train.robustness import Modality
 
 
 def build_model(config) -> mma_dfer.MMADFER:
@@ -258,4 +260,7 @@ SYSTEM = System(
         gpu_args=("--variants=dfew", "--dtype=bfloat16", "--frozen_dtype=bfloat16", "--batch_size=8,32,64",
                   "--remat_policy=none,none,full"),
         gpu_limit_s=120),
+    # the 16 sampled frames (uint8, before the on-device crop) and the fbank's time frames
+    robustness=RobustnessSpec(modalities=(Modality("video", "video"), Modality("audio", "fbank")),
+                              eval_source=lambda config, fold: fold_sources(config, fold)[1], metric="uar"),
 )
