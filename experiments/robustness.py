@@ -67,8 +67,10 @@ def run(system_name: str, checkpoint_path: str, output: str, *, step=None, fold:
     seconds = time.perf_counter() - start
     metric = metric or spec.metric
     paths = robustness.write_results(rows, output, metric, f"{system.title}: {checkpoint_path}")
+    later = sum(row["seconds"] for row in rows[1:])
     return {"rows": rows, "paths": paths, "metric": metric, "seconds": seconds, "points": len(points),
-            "samples": len(points) * len(source)}
+            "samples": len(points) * len(source), "first_point_s": rows[0]["seconds"],
+            "samples_per_s_after_first": (len(points) - 1) * len(source) / later if later else float("nan")}
 
 
 def main(argv):
@@ -84,8 +86,9 @@ def main(argv):
         label = "clean" if row["kind"] == "clean" else f"{row['modality']} {row['kind']} {row['severity']:g}"
         print(f"{label:36s} {row[metric]:8.4f}")
     print(f"{result['points']} failure points, {result['samples']:,} samples in {result['seconds']:.1f} s "
-          f"({result['samples'] / result['seconds']:,.0f} samples/s, compilation and reading included; "
-          f"{result['rows'][0]['compiles']} compiled evaluation program(s)); table and plot in {output}")
+          f"({result['samples'] / result['seconds']:,.0f} samples/s with reading and compiling; the first point "
+          f"{result['first_point_s']:.1f} s, the others {result['samples_per_s_after_first']:,.0f} samples/s); "
+          f"{result['rows'][0]['compiles']} compiled evaluation program(s); table and plot in {output}")
 
 
 if __name__ == "__main__":

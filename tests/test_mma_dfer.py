@@ -161,3 +161,32 @@ def test_the_recipe_never_decays_the_unused_norms():
     np.testing.assert_array_equal(updates["temporal"]["block_0_attn_unused_norm_scale"], 0.0)
     decay = -config.learning_rate * config.weight_decay
     np.testing.assert_allclose(updates["temporal"]["block_0"]["scale"], decay, rtol=1e-5)
+
+
+def test_modality_dropout_zeros_one_modality_per_dropped_clip_and_leaves_the_augmentation_alone():
+    from jaxemo.systems import mma_dfer as system
+
+    rng = np.random.default_rng(0)
+    inputs = {"video": rng.integers(1, 256, (64, 4, 40, 40, 3), dtype=np.uint8),
+              "fbank": rng.standard_normal((64, 16, 8)).astype(np.float32) + 5.0}
+    key = jax.random.key(3)
+
+    def run(p):
+        out = jax.jit(lambda x: system.preprocess(key, x, True, size=32, brightness=0.5, sampler="mma_dfer",
+                                                  modality_dropout=p))(inputs)
+        return np.asarray(out["video"]), np.asarray(out["fbank"])
+
+    video, fbank = run(0.0)
+    assert video.reshape(64, -1).any(1).all() and (fbank == inputs["fbank"]).all()
+    for p in (1.0, 0.5):
+        dropped_video, dropped_fbank = run(p)
+        no_video = ~dropped_video.reshape(64, -1).any(1)
+        no_audio = ~dropped_fbank.reshape(64, -1).any(1)
+        assert not (no_video & no_audio).any()  # at most one modality per clip
+        kept = ~(no_video | no_audio)
+        np.testing.assert_array_equal(dropped_video[kept], video[kept])  # the same crops and flips
+        np.testing.assert_array_equal(dropped_fbank[kept], fbank[kept])
+        share = (no_video | no_audio).mean()
+        assert share == 1.0 if p == 1.0 else 0.3 < share < 0.7
+        if p == 1.0:
+            assert 0.3 < no_video.mean() < 0.7

@@ -32,7 +32,9 @@ def get_config(arg: str = "tiny"):
     # audio_grid: the patch grid AudioMAE was pretrained on (1024 x 128 fbanks), resized to ours.
     config.pretrained = config_dict.ConfigDict(dict(image="", audio="", audio_grid=(64, 8)))
     config.data.update(dict(name="dfew", builder_config="frames224", num_classes=7, folds=(1, 2, 3, 4, 5)))
-    config.augment = config_dict.ConfigDict(dict(brightness=0.5, crop_sampler="mma_dfer"))
+    # modality_dropout: the probability that a training clip loses its video or its audio (one of the two,
+    # equally likely; zeros, as `python -m experiments.robustness` makes a modality absent). Not the paper's: 0.
+    config.augment = config_dict.ConfigDict(dict(brightness=0.5, crop_sampler="mma_dfer", modality_dropout=0.0))
     config.batch_size = 8
     config.eval_batch_size = 8
     config.num_epochs = 25

@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import json
 import os
+import time
 from typing import Optional, Sequence
 
 import jax
@@ -179,7 +180,8 @@ def sweep(config, task, params, eval_source, modalities: Sequence[Modality], poi
           seed: int = 0, mesh=None) -> list[dict]:
     """Every point's metrics (`task.summarize`) on `eval_source`: the evaluation set is read and host-transformed
     once, and one jitted eval step (the trainer's, on `mesh`) serves every point. Rows: the point's fields and
-    its metrics; `compiles`, the eval step's compilations, on the first row."""
+    its metrics and `seconds` (the first point's include compiling); `compiles`, the eval step's compilations,
+    on the first row."""
     mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
     rules = sharding.rules_from_config(config)
     boxed = jax.eval_shape(task.init, jax.random.key(0), loop.example_batch(task, eval_source))["params"]
@@ -192,6 +194,7 @@ def sweep(config, task, params, eval_source, modalities: Sequence[Modality], poi
     offsets = np.cumsum([0] + [len(batch["mask"]) for batch in batches])[:-1]
     results = []
     for point in points:
+        start = time.perf_counter()
         totals = None
         for batch, offset in zip(batches, offsets):
             fields = failure_fields(point, modalities, np.arange(offset, offset + len(batch["mask"])))
@@ -199,7 +202,8 @@ def sweep(config, task, params, eval_source, modalities: Sequence[Modality], poi
             totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
         scores = failing.summarize(jax.device_get(totals))
         results.append({"modality": point.modality, "kind": point.kind, "severity": point.severity,
-                        **{k: float(v) for k, v in scores.items() if np.ndim(v) == 0}})
+                        **{k: float(v) for k, v in scores.items() if np.ndim(v) == 0},
+                        "seconds": time.perf_counter() - start})
     results[0]["compiles"] = eval_step._cache_size()
     return results
 

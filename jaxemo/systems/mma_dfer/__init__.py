@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import logging
 
+import jax
 import numpy as np
 
 from jaxemo import layers, perf
@@ -45,14 +46,22 @@ def clip_transform(example: dict, rng: np.random.Generator, *, train: bool, num_
     return {"video": np.asarray(clip["video"]), "fbank": fbank, "label": np.int32(label)}
 
 
-def preprocess(rng, inputs: dict, train: bool, *, size: int, brightness: float, sampler: str) -> dict:
-    """On device: brightness, a crop shared by the clip's frames and a flip in training; pixels / 255."""
-    clips = inputs["video"]
+def preprocess(rng, inputs: dict, train: bool, *, size: int, brightness: float, sampler: str,
+               modality_dropout: float = 0.0) -> dict:
+    """On device: brightness, a crop shared by the clip's frames and a flip in training; pixels / 255. With
+    `modality_dropout` > 0, a training clip loses its video or its audio (zeros) with that probability."""
+    clips, fbank = inputs["video"], inputs["fbank"]
     if train:
         clips = augment.mma_dfer_train_clips(rng, clips, size, brightness, sampler=sampler)
+        if modality_dropout > 0:  # its own stream: the augmentation's draws stay those of the default recipe
+            drop_key, which_key = jax.random.split(jax.random.fold_in(rng, 0x6D6F64))
+            dropped = jax.random.uniform(drop_key, clips.shape[:1]) < modality_dropout
+            video = jax.random.bernoulli(which_key, 0.5, clips.shape[:1])
+            clips = clips * ~(dropped & video).reshape((-1,) + (1,) * (clips.ndim - 1))
+            fbank = fbank * ~(dropped & ~video).reshape((-1,) + (1,) * (fbank.ndim - 1))
     else:
         clips = augment.mma_dfer_eval_clips(clips, size)
-    return {"video": clips, "fbank": inputs["fbank"]}
+    return {"video": clips, "fbank": fbank}
 
 
 def build_task(config) -> tasks.ClassificationTask:
@@ -63,7 +72,8 @@ def build_task(config) -> tasks.ClassificationTask:
         model, config.data.num_classes, input_keys=("video", "fbank"),
         trainable_patterns=mma_dfer.TRAINABLE_PATTERNS,
         preprocess=functools.partial(preprocess, size=config.model.image_size,
-                                     brightness=config.augment.brightness, sampler=config.augment.crop_sampler),
+                                     brightness=config.augment.brightness, sampler=config.augment.crop_sampler,
+                                     modality_dropout=float(config.augment.get("modality_dropout") or 0.0)),
         train_transform=functools.partial(transform, train=True),
         eval_transform=functools.partial(transform, train=False),
         flops_per_example=model_flops(model).train(),
