@@ -406,3 +406,26 @@ def test_adjust_probs_reweights_and_renormalises():
 def test_prior_degenerate_inputs_raise(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_modality_dropout_zeros_one_feature_of_the_dropped_training_samples():
+    from ml_collections import config_dict
+
+    config = config_dict.ConfigDict(dict(model=dict(name="attention", modalities=("audio", "video", "text")),
+                                         augment=dict(modality_dropout=1.0)))
+    task = task_lib.build_task(config)
+    assert task.modality_dropout == 1.0
+    rng = np.random.default_rng(0)
+    batch = {f"features/{n}": rng.standard_normal((64, d)).astype(np.float32) + 3.0
+             for n, d in (("audio", 5), ("video", 4), ("text", 6))}
+    features, _ = task.inputs(batch, jax.random.key(1), train=True)
+    zeroed = np.stack([~np.asarray(features[n]).any(-1) for n in ("audio", "video", "text")], 1)
+    assert (zeroed.sum(1) == 1).all() and zeroed.mean(0).min() > 0.15  # one feature each, every one chosen
+    kept = ~zeroed
+    for i, n in enumerate(("audio", "video", "text")):
+        np.testing.assert_array_equal(np.asarray(features[n])[kept[:, i]], batch[f"features/{n}"][kept[:, i]])
+    features, _ = task.inputs(batch, train=False)  # evaluation sees every feature
+    assert all(np.asarray(features[n]).all() for n in ("audio", "video", "text"))
+    config.augment.modality_dropout = 0.0
+    features, _ = task_lib.build_task(config).inputs(batch, jax.random.key(1), train=True)
+    assert all((np.asarray(features[n]) == batch[f"features/{n}"]).all() for n in ("audio", "video", "text"))

@@ -64,6 +64,9 @@ def get_config(arg: str | None = None):
     config.optimizer = config_dict.ConfigDict(dict(name="adam", learning_rate=1e-3, weight_decay=1e-5,
                                                    schedule="constant"))
     config.best = config_dict.ConfigDict(dict(metric="weighted_f1", mode="max", min_delta=0.0, patience=0))
+    # modality_dropout: the probability that a training sample loses one of its features (zeros; not the
+    # paper's: 0). `python -m experiments.robustness` measures the other side, failures at test time.
+    config.augment = config_dict.ConfigDict(dict(modality_dropout=0.0))
     config.self_training = config_dict.ConfigDict(dict(
         rounds=3 if paper else 2, per_round=6000 if paper else 450, thresholds=0.9 if paper else 0.8,
         threshold_mode="adaptive", balance="quota", adjust_prior=False, redraw=False))

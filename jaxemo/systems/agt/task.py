@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,13 +27,30 @@ class MerTask(tasks.ClassificationTask):
     num_classes: int = len(CLASSES)
     input_keys: tuple = ("features",)
     class_names: tuple = CLASSES
+    modality_dropout: float = 0.0  # in training, the probability that a sample loses one of its features
 
     def inputs(self, batch, rng=None, train: bool = False) -> list:
         features = {k.split("/", 1)[1]: batch[k].astype(jnp.float32) for k in self.input_keys
                     if k.startswith("features/")}
+        if train and self.modality_dropout > 0:
+            features = self._drop_one_modality(features, rng)
         masks = {k.split("/", 1)[1]: None for k in self.input_keys if k.startswith("lengths/")}
         masks = {k: agt_model.lengths_to_mask(batch[f"lengths/{k}"], features[k].shape[1]) for k in masks}
         return [features, masks or None]
+
+    def _drop_one_modality(self, features: dict, rng) -> dict:
+        """Each sample, with probability `modality_dropout`, loses one of its features (uniformly chosen; zeros,
+        as `jaxemo.train.robustness` makes a modality absent; frame lengths kept)."""
+        names = list(features)
+        batch_size = features[names[0]].shape[0]
+        drop_key, which_key = jax.random.split(jax.random.fold_in(rng, 0x6D6F64))
+        dropped = jax.random.uniform(drop_key, (batch_size,)) < self.modality_dropout
+        which = jax.random.randint(which_key, (batch_size,), 0, len(names))
+        out = {}
+        for i, name in enumerate(names):
+            keep = ~(dropped & (which == i))
+            out[name] = features[name] * keep.reshape((-1,) + (1,) * (features[name].ndim - 1))
+        return out
 
     def summarize(self, stats) -> dict:
         metrics = super().summarize(stats)
@@ -86,13 +104,16 @@ def trial_config(config, model_config, frame_features: Sequence[str] = (), featu
 def build_task(config) -> MerTask:
     """The task of a trial config (`trial_config`): the model of `config.model` (`build_model`)
     reading `features/<name>` per feature and `lengths/<name>` for `config.frame_features`; with
-    `config.feature_dims`, its analytic FLOPs per training example."""
+    `config.feature_dims`, its analytic FLOPs per training example; `config.augment.modality_dropout` (absent: 0)
+    drops a training sample's feature with that probability."""
     model = build_model(config.model)
     frame_features = tuple(config.get("frame_features") or ())
     keys = tuple(f"features/{n}" for n in model.modalities)
     keys += tuple(f"lengths/{n}" for n in model.modalities if n in frame_features)
     counts = flops(config)
-    return MerTask(model=model, input_keys=keys, flops_per_example=counts.train if counts else None)
+    augment = config.get("augment")
+    return MerTask(model=model, input_keys=keys, flops_per_example=counts.train if counts else None,
+                   modality_dropout=float(augment.get("modality_dropout") or 0.0) if augment else 0.0)
 
 
 def flops(config) -> Flops | None:
