@@ -4,6 +4,7 @@ The key properties of episodic adaptation: vmapped equals the sample-by-sample l
 not depend on the other samples of its batch, and one shape compiles once.
 """
 
+import dataclasses
 import logging
 
 import flax.linen as nn
@@ -235,3 +236,45 @@ def test_sentiment_metrics_match_their_definitions():
              for i in range(0, 200, 64)]
     summed = jax.tree.map(lambda *x: sum(x), *stats)
     assert metrics.sentiment_metrics_from_stats(summed) == pytest.approx(m, rel=1e-5)
+
+
+def test_monitor_signals_thresholds_and_the_unmonitored_equivalence(setup, tmp_path):
+    """`tta.monitor`: with no threshold crossed the monitored stream is plain online adaptation, bit for bit;
+    a new calibration reuses the compiled scan (thresholds are traced); a silent modality is far from the
+    source's statistics; a tight drift limit resets; the audit log has a line per batch."""
+    import json
+
+    from jaxemo.tta import monitor
+
+    model, frozen, adapted = setup
+    method = methods.Contrastive()
+    stream = make_samples(24, seed=3)
+    source = make_samples(24, seed=4)
+    optimizer = core.OptimizerConfig(0.05, 0.8)
+    rng = jax.random.key(0)
+    stats = jax.device_get(jax.jit(monitor.input_statistics)(dict(source, mask=np.ones(24, bool))))
+    plain, _ = modes.adapt_online(method, model, frozen, adapted, stream, 8, rng, 1, optimizer)
+    open_limits = monitor.Thresholds(np.inf, np.inf, 0.0, np.inf, np.inf)
+    watched, _, audit = monitor.adapt_online_monitored(method, model, frozen, adapted, stream, 8, rng, open_limits,
+                                                       stats, 1, optimizer)
+    np.testing.assert_array_equal(watched, plain)
+    assert audit.counts() == {"adapt": 3, "skip": 0, "reset": 0} and (np.diff(audit.drift) > 0).all()
+
+    thresholds, _ = monitor.calibrate(method, model, frozen, adapted, source, 8, rng, 1, optimizer)
+    assert thresholds.spread_min < thresholds.spread_max and thresholds.drift_max > 0
+    silent = dict(stream, audio=np.zeros_like(stream["audio"]))
+    silent_shift = monitor.shift(monitor.input_statistics(dict(silent, mask=np.ones(24, bool))), stats)
+    assert silent_shift > 5 * thresholds.shift_max / monitor.MonitorConfig().shift_factor
+    tight = dataclasses.replace(thresholds, drift_max=1e-9, shift_max=np.inf, loss_max=np.inf)
+    # every update rejected: the snapshot stays the source's params
+    _, final, audit = monitor.adapt_online_monitored(method, model, frozen, adapted, stream, 8, rng, tight, stats,
+                                                     1, optimizer)
+    assert audit.counts()["reset"] == 3 and all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(adapted)))
+    assert monitor._monitored_scan._cache_size() == 1  # three sets of thresholds, one program
+    monitor.write_audit(audit, str(tmp_path / "audit.jsonl"))
+    lines = [json.loads(line) for line in open(tmp_path / "audit.jsonl")]
+    assert len(lines) == 3 and lines[0]["decision"] == "reset" and set(lines[0]["signals"]) == {
+        "shift", "loss", "spread", "drift"}
+    with pytest.raises(ValueError, match="reset_to"):
+        monitor.MonitorConfig(reset_to="yesterday")
