@@ -248,26 +248,27 @@ def test_monitor_signals_thresholds_and_the_unmonitored_equivalence(setup, tmp_p
 
     model, frozen, adapted = setup
     method = methods.Contrastive()
-    stream = make_samples(24, seed=3)
-    source = make_samples(24, seed=4)
-    optimizer = core.OptimizerConfig(0.05, 0.8)
+    # the stream, batch size and optimizer of test_online_adapts_then_predicts_each_batch: its program is reused
+    stream = make_samples(10, seed=5)
+    source = make_samples(12, seed=4)  # three batches of 4, as the stream: one monitored program for both
+    optimizer = core.OptimizerConfig()
     rng = jax.random.key(0)
-    stats = jax.device_get(jax.jit(monitor.input_statistics)(dict(source, mask=np.ones(24, bool))))
-    plain, _ = modes.adapt_online(method, model, frozen, adapted, stream, 8, rng, 1, optimizer)
+    stats = jax.device_get(jax.jit(monitor.input_statistics)(dict(source, mask=np.ones(12, bool))))
+    plain, _ = modes.adapt_online(method, model, frozen, adapted, stream, 4, rng)
     open_limits = monitor.Thresholds(np.inf, np.inf, 0.0, np.inf, np.inf)
-    watched, _, audit = monitor.adapt_online_monitored(method, model, frozen, adapted, stream, 8, rng, open_limits,
+    watched, _, audit = monitor.adapt_online_monitored(method, model, frozen, adapted, stream, 4, rng, open_limits,
                                                        stats, 1, optimizer)
     np.testing.assert_array_equal(watched, plain)
     assert audit.counts() == {"adapt": 3, "skip": 0, "reset": 0} and (np.diff(audit.drift) > 0).all()
 
-    thresholds, _ = monitor.calibrate(method, model, frozen, adapted, source, 8, rng, 1, optimizer)
+    thresholds, _ = monitor.calibrate(method, model, frozen, adapted, source, 4, rng, 1, optimizer)
     assert thresholds.spread_min < thresholds.spread_max and thresholds.drift_max > 0
     silent = dict(stream, audio=np.zeros_like(stream["audio"]))
-    silent_shift = monitor.shift(monitor.input_statistics(dict(silent, mask=np.ones(24, bool))), stats)
+    silent_shift = monitor.shift(monitor.input_statistics(dict(silent, mask=np.ones(10, bool))), stats)
     assert silent_shift > 5 * thresholds.shift_max / monitor.MonitorConfig().shift_factor
     tight = dataclasses.replace(thresholds, drift_max=1e-9, shift_max=np.inf, loss_max=np.inf)
     # every update rejected: the snapshot stays the source's params
-    _, final, audit = monitor.adapt_online_monitored(method, model, frozen, adapted, stream, 8, rng, tight, stats,
+    _, final, audit = monitor.adapt_online_monitored(method, model, frozen, adapted, stream, 4, rng, tight, stats,
                                                      1, optimizer)
     assert audit.counts()["reset"] == 3 and all(
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(adapted)))
