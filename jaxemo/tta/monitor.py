@@ -152,7 +152,8 @@ def _monitored_scan(method, model, optimizer: core.OptimizerConfig, steps_per_ba
         new_params, new_opt = params, opt_state
         for k in step_keys:
             new_params, new_opt, _ = core.adapt_step(method, model, tx, frozen, new_params, new_opt, batch, k)
-        new_spread = spread(core.predict(model, frozen, new_params, batch), batch)
+        new_predictions = core.predict(model, frozen, new_params, batch)
+        new_spread = spread(new_predictions, batch)
         new_drift = drift(new_params, source)
         reset = ~skip & ~((new_drift <= t.drift_max) & (new_spread >= t.spread_min) & (new_spread <= t.spread_max))
         fallback = snapshot if reset_to == "snapshot" else source
@@ -163,7 +164,10 @@ def _monitored_scan(method, model, optimizer: core.OptimizerConfig, steps_per_ba
         decision = jnp.where(skip, 1, jnp.where(reset, 2, 0))
         signals = {"shift": batch_shift, "loss": loss, "spread": new_spread, "drift": new_drift,
                    "decision": decision}
-        return (kept, kept_opt, snapshot), (core.predict(model, frozen, kept, batch), signals)
+        # an accepted update's predictions are already computed; only a skip or a reset predicts again
+        predictions = jax.lax.cond(accepted, lambda: new_predictions,
+                                   lambda: core.predict(model, frozen, kept, batch))
+        return (kept, kept_opt, snapshot), (predictions, signals)
 
     num_batches = jax.tree.leaves(batches)[0].shape[0]
     keys = jax.random.split(rng, num_batches)
