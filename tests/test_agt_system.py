@@ -99,6 +99,37 @@ def test_reports_submission_and_resume(synthetic_run):
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
 
 
+def test_threshold_sensitivity_population(synthetic_run, tmp_path):
+    """`experiments.agt_thresholds` after the pipeline: round 0 read back from its workdir (the same supervised
+    scores), three fixed thresholds retrained as one population; precision on the pool and out of fold rise
+    with the threshold while the selection shrinks; every class's coverage is a share."""
+    from experiments import agt_thresholds
+
+    config, workdir, pipeline = synthetic_run
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.self_training.threshold_mode = "fixed"
+    output = str(tmp_path / "thresholds")
+    results = agt_thresholds.run(config, workdir, output, (0.6, 0.8, 0.95), (0,), mesh=one_device())
+    assert results["supervised"]["pool_weighted_f1"] == pipeline["pool_scores"]["supervised"]["weighted_f1"]
+    rows = results["settings"]
+    assert [r["threshold"] for r in rows] == [0.6, 0.8, 0.95]
+    for low, high in zip(rows, rows[1:]):
+        assert high["precision"] > low["precision"] and high["oof_precision"] > low["oof_precision"], rows
+        assert high["added"] < low["added"]
+    for row in rows:
+        assert all(v is None or 0 <= v <= 1 for v in row["coverage_per_class"].values())
+        assert 0 < row["cv_weighted_f1"] <= 1 and 0 < row["pool_final_weighted_f1"] <= 1
+    with open(os.path.join(output, "thresholds.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 and f"precision/{data_lib.CLASSES[0]}" in table[0]
+    assert os.path.getsize(os.path.join(output, "thresholds.png")) > 0
+    # the settings' trials are one population of settings x folds, resumed from its finished groups
+    trials = json.load(open(os.path.join(output, "agt", "dropout0.1_width32", "trials.json")))
+    assert len(trials) == 3 * 5 and {t["variant"] for t in trials} == {r["setting"] for r in rows}
+    assert agt_thresholds.run(config, workdir, output, (0.6, 0.8, 0.95), (0,), mesh=one_device()) == results
+
+
 def test_mer2024_feature_folder_end_to_end(tmp_path):
     """The real on-disk layout (features/<model>-UTT/<name>.npy, label-disdim.csv), built by the TFDS builder
     and run through the whole pipeline: predictions for every pool sample in the submission layout."""

@@ -279,3 +279,47 @@ def test_monitor_signals_thresholds_and_the_unmonitored_equivalence(setup, tmp_p
         "shift", "loss", "spread", "drift"}
     with pytest.raises(ValueError, match="reset_to"):
         monitor.MonitorConfig(reset_to="yesterday")
+
+
+def test_episodic_monitor_rejects_per_sample(setup, tmp_path):
+    """The episodic mode's per-sample rule (`monitor.episodic_predict_monitored`): with no limit it is plain
+    episodic adaptation; calibrated on source samples, silent samples are skipped (the source's prediction)
+    and clean ones adapted, in one batch; a tight drift limit rejects every update; one program for every set
+    of thresholds."""
+    import json
+
+    from jaxemo.tta import monitor
+
+    model, frozen, adapted = setup
+    method = methods.Contrastive()
+    config = modes.EpisodicConfig(steps=2, views=2)
+    rng = jax.random.key(7)
+    source = make_samples(8, seed=4)
+    stream = make_samples(8, seed=6)
+    for m in ("audio", "vision"):
+        stream[m][4:] = 0  # the second half of the stream: two sensors silent
+    monitor.episodic_monitored_batch.clear_cache()
+    thresholds, stats = monitor.calibrate_episodic(method, model, frozen, adapted, source, rng, config, batch_size=4)
+    assert all(np.isfinite(v) for v in dataclasses.asdict(thresholds).values())
+    assert min(thresholds.shift_max, thresholds.drift_max, thresholds.change_max) > 0
+    plain = modes.episodic_predict(method, model, frozen, adapted, stream, rng, config, batch_size=4)
+    open_limits = monitor.SampleThresholds(np.inf, np.inf, np.inf, np.inf)
+    unwatched, audit = monitor.episodic_predict_monitored(method, model, frozen, adapted, stream, rng, open_limits,
+                                                          stats, config, batch_size=4)
+    np.testing.assert_allclose(unwatched, plain, atol=1e-6)
+    assert audit.counts() == {"adapt": 8, "skip": 0, "reset": 0}
+    source_predictions = modes.unbatch(modes.predict_batches(model, frozen, adapted, modes.batched(stream, 4)), 8)
+    watched, audit = monitor.episodic_predict_monitored(method, model, frozen, adapted, stream, rng, thresholds,
+                                                        stats, config, batch_size=4)
+    np.testing.assert_array_equal(audit.decision, [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_allclose(watched[:4], plain[:4], atol=1e-6)
+    np.testing.assert_allclose(watched[4:], source_predictions[4:], atol=1e-6)
+    tight = dataclasses.replace(thresholds, drift_max=1e-9, shift_max=np.inf)
+    rejected, audit = monitor.episodic_predict_monitored(method, model, frozen, adapted, stream, rng, tight, stats,
+                                                         config, batch_size=4)
+    assert audit.counts()["reset"] == 8
+    np.testing.assert_allclose(rejected, source_predictions, atol=1e-6)
+    assert monitor.episodic_monitored_batch._cache_size() == 1
+    monitor.write_audit(audit, str(tmp_path / "samples.jsonl"))
+    line = json.loads(open(tmp_path / "samples.jsonl").readline())
+    assert line["sample"] == 0 and set(line["signals"]) == {"shift", "loss", "drift", "change"}

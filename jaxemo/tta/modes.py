@@ -253,11 +253,17 @@ def episodic_method(method):
     return method
 
 
-def adapt_then_predict(method, model, config: EpisodicConfig, frozen, adapted, sample: dict, key) -> jax.Array:
-    """One sample (no batch axis): K adaptation steps from `adapted` on its views, then its score."""
+def sample_views(sample: dict, views: int) -> dict:
+    """`views` copies of one sample (no batch axis) as a batch, without its mask."""
+    out = jax.tree.map(lambda x: jnp.broadcast_to(x, (views, *x.shape)), sample)
+    out.pop("mask", None)
+    return out
+
+
+def adapt_sample(method, model, config: EpisodicConfig, frozen, adapted, sample: dict, key):
+    """One sample (no batch axis): the params after K adaptation steps from `adapted` on its views."""
     tx = config.optimizer.make()
-    views = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.views, *x.shape)), sample)
-    views.pop("mask", None)
+    views = sample_views(sample, config.views)
 
     def step(carry, k):
         params, opt_state = carry
@@ -266,9 +272,18 @@ def adapt_then_predict(method, model, config: EpisodicConfig, frozen, adapted, s
 
     (adapted, _), _ = jax.lax.scan(step, (adapted, tx.init(adapted)), jax.random.split(key, config.steps),
                                    unroll=layers.scan_unroll(config.steps))
+    return adapted
+
+
+def predict_sample(model, frozen, adapted, sample: dict) -> jax.Array:
     single = jax.tree.map(lambda x: x[None], sample)
     single.pop("mask", None)
     return core.predict(model, frozen, adapted, single)[0]
+
+
+def adapt_then_predict(method, model, config: EpisodicConfig, frozen, adapted, sample: dict, key) -> jax.Array:
+    """One sample (no batch axis): K adaptation steps from `adapted` on its views, then its score."""
+    return predict_sample(model, frozen, adapt_sample(method, model, config, frozen, adapted, sample, key), sample)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

@@ -55,9 +55,10 @@ class MonitorConfig:
     """How `calibrate` widens the source's signals into thresholds, and where a reset goes."""
 
     shift_factor: float = 8.0  # x the source batches' largest shift from their own set's statistics
-    loss_factor: float = 2.0  # x the source batches' largest adaptation loss
+    loss_factor: float = 2.0  # x the source batches' largest adaptation loss (`_widen`)
     spread_factor: float = 4.0  # spread within [smallest / factor, largest x factor] of the source batches'
     drift_factor: float = 3.0  # x the largest drift of plain online adaptation over the source stream
+    change_factor: float = 3.0  # episodic: x the largest |adapted - source prediction| of a source sample
     reset_to: str = "snapshot"  # or "source"
 
     def __post_init__(self):
@@ -114,6 +115,12 @@ def drift(adapted, source) -> jax.Array:
     return jnp.sqrt(diff / jnp.maximum(norm, _EPS))
 
 
+def _widen(largest, factor: float) -> float:
+    """An upper limit `factor` x the largest value seen, measured from zero: x factor for a positive loss, and
+    for a negative one (episodic view alignment is a negative cosine) as far above it as it is from zero."""
+    return float(largest + (factor - 1.0) * abs(largest))
+
+
 def _where(condition, a, b):
     return jax.tree.map(lambda x, y: jnp.where(condition, x, y), a, b)
 
@@ -122,6 +129,8 @@ def _where(condition, a, b):
 class Audit:
     """Per batch of the stream: the signals, the decision (an index into `DECISIONS`), the thresholds."""
 
+    SIGNALS = ("shift", "loss", "spread", "drift")
+    UNIT = "batch"
     shift: np.ndarray
     loss: np.ndarray
     spread: np.ndarray
@@ -226,20 +235,117 @@ def calibrate(method, model, frozen, adapted, source_valid: dict, batch_size: in
                                          source_stats, steps_per_batch, optimizer)
     c = config
     thresholds = Thresholds(
-        shift_max=float(c.shift_factor * np.max(shifts)), loss_max=float(c.loss_factor * np.max(losses)),
+        shift_max=float(c.shift_factor * np.max(shifts)), loss_max=_widen(np.max(losses), c.loss_factor),
         spread_min=float(np.min(spreads) / c.spread_factor), spread_max=float(np.max(spreads) * c.spread_factor),
         drift_max=float(c.drift_factor * max(np.max(audit.drift), _EPS)))
     return thresholds, source_stats
 
 
-def write_audit(audit: Audit, path: str, errors: Optional[np.ndarray] = None) -> None:
-    """One JSON line per batch: its index, signals, decision and the thresholds (and its mean absolute error
-    where labels are known, for a report; the monitor never reads them)."""
+# ---------------------------------------------------------------------------------------- episodic, per sample
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleThresholds:
+    shift_max: float
+    loss_max: float
+    drift_max: float
+    change_max: float
+
+
+@dataclasses.dataclass
+class SampleAudit:
+    """Per sample of an episodic run: the signals, the decision (an index into `DECISIONS`), the thresholds."""
+
+    SIGNALS = ("shift", "loss", "drift", "change")
+    UNIT = "sample"
+    shift: np.ndarray
+    loss: np.ndarray
+    drift: np.ndarray
+    change: np.ndarray
+    decision: np.ndarray
+    thresholds: SampleThresholds
+
+    counts = Audit.counts
+
+
+def _sample_signals(method, model, config, frozen, source, source_stats, sample, key):
+    """One sample's signals before (shift, loss on its views) and after its K steps (drift, prediction
+    change), and its adapted and source predictions."""
+    single = dict(jax.tree.map(lambda x: x[None], sample), mask=jnp.ones((1,), bool))
+    sample_shift = shift(input_statistics(single), source_stats)
+    loss, _ = method.loss(model, frozen, source, modes.sample_views(sample, config.views),
+                          jax.random.fold_in(key, 0x6C6F7373))
+    adapted = modes.adapt_sample(method, model, config, frozen, source, sample, key)
+    prediction = modes.predict_sample(model, frozen, adapted, sample)
+    source_prediction = modes.predict_sample(model, frozen, source, sample)
+    return (sample_shift, loss, drift(adapted, source), jnp.abs(prediction - source_prediction), prediction,
+            source_prediction)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def episodic_monitored_batch(method, model, config, thresholds: dict, frozen, source, source_stats, samples, keys):
+    """Per sample of `samples` (vmapped, as `modes.episodic_batch`): skip (the source's prediction) if its
+    shift or loss crosses its limit, reject after the steps (the source's prediction) if the drift or the
+    prediction change does, else the adapted prediction. Returns (predictions, signals with `decision`)."""
+    t = SampleThresholds(**thresholds)  # traced
+    fn = functools.partial(_sample_signals, method, model, config)
+    shifts, losses, drifts, changes, adapted, unadapted = jax.vmap(fn, in_axes=(None, None, None, 0, 0))(
+        frozen, source, source_stats, samples, keys)
+    skip = ~((shifts <= t.shift_max) & (losses <= t.loss_max))
+    reject = ~skip & ~((drifts <= t.drift_max) & (changes <= t.change_max))
+    decision = jnp.where(skip, 1, jnp.where(reject, 2, 0))
+    signals = {"shift": shifts, "loss": losses, "drift": drifts, "change": changes, "decision": decision}
+    return jnp.where(decision == 0, adapted, unadapted), signals
+
+
+def episodic_predict_monitored(method, model, frozen, adapted, samples: dict, rng, thresholds: SampleThresholds,
+                               source_stats: dict, config: modes.EpisodicConfig = modes.EpisodicConfig(),
+                               batch_size: int = 256) -> tuple[np.ndarray, SampleAudit]:
+    """`modes.episodic_predict` with the per-sample rule: (predictions [N], `SampleAudit`). The same keys as the
+    plain episodic run, so a sample the rule accepts gets the plain run's prediction."""
+    method = modes.episodic_method(method)
+    inputs = {k: v for k, v in samples.items() if k in core.INPUT_KEYS}
+    n = len(inputs["text"])
+    batches = modes.batched(inputs, batch_size)
+    keys = modes.sample_keys(rng, np.arange(batches["mask"].size)).reshape(batches["mask"].shape)
+    limits = {k: jnp.float32(v) for k, v in dataclasses.asdict(thresholds).items()}
+    source_stats = jax.tree.map(jnp.asarray, source_stats)
+    outs = [episodic_monitored_batch(method, model, config, limits, frozen, adapted, source_stats,
+                                     {k: v[b] for k, v in batches.items() if k != "mask"}, keys[b])
+            for b in range(len(batches["mask"]))]
+    predictions, signals = jax.device_get(([o[0] for o in outs], [o[1] for o in outs]))
+    signals = {k: modes.unbatch(np.stack([s[k] for s in signals]), n) for k in signals[0]}
+    audit = SampleAudit(**{k: signals[k] for k in SampleAudit.SIGNALS}, decision=signals["decision"],
+                        thresholds=thresholds)
+    return modes.unbatch(np.stack(predictions), n), audit
+
+
+def calibrate_episodic(method, model, frozen, adapted, source_valid: dict, rng,
+                       config: modes.EpisodicConfig = modes.EpisodicConfig(), batch_size: int = 256,
+                       monitor_config: MonitorConfig = MonitorConfig()) -> tuple[SampleThresholds, dict]:
+    """(per-sample thresholds, source input statistics) from source validation samples alone: each sample
+    adapted episodically with no limit, its signals widened by `monitor_config`'s factors."""
+    inputs = {k: v for k, v in source_valid.items() if k in core.INPUT_KEYS}
+    source_stats = jax.device_get(jax.jit(input_statistics)(dict(inputs, mask=np.ones(len(inputs["text"]), bool))))
+    no_limits = SampleThresholds(np.inf, np.inf, np.inf, np.inf)
+    _, audit = episodic_predict_monitored(method, model, frozen, adapted, inputs, rng, no_limits, source_stats,
+                                          config, batch_size)
+    c = monitor_config
+    thresholds = SampleThresholds(
+        shift_max=float(c.shift_factor * np.max(audit.shift)), loss_max=_widen(np.max(audit.loss), c.loss_factor),
+        drift_max=float(c.drift_factor * max(np.max(audit.drift), _EPS)),
+        change_max=float(c.change_factor * max(np.max(audit.change), _EPS)))
+    return thresholds, source_stats
+
+
+def write_audit(audit, path: str, errors: Optional[np.ndarray] = None) -> None:
+    """One JSON line per batch (an `Audit`) or sample (a `SampleAudit`): its index, signals, decision and the
+    thresholds (and its absolute error where labels are known, for a report; the monitor never reads them)."""
     thresholds = dataclasses.asdict(audit.thresholds)
     with open(path, "w") as f:
         for i in range(len(audit.decision)):
-            row = {"batch": i, "decision": DECISIONS[int(audit.decision[i])],
-                   "signals": {k: float(getattr(audit, k)[i]) for k in ("shift", "loss", "spread", "drift")},
+            row = {audit.UNIT: i, "decision": DECISIONS[int(audit.decision[i])],
+                   "signals": {k: float(getattr(audit, k)[i]) for k in audit.SIGNALS},
                    "thresholds": thresholds}
             if errors is not None:
                 row["mae"] = float(errors[i])

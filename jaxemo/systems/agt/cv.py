@@ -121,27 +121,45 @@ def train_model(config, name: str, model_config, train_extra: Optional[data_lib.
                 round_index: int, workdir: str, mesh=None) -> Member:
     """Trains `draws` x folds of one model (validation: each held-out fold of `labelled`; training: the other
     folds plus `train_extra`, the pseudo-labelled samples) and returns the best draw's `Member`."""
+    return train_variants(config, name, model_config, {"": train_extra}, labelled, pool, fold_indices, draws,
+                          round_index, workdir, mesh)[""]
+
+
+def train_variants(config, name: str, model_config, extras: dict, labelled: data_lib.MerSet,
+                   pool: Optional[data_lib.MerSet], fold_indices: list, draws: list[dict], round_index: int,
+                   workdir: str, mesh=None) -> dict:
+    """`train_model` for several training sets at once: {variant: pseudo-labelled samples or None} -> {variant:
+    best draw's `Member`}. Every variant x draw x fold is a trial of one population per model shape (one
+    compiled step); a variant's trials have the seeds its trials would have alone, so variants differ only in
+    their data. The trials share one schedule: an epoch is the steps of the variant whose smallest training
+    set is largest (a variant with fewer samples makes more passes; its best epoch is still chosen on its
+    validation fold). The variant "" keeps `train_model`'s trial names (a run resumes either way)."""
     num_folds = len(fold_indices)
-    train_sets = []
-    for f in range(num_folds):
-        rest = np.setdiff1d(np.arange(len(labelled)), fold_indices[f])
-        train = labelled.take(rest)
-        train_sets.append(train if train_extra is None or not len(train_extra) else data_lib.concat(train, train_extra))
-    eval_sets = [labelled.take(indices) for indices in fold_indices]  # one per fold: read once per group
-    stage = stage_config(config, min(len(t) for t in train_sets))
-    dims = {k: ((v.shape[1], v.shape[2]) if v.ndim == 3 else (0, v.shape[1])) for k, v in labelled.features.items()}
-    by_model: dict[tuple, list] = {}
-    for d, hyperparams in enumerate(draws):
+    train_sets, sizes = {}, []
+    for variant, extra in extras.items():
+        train_sets[variant] = []
         for f in range(num_folds):
-            seed = int(config.seed) * 1_000_003 + round_index * 10_007 + d * 101 + f
-            trial = population.Trial(
-                name=f"{name}/round{round_index}/draw{d:03d}/fold{f}", seed=seed,
-                train=sources.EpochShuffled(train_sets[f], seed, stage.num_epochs + 1),
-                eval=eval_sets[f],
-                hyperparams={k: float(v) for k, v in hyperparams.items() if k in INJECTED},
-                tags={"model": name, "round": round_index, "draw": d, "fold": f,
-                      **{k: v for k, v in hyperparams.items() if k not in INJECTED}})
-            by_model.setdefault(_model_key(hyperparams), []).append(trial)
+            rest = np.setdiff1d(np.arange(len(labelled)), fold_indices[f])
+            train = labelled.take(rest)
+            train_sets[variant].append(train if extra is None or not len(extra) else data_lib.concat(train, extra))
+        sizes.append(min(len(t) for t in train_sets[variant]))
+    eval_sets = [labelled.take(indices) for indices in fold_indices]  # one per fold: read once per group
+    stage = stage_config(config, max(sizes))
+    dims = {k: ((v.shape[1], v.shape[2]) if v.ndim == 3 else (0, v.shape[1]))
+            for k, v in labelled.features.items()}
+    by_model: dict[tuple, list] = {}
+    for variant in extras:
+        for d, hyperparams in enumerate(draws):
+            for f in range(num_folds):
+                seed = int(config.seed) * 1_000_003 + round_index * 10_007 + d * 101 + f
+                trial = population.Trial(
+                    name=_trial_name(name, round_index, variant, d, f), seed=seed,
+                    train=sources.EpochShuffled(train_sets[variant][f], seed, stage.num_epochs + 1),
+                    eval=eval_sets[f],
+                    hyperparams={k: float(v) for k, v in hyperparams.items() if k in INJECTED},
+                    tags={"model": name, "round": round_index, **({"variant": variant} if variant else {}),
+                          "draw": d, "fold": f, **{k: v for k, v in hyperparams.items() if k not in INJECTED}})
+                by_model.setdefault(_model_key(hyperparams), []).append(trial)
     rows, logits = [], {}
     for key, trials in by_model.items():
         model = model_config.copy_and_resolve_references()
@@ -164,10 +182,18 @@ def train_model(config, name: str, model_config, train_extra: Optional[data_lib.
         rows.extend(pop.run(folder, on_group=save_logits))
         for index in range(len(pop.groups())):
             logits.update(_read_logits(folder, index))
-    return _best_member(name, round_index, draws, rows, logits, fold_indices, labelled, pool, train_sets)
+    return {variant: _best_member(name, round_index, variant, draws,
+                                  [r for r in rows if r.get("variant", "") == variant], logits, fold_indices,
+                                  labelled, pool, train_sets[variant])
+            for variant in extras}
 
 
-def _best_member(name, round_index, draws, rows, logits, fold_indices, labelled, pool, train_sets) -> Member:
+def _trial_name(name: str, round_index: int, variant: str, draw: int, fold: int) -> str:
+    return f"{name}/round{round_index}/{variant + '/' if variant else ''}draw{draw:03d}/fold{fold}"
+
+
+def _best_member(name, round_index, variant, draws, rows, logits, fold_indices, labelled, pool,
+                 train_sets) -> Member:
     num_folds = len(fold_indices)
     scores, accuracies = {}, {}
     for row in rows:
@@ -182,8 +208,7 @@ def _best_member(name, round_index, draws, rows, logits, fold_indices, labelled,
     oof = np.zeros((len(labelled), len(task_lib.CLASSES)), np.float32)
     pool_logits = [] if pool is not None else None
     for f in range(num_folds):
-        trial_name = f"{name}/round{round_index}/draw{d:03d}/fold{f}"
-        arrays = logits[trial_name]
+        arrays = logits[_trial_name(name, round_index, variant, d, f)]
         oof[fold_indices[f]] = arrays[0][fold_indices[f]]
         if pool is not None:
             pool_logits.append(arrays[1])

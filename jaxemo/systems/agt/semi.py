@@ -27,6 +27,7 @@ challenge's label file: `name,discrete`) and `predictions.npz` (their probabilit
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -108,11 +109,20 @@ def _draws(config, model_index: int, model_config) -> list[dict]:
                                int(config.seed) * 7919 + model_index)
 
 
-def run(config, workdir: str, mesh=None) -> dict:
-    """The whole pipeline on `config.data` (see the module docstring); returns `results.json`'s content."""
+@dataclasses.dataclass
+class Setup:
+    """What every round reads: the labelled set, the pool, the folds and each model's hyperparameter draws."""
+
+    labelled: data_lib.MerSet
+    pool: Optional[data_lib.MerSet]
+    fold_indices: list
+    names: tuple
+    searches: dict
+
+
+def setup(config) -> Setup:
     labelled, pool = data_lib.load(config, int(config.seed))
-    st = config.self_training
-    rounds = int(st.rounds)
+    rounds = int(config.self_training.rounds)
     if pool is None and (rounds or config.vote.prior == "em"):
         raise ValueError(f"{config.data.name} has no unlabelled pool: set self_training.rounds=0 and "
                          f"vote.prior='none' or 'given'")
@@ -124,29 +134,50 @@ def run(config, workdir: str, mesh=None) -> dict:
     if missing:
         raise ValueError(f"model_names {missing} have no entry in config.models ({sorted(config.models)})")
     searches = {n: _draws(config, i, config.models[n]) for i, n in enumerate(names)}
+    return Setup(labelled, pool, fold_indices, names, searches)
+
+
+def train_round(config, workdir: str, data: Setup, round_index: int, extra, first_round: list, mesh=None) -> list:
+    """Every model's member of one round (`extra`: the pseudo-labelled samples so far, or None), calibrated;
+    `first_round` is round 0's members (a later round retrains their draws unless `self_training.redraw`)."""
+    members = []
+    for i, n in enumerate(data.names):
+        draws = data.searches[n]
+        if round_index > 0 and not config.self_training.get("redraw", False):
+            draws = [first_round[i].hyperparams]
+        members.append(cv.train_model(config, n, config.models[n], extra, data.labelled, data.pool,
+                                      data.fold_indices, draws, round_index,
+                                      os.path.join(workdir, f"round{round_index}"), mesh))
+        logger.info("round %d, %s: best draw %s, CV weighted F1 %.4f", round_index, n, members[-1].hyperparams,
+                    members[-1].cv_weighted_f1)
+    calibrate(members, data.labelled.labels, config.vote.get("calibrate", "bcts"))
+    return members
+
+
+def pool_probs(config, members: list) -> np.ndarray:
+    """The ensemble's pool probabilities that self-training selects from."""
+    return vote(members, "em" if config.self_training.get("adjust_prior", False) else "none")[0]
+
+
+def run(config, workdir: str, mesh=None) -> dict:
+    """The whole pipeline on `config.data` (see the module docstring); returns `results.json`'s content."""
+    data = setup(config)
+    labelled, pool = data.labelled, data.pool
+    st = config.self_training
+    rounds = int(st.rounds)
     added = np.zeros(0, np.int64)
     added_labels = np.zeros(0, np.int32)
     rounds_members, pseudo_rows = [], []
     for r in range(rounds + 1):
         extra = pool.take(added, added_labels) if len(added) else None
-        members = []
-        for n in names:
-            draws = searches[n]
-            if r > 0 and not st.get("redraw", False):
-                draws = [rounds_members[0][names.index(n)].hyperparams]
-            members.append(cv.train_model(config, n, config.models[n], extra, labelled, pool, fold_indices, draws,
-                                          r, os.path.join(workdir, f"round{r}"), mesh))
-            logger.info("round %d, %s: best draw %s, CV weighted F1 %.4f", r, n, members[-1].hyperparams,
-                        members[-1].cv_weighted_f1)
-        calibrate(members, labelled.labels, config.vote.get("calibrate", "bcts"))
+        members = train_round(config, workdir, data, r, extra, rounds_members[0] if rounds_members else [], mesh)
         rounds_members.append(members)
         if r == rounds:
             break
-        probs, _ = vote(members, "em" if st.get("adjust_prior", False) else "none")
         available = np.ones(len(pool), bool)
         available[added] = False
-        indices, labels = selftrain.select(probs, available, st.thresholds, int(st.per_round), st.balance,
-                                           st.get("threshold_mode", "fixed"))
+        indices, labels = selftrain.select(pool_probs(config, members), available, st.thresholds,
+                                           int(st.per_round), st.balance, st.get("threshold_mode", "fixed"))
         pseudo_rows.append(selftrain.round_report(r + 1, indices, labels, pool.true_labels, len(CLASSES), CLASSES))
         logger.info("round %d: %d pseudo-labels added %s", r + 1, len(indices), pseudo_rows[-1])
         added, added_labels = np.concatenate([added, indices]), np.concatenate([added_labels, labels])
