@@ -353,17 +353,18 @@ def write_audit(audit, path: str, errors: Optional[np.ndarray] = None) -> None:
 
 
 def plot_timeline(audits: dict, path: str, errors: Optional[dict] = None, title: str = "") -> None:
-    """Per batch: each run's error (where given) and the monitored run's signals against their thresholds, the
-    batches it skipped or reset marked. `audits`: {run name: Audit} (the signals of the first are drawn)."""
+    """Per batch (or sample): each run's error (where given) and the monitored run's signals against their
+    thresholds, those it skipped or reset marked. `audits`: {run name: Audit or SampleAudit} (the first's
+    signals are drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     name, audit = next(iter(audits.items()))
-    t = audit.thresholds
-    panels = [("shift", [t.shift_max]), ("loss", [t.loss_max]), ("spread", [t.spread_min, t.spread_max]),
-              ("drift", [t.drift_max])]
+    limits = dataclasses.asdict(audit.thresholds)
+    panels = [(signal, [limits[k] for k in (f"{signal}_min", f"{signal}_max") if k in limits])
+              for signal in audit.SIGNALS]
     rows = len(panels) + (1 if errors else 0)
     fig, axes = plt.subplots(rows, 1, figsize=(9, 1.9 * rows), sharex=True)
     x = np.arange(len(audit.decision))
@@ -381,7 +382,7 @@ def plot_timeline(audits: dict, path: str, errors: Optional[dict] = None, title:
         for code, color in ((1, "orange"), (2, "purple")):
             for i in x[audit.decision == code]:
                 ax.axvspan(i - 0.5, i + 0.5, color=color, alpha=0.15, lw=0)
-    axes[-1].set_xlabel(f"batch ({name}: orange = skipped, purple = reset)")
+    axes[-1].set_xlabel(f"{audit.UNIT} ({name}: orange = skipped, purple = reset or rejected)")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -9,7 +9,8 @@ The stream is the target's test split in order, with its middle third (`segment`
 
 `compare` runs the source model, plain online adaptation (`tta.modes.adapt_online`) and the monitored one
 (`tta.monitor`, thresholds from the source's validation split) on the same stream with the same keys, and
-scores each segment; the labels are read only to score.
+scores each segment; the labels are read only to score. `compare_episodic` does the same for episodic
+adaptation (each sample on its own) and its per-sample rule.
 """
 
 from __future__ import annotations
@@ -48,16 +49,28 @@ def make_stream(test: dict, kind: str, segment: tuple = (1 / 3, 2 / 3), batch_si
     return stream, dict(zip(SEGMENTS, (slice(0, a), slice(a, b), slice(b, n))))
 
 
+def _setup(config, params: dict, learning_rate: float):
+    model = casp.build_model(config)
+    frozen, adapted = core.split(params, tuple(config.tta.adapted))
+    method = casp.make_method("casp", config)
+    optimizer = core.OptimizerConfig(learning_rate, config.tta.clip_norm)
+    valid = modes.stack_source(sources.make_sources(config.data, config.seed)[1])  # the source's validation
+    return model, frozen, adapted, method, optimizer, valid
+
+
+def _scored(predictions: dict, stream: dict, segments: dict, **rest) -> dict:
+    labels = np.asarray(stream["label"])
+    mae = {run: {name: float(np.abs(p[s] - labels[s]).mean()) for name, s in segments.items()}
+           for run, p in predictions.items()}
+    return {"mae": mae, "predictions": predictions, "segments": segments, "labels": labels, **rest}
+
+
 def compare(config, params: dict, test: dict, kind: str, *, learning_rate: float, steps: int, rng,
             monitor_config: monitor.MonitorConfig = monitor.MonitorConfig(), batch_size=None) -> dict:
     """Source, plain online and monitored online CASP (stage 1's contrastive loss) on the degenerate stream:
     {"mae": {run: {segment: MAE}}, "predictions", "audit", "thresholds", "segments", "batch_size"}."""
-    model = casp.build_model(config)
-    frozen, adapted = core.split(params, tuple(config.tta.adapted))
+    model, frozen, adapted, method, optimizer, valid = _setup(config, params, learning_rate)
     batch_size = batch_size or config.tta.batch_size
-    method = casp.make_method("casp", config)
-    optimizer = core.OptimizerConfig(learning_rate, config.tta.clip_norm)
-    valid = modes.stack_source(sources.make_sources(config.data, config.seed)[1])  # the source's validation
     thresholds, source_stats = monitor.calibrate(method, model, frozen, adapted, valid, batch_size, rng, steps,
                                                  optimizer, monitor_config)
     stream, segments = make_stream(test, kind, batch_size=batch_size)
@@ -70,11 +83,28 @@ def compare(config, params: dict, test: dict, kind: str, *, learning_rate: float
     predictions["monitored"], _, audit = monitor.adapt_online_monitored(
         method, model, frozen, adapted, inputs, batch_size, rng, thresholds, source_stats, steps, optimizer,
         monitor_config.reset_to)
-    labels = np.asarray(stream["label"])
-    mae = {run: {name: float(np.abs(p[s] - labels[s]).mean()) for name, s in segments.items()}
-           for run, p in predictions.items()}
-    return {"mae": mae, "predictions": predictions, "audit": audit, "thresholds": thresholds,
-            "segments": segments, "batch_size": batch_size, "labels": labels}
+    return _scored(predictions, stream, segments, audit=audit, thresholds=thresholds, batch_size=batch_size)
+
+
+def compare_episodic(config, params: dict, test: dict, kind: str, *, learning_rate: float, steps: int, rng,
+                     monitor_config: monitor.MonitorConfig = monitor.MonitorConfig()) -> dict:
+    """The same stream, each sample adapted on its own (`config.tta.episodic_views` views, `steps` steps): the
+    source model, plain episodic adaptation and the monitored one (`monitor.episodic_predict_monitored`,
+    thresholds from the source's validation samples); `compare`'s keys, the audit per sample."""
+    model, frozen, adapted, method, optimizer, valid = _setup(config, params, learning_rate)
+    episodic = modes.EpisodicConfig(steps, int(config.tta.episodic_views), optimizer)
+    size = int(config.tta.episodic_batch)
+    thresholds, source_stats = monitor.calibrate_episodic(method, model, frozen, adapted, valid, rng, episodic,
+                                                          size, monitor_config)
+    stream, segments = make_stream(test, kind)
+    inputs = {k: v for k, v in stream.items() if k in core.INPUT_KEYS}
+    n = len(stream["label"])
+    source = modes.predict_batches(model, frozen, adapted, modes.batched(inputs, config.tta.batch_size))
+    predictions = {"source": modes.unbatch(source, n),
+                   "plain": modes.episodic_predict(method, model, frozen, adapted, inputs, rng, episodic, size)}
+    predictions["monitored"], audit = monitor.episodic_predict_monitored(
+        method, model, frozen, adapted, inputs, rng, thresholds, source_stats, episodic, size)
+    return _scored(predictions, stream, segments, audit=audit, thresholds=thresholds, batch_size=1)
 
 
 def batch_errors(predictions: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
