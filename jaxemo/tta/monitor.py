@@ -59,6 +59,10 @@ class MonitorConfig:
     spread_factor: float = 4.0  # spread within [smallest / factor, largest x factor] of the source batches'
     drift_factor: float = 3.0  # x the largest drift of plain online adaptation over the source stream
     change_factor: float = 3.0  # episodic: x the largest |adapted - source prediction| of a source sample
+    # episodic: x the source samples' largest shift. One sample's statistics are far noisier than a batch's
+    # (its largest shift is ~2 where a batch's is ~0.3), and a silent modality's distance is bounded (~14:
+    # the log-std term at the floor), so the batch's factor 8 would let it through.
+    sample_shift_factor: float = 3.0
     reset_to: str = "snapshot"  # or "source"
 
     def __post_init__(self):
@@ -332,7 +336,8 @@ def calibrate_episodic(method, model, frozen, adapted, source_valid: dict, rng,
                                           config, batch_size)
     c = monitor_config
     thresholds = SampleThresholds(
-        shift_max=float(c.shift_factor * np.max(audit.shift)), loss_max=_widen(np.max(audit.loss), c.loss_factor),
+        shift_max=float(c.sample_shift_factor * np.max(audit.shift)),
+        loss_max=_widen(np.max(audit.loss), c.loss_factor),
         drift_max=float(c.drift_factor * max(np.max(audit.drift), _EPS)),
         change_max=float(c.change_factor * max(np.max(audit.change), _EPS)))
     return thresholds, source_stats
