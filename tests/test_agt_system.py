@@ -109,11 +109,12 @@ def test_threshold_sensitivity_population(synthetic_run, tmp_path):
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.self_training.threshold_mode = "fixed"
+        config.num_epochs = 3  # the settings' trainings (round 0 is read back: a population resumes by trial)
     output = str(tmp_path / "thresholds")
-    results = agt_thresholds.run(config, workdir, output, (0.6, 0.8, 0.95), (0,), mesh=one_device())
+    results = agt_thresholds.run(config, workdir, output, (0.7, 0.85, 0.95), (0,), mesh=one_device())
     assert results["supervised"]["pool_weighted_f1"] == pipeline["pool_scores"]["supervised"]["weighted_f1"]
     rows = results["settings"]
-    assert [r["threshold"] for r in rows] == [0.6, 0.8, 0.95]
+    assert [r["threshold"] for r in rows] == [0.7, 0.85, 0.95]
     for low, high in zip(rows, rows[1:]):
         assert high["precision"] > low["precision"] and high["oof_precision"] > low["oof_precision"], rows
         assert high["added"] < low["added"]
@@ -127,7 +128,7 @@ def test_threshold_sensitivity_population(synthetic_run, tmp_path):
     # the settings' trials are one population of settings x folds, resumed from its finished groups
     trials = json.load(open(os.path.join(output, "agt", "dropout0.1_width32", "trials.json")))
     assert len(trials) == 3 * 5 and {t["variant"] for t in trials} == {r["setting"] for r in rows}
-    assert agt_thresholds.run(config, workdir, output, (0.6, 0.8, 0.95), (0,), mesh=one_device()) == results
+    assert agt_thresholds.run(config, workdir, output, (0.7, 0.85, 0.95), (0,), mesh=one_device()) == results
 
 
 def test_mer2024_feature_folder_end_to_end(tmp_path):
