@@ -131,6 +131,32 @@ def test_threshold_sensitivity_population(synthetic_run, tmp_path):
     assert agt_thresholds.run(config, workdir, output, (0.7, 0.85, 0.95), (0,), mesh=one_device()) == results
 
 
+def test_modality_failure_sweep_of_the_round0_ensemble(synthetic_run, tmp_path):
+    """`experiments.agt_robustness`: the best draw retrained reproduces round 0's out-of-fold logits (checked
+    inside) and its clean pool score is the pipeline's supervised one; every feature's failure lowers the
+    scores, more as the noise grows."""
+    from experiments import agt_robustness
+
+    config, workdir, pipeline = synthetic_run
+    result = agt_robustness.run(config, workdir, str(tmp_path / "robustness"), snr_db=(10, 0, -10),
+                                kinds=("absent", "noise"), mesh=one_device())
+    rows = result["rows"]
+    clean = rows[0]
+    assert clean["kind"] == "clean" and result["metric"] == "pool_weighted_f1"
+    assert clean["pool_weighted_f1"] == pytest.approx(pipeline["pool_scores"]["supervised"]["weighted_f1"],
+                                                      abs=1e-9)
+    assert len(rows) == 1 + 3 * (1 + 3)  # three utterance-level features: absent and three SNRs each
+    for feature in ("chinese-hubert-large", "clip-vit-large-patch14", "Baichuan-13B-Base"):
+        mine = [r for r in rows if r["modality"] == feature]
+        noise = [clean] + [r for r in mine if r["kind"] == "noise"]
+        for metric in ("pool_weighted_f1", "oof_weighted_f1"):
+            curve = [r[metric] for r in noise]
+            assert all(b <= a + 0.01 for a, b in zip(curve, curve[1:])) and curve[-1] < curve[0], (feature, curve)
+            assert next(r[metric] for r in mine if r["kind"] == "absent") < clean[metric], (feature, metric)
+    for name in ("csv", "json", "png"):
+        assert os.path.getsize(result["paths"][name]) > 0
+
+
 def test_mer2024_feature_folder_end_to_end(tmp_path):
     """The real on-disk layout (features/<model>-UTT/<name>.npy, label-disdim.csv), built by the TFDS builder
     and run through the whole pipeline: predictions for every pool sample in the submission layout."""

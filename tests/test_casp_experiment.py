@@ -123,7 +123,7 @@ def test_monitored_online_adaptation_skips_or_resets_the_degenerate_segment(run)
     adapts on every clean batch exactly as plain online adaptation does, skips every silent batch (their input
     statistics are far from the source's) and resets on every frozen one (the predictions' spread collapses),
     staying within a margin of the source model there. On the frozen feed plain adaptation keeps adapting and
-    does worse during and after the segment."""
+    does worse after the segment than the source and the monitored stream."""
     from jaxemo.systems.casp import stream as stream_lib
     from jaxemo.tta import core, monitor
 
@@ -142,11 +142,11 @@ def test_monitored_online_adaptation_skips_or_resets_the_degenerate_segment(run)
         assert mae["monitored"]["before"] == mae["plain"]["before"], (kind, mae)  # the same updates
         # on the degenerate segment the monitored stream stays within a margin of the source model
         assert mae["monitored"]["degenerate"] < mae["source"]["degenerate"] + 0.02, (kind, mae)
-    # the frozen feed: plain adaptation's damage outlasts it (0.86 after it against the source's 0.75 on
-    # 2026-12-05); the monitored stream does better during it and ends below the source (0.73). (On the silent
-    # segment plain adaptation's harm depends on the machine's rounding: 0.83 against the monitored 0.83 on
-    # one 2-core EPYC, ahead of it on another; only the decisions and the margin are asserted there.)
-    for part in ("degenerate", "after"):
-        assert mae["monitored"][part] < mae["plain"][part], (part, mae)
+    # the frozen feed: plain adaptation's damage outlasts it (0.86 after it against the source's 0.75 on one
+    # 2-core EPYC, 0.98 against 0.85 on another); the monitored stream ends below the source (0.73, 0.82). The
+    # comparisons during the segments depend on the machine's rounding (plain adaptation fits the frozen clip,
+    # 0.10 against the monitored 0.19 on the second machine, 0.34 against 0.29 on the first): only the
+    # decisions and the margin to the source are asserted there.
+    assert mae["monitored"]["after"] < mae["plain"]["after"], mae
     assert mae["plain"]["after"] > mae["source"]["after"] + 0.05, mae
     assert mae["monitored"]["after"] < mae["source"]["after"], mae

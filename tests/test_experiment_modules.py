@@ -10,7 +10,7 @@ import benchmarks
 import experiments
 
 RECIPE_RUNS = {"vit_classifier", "mma_dfer", "mma_dfer_eval", "casp", "uniemox", "prefinetune_ser", "fewshot_ser",
-               "agt_mer", "agt_thresholds", "robustness", "casp_stream"}
+               "agt_mer", "agt_thresholds", "agt_robustness", "robustness", "casp_stream"}
 
 
 def experiment_modules() -> list[str]:

@@ -8,17 +8,18 @@
                posterior reweighting from the training prior to a target prior (the "prior-knowledge" vote)
     semi       the whole pipeline (rounds, the vote, scores, submission, reports)
     thresholds the pseudo-label thresholds' sensitivity: thresholds x budgets retrained as one population
+    robust     the round-0 ensemble under modality failures (a feature absent, noisy), one compiled program
 
 `SYSTEM.build_task(config)` takes a trial config (`task.trial_config`: the recipe with one model's config and
 the data's feature facts); the recipe is `experiments/configs/agt_mer.py`, the run `python -m experiments.agt_mer`,
-the threshold sweep `python -m experiments.agt_thresholds`.
+the threshold sweep `python -m experiments.agt_thresholds`, the failure sweep `python -m experiments.agt_robustness`.
 """
 
-from jaxemo.systems.agt import cv, data, prior, selftrain, semi, task, thresholds
+from jaxemo.systems.agt import cv, data, prior, robust, selftrain, semi, task, thresholds
 from jaxemo.systems.agt.task import build_task, flops, trial_config
 from jaxemo.systems.base import GpuRun, System
 
-__all__ = ["cv", "data", "prior", "selftrain", "semi", "task", "thresholds", "build_task", "flops", "trial_config", "SYSTEM"]
+__all__ = ["cv", "data", "prior", "robust", "selftrain", "semi", "task", "thresholds", "build_task", "flops", "trial_config", "SYSTEM"]
 
 SYSTEM = System(
     name="agt",

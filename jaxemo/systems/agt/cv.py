@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import os
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -127,13 +127,16 @@ def train_model(config, name: str, model_config, train_extra: Optional[data_lib.
 
 def train_variants(config, name: str, model_config, extras: dict, labelled: data_lib.MerSet,
                    pool: Optional[data_lib.MerSet], fold_indices: list, draws: list[dict], round_index: int,
-                   workdir: str, mesh=None) -> dict:
+                   workdir: str, mesh=None, only_draws: Optional[Sequence[int]] = None,
+                   on_group: Optional[Callable] = None) -> dict:
     """`train_model` for several training sets at once: {variant: pseudo-labelled samples or None} -> {variant:
     best draw's `Member`}. Every variant x draw x fold is a trial of one population per model shape (one
     compiled step); a variant's trials have the seeds its trials would have alone, so variants differ only in
     their data. The trials share one schedule: an epoch is the steps of the variant whose smallest training
     set is largest (a variant with fewer samples makes more passes; its best epoch is still chosen on its
-    validation fold). The variant "" keeps `train_model`'s trial names (a run resumes either way)."""
+    validation fold). The variant "" keeps `train_model`'s trial names (a run resumes either way).
+    `only_draws`: the indices of `draws` to train (their trials keep their seeds and names); `on_group(task,
+    result)` sees each finished group (`population.GroupResult`, its params on the device) after its logits."""
     num_folds = len(fold_indices)
     train_sets, sizes = {}, []
     for variant, extra in extras.items():
@@ -150,6 +153,8 @@ def train_variants(config, name: str, model_config, extras: dict, labelled: data
     by_model: dict[tuple, list] = {}
     for variant in extras:
         for d, hyperparams in enumerate(draws):
+            if only_draws is not None and d not in only_draws:
+                continue
             for f in range(num_folds):
                 seed = int(config.seed) * 1_000_003 + round_index * 10_007 + d * 101 + f
                 trial = population.Trial(
@@ -173,9 +178,11 @@ def train_variants(config, name: str, model_config, extras: dict, labelled: data
         fn = _logits_fn(task)
         sets = [labelled] + ([pool] if pool is not None else [])
 
-        def save_logits(result, folder=folder, fn=fn, sets=sets):
+        def save_logits(result, folder=folder, fn=fn, sets=sets, task=task):
             arrays = trial_logits(fn, result, sets, int(config.eval_batch_size))
             _write_logits(folder, result.index, [t.name for t in result.trials], arrays)
+            if on_group is not None:
+                on_group(task, result)
 
         logger.info("%s round %d, %s: %d trials in groups of %d, %d steps each", name, round_index,
                     _key_name(key), len(trials), pop.group_size, pop.total_steps)
