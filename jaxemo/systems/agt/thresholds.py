@@ -3,9 +3,9 @@
 The paper's deployment advice is to set the pseudo-label thresholds from measured precision and coverage;
 its values are unpublished. Here a grid of settings (threshold x per-round budget, by default the config's
 `per_round` and none; the config's `threshold_mode` and `balance`) each selects its pseudo-labels from round
-0's ensemble (`selftrain.select`) and retrains every model's best round-0 draw on the labelled folds plus its selection
-(`cv.train_variants`: settings x folds are the trials of one population per model shape, one compiled
-step; a setting's trials have the seeds the pipeline's round 1 would have). Per setting it reports
+0's ensemble (`selftrain.select`) and retrains every model's best round-0 draw on the labelled folds plus
+its selection (`cv.train_variants`: settings x folds are the trials of one population per model shape, one
+compiled step; a setting's trials have the seeds the pipeline's round 1 would have). Per setting it reports
 
   * what was selected: the number, the coverage (the share of the pool labelled) and per class the share
     of the samples predicted that class that received a label (label-free);
@@ -186,7 +186,8 @@ def plot(results: dict, path: str) -> None:
             axes[2].plot(x, [r["cv_weighted_f1"] for r in mine], "o-", label="CV on the labelled set" + suffix)
     supervised = results["supervised"]
     if "pool_weighted_f1" in supervised:
-        axes[2].axhline(supervised["pool_final_weighted_f1"], color="grey", linestyle=":", label="round 0, final vote")
+        axes[2].axhline(supervised["pool_final_weighted_f1"], color="grey", linestyle=":",
+                        label="round 0, final vote")
         axes[2].axhline(supervised["pool_weighted_f1"], color="grey", linestyle="-.", label="round 0, plain vote")
     else:
         axes[2].axhline(supervised["cv_weighted_f1"], color="grey", linestyle=":", label="round 0")
