@@ -12,8 +12,9 @@ float32 parameters. The model's figures, not measurements: they point at where a
 
 Parts (ViT-B/16, 16 images of 224 px unless named): `vit_dense` the layer's four dense matmuls alone,
 `attention_core` the two attention einsums and the softmax (12 heads of 64, 197 tokens), `vit_block` one
-encoder block, `vit_depth1` / `vit_depth2` the whole ViT with one and two layers (their difference is one
-layer inside the model), `adamw_layer` optax's clipped AdamW update over one layer's float32 parameters,
+encoder block, `vit_blocks1` / `vit_blocks2` the model's layer stack (`layers.BlockStack`) of one and two
+blocks on tokens, without embedding or head, `vit_depth1` / `vit_depth2` the whole ViT with one and two
+layers (their difference is one layer inside the model), `adamw_layer` optax's clipped AdamW update over one layer's float32 parameters,
 `rand_augment` UniEmoX's on-device RandAugment (forward only), `wav2vec2` / `wav2vec2_encoder` wav2vec2-base on
 4 clips of 5 s and its CNN feature encoder alone, `scan8` / `unrolled8` eight 4096-wide bf16 matmuls under
 `lax.scan` read as is and unrolled (the reason every prediction unrolls).
@@ -88,6 +89,10 @@ def parts() -> dict:
     block = layers.EncoderBlock(HEADS, MLP, dtype=BF16)
     fn, params, x = _module_part(block, (IMAGES, TOKENS, WIDTH))
     out["vit_block"] = (fn, (params, x))
+    for depth in (1, 2):
+        stack = layers.BlockStack(depth, functools.partial(layers.EncoderBlock, HEADS, MLP, dtype=BF16))
+        fn, params, x = _module_part(stack, (IMAGES, TOKENS, WIDTH))
+        out[f"vit_blocks{depth}"] = (fn, (params, x))
     for depth in (1, 2):
         model = vit.create("B/16", depth=depth, dtype=BF16, num_classes=1000)
         fn, params, x = _module_part(model, (IMAGES, 224, 224, 3), jnp.float32)
