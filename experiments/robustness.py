@@ -48,8 +48,7 @@ def run(system_name: str, checkpoint_path: str, output: str, *, step=None, fold:
     spec = system.robustness
     if spec is None:
         multimodal = [s.name for s in systems.all_systems() if s.robustness is not None]
-        hint = " (AGT keeps no checkpoint: python -m experiments.agt_robustness)" if system_name == "agt" else ""
-        raise ValueError(f"system {system_name!r} declares no modalities to fail{hint}; these do: {multimodal}")
+        raise ValueError(f"system {system_name!r} declares no modalities to fail; these do: {multimodal}")
     config = cli.stored_config(checkpoint_path, step)
     cli.apply_overrides(config, overrides)
     params = checkpoint.load_params(checkpoint_path, step=step)

@@ -104,13 +104,17 @@ def _logits_fn(task):
     return jax.jit(jax.vmap(logits, in_axes=(0, None, None)))
 
 
-def trial_logits(fn, result: population.GroupResult, sets, batch_size: int) -> list[np.ndarray]:
-    """Logits [trials, N, C] of every trial of a finished group (its selected params) on each of `sets`."""
+def trial_logits(fn, result: population.GroupResult, sets, batch_size: int,
+                 fields: Optional[Callable[[np.ndarray], dict]] = None) -> list[np.ndarray]:
+    """Logits [trials, N, C] of every trial of a finished group (its selected params) on each of `sets`;
+    `fields(rows)` adds batch fields for the batch's rows of the set (e.g. `robustness.failure_fields`)."""
     out = []
     for data in sets:
         chunks = []
         for start in range(0, len(data), batch_size):
             batch = data.batch(start, min(start + batch_size, len(data)), batch_size)
+            if fields is not None:
+                batch.update(fields(np.arange(start, start + batch_size)))
             chunks.append(np.asarray(jax.device_get(fn(result.selected, result.frozen, batch))))
         out.append(np.concatenate(chunks, axis=1)[:, :len(data)] if chunks else None)
     return [o[:len(result.trials)] for o in out]

@@ -17,6 +17,7 @@ known (synthetic data), the plain vote's weighted F1 and accuracy on the pool. W
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -44,16 +45,6 @@ def _failing_logits_fn(task, failing: tuple, seed: int):
     return jax.jit(jax.vmap(logits, in_axes=(0, None, None)))
 
 
-def _logits_under(fn, result, data, point, failing, batch_size: int) -> np.ndarray:
-    """[trials, N, C] logits of a group's trials on `data` with `point` applied."""
-    chunks = []
-    for start in range(0, len(data), batch_size):
-        batch = data.batch(start, min(start + batch_size, len(data)), batch_size)
-        batch.update(robustness.failure_fields(point, failing, np.arange(start, start + batch_size)))
-        chunks.append(np.asarray(jax.device_get(fn(result.selected, result.frozen, batch))))
-    return np.concatenate(chunks, axis=1)[:len(result.trials), :len(data)]
-
-
 def run(config, workdir: str, output: str, snr_db: Sequence[float] = robustness.DEFAULT_SNR_DB,
         dropout: Sequence[float] = robustness.DEFAULT_DROPOUT, kinds: Sequence[str] = robustness.KINDS,
         seed: int = 0, mesh=None) -> dict:
@@ -71,18 +62,21 @@ def run(config, workdir: str, output: str, snr_db: Sequence[float] = robustness.
     # logits[model][set][point]: [N, C], fold models' out-of-fold rows (labelled) or their mean (pool)
     logits = {n: {s: [None] * len(points) for s in sets} for n in data.names}
     seconds = np.zeros(len(points))
+    compiled = {}
     start = time.perf_counter()
     for i, n in enumerate(data.names):
         member = first[i]
-        fold_of = {f"{n}/round0/draw{member.draw:03d}/fold{f}": f for f in range(len(data.fold_indices))}
 
-        def on_group(task, result, n=n, fold_of=fold_of):
-            fn = _failing_logits_fn(task, failing, seed)
-            folds = [fold_of[t.name] for t in result.trials]
+        def on_group(task, result, n=n):
+            if id(task) not in compiled:  # one program per model shape (the task is kept, so its id stays its)
+                compiled[id(task)] = (task, _failing_logits_fn(task, failing, seed))
+            fn = compiled[id(task)][1]
+            folds = [t.tags["fold"] for t in result.trials]
             for p, point in enumerate(points):
                 tick = time.perf_counter()
                 for set_name, values in sets.items():
-                    out = _logits_under(fn, result, values, point, failing, batch_size)
+                    out, = cv.trial_logits(fn, result, [values], batch_size,
+                                           functools.partial(robustness.failure_fields, point, failing))
                     if set_name == "labelled":
                         oof = logits[n]["labelled"][p]
                         oof = np.zeros(out.shape[1:], np.float32) if oof is None else oof
