@@ -13,7 +13,8 @@ float32 parameters. The model's figures, not measurements: they point at where a
 Parts (ViT-B/16, 16 images of 224 px unless named): `vit_dense` the layer's four dense matmuls alone,
 `attention_core` the two attention einsums and the softmax (12 heads of 64, 197 tokens), `vit_block` one
 encoder block, `vit_blocks1` / `vit_blocks2` the model's layer stack (`layers.BlockStack`) of one and two
-blocks on tokens, without embedding or head, `vit_depth1` / `vit_depth2` the whole ViT with one and two
+blocks on tokens, without embedding or head (`_remat`: each block recomputed in the backward,
+`remat_policy=full`), `vit_depth1` / `vit_depth2` the whole ViT with one and two
 layers (their difference is one layer inside the model), `adamw_layer` optax's clipped AdamW update over one layer's float32 parameters,
 `rand_augment` UniEmoX's on-device RandAugment (forward only), `wav2vec2` / `wav2vec2_encoder` wav2vec2-base on
 4 clips of 5 s and its CNN feature encoder alone, `scan8` / `unrolled8` eight 4096-wide bf16 matmuls under
@@ -90,9 +91,11 @@ def parts() -> dict:
     fn, params, x = _module_part(block, (IMAGES, TOKENS, WIDTH))
     out["vit_block"] = (fn, (params, x))
     for depth in (1, 2):
-        stack = layers.BlockStack(depth, functools.partial(layers.EncoderBlock, HEADS, MLP, dtype=BF16))
-        fn, params, x = _module_part(stack, (IMAGES, TOKENS, WIDTH))
-        out[f"vit_blocks{depth}"] = (fn, (params, x))
+        for remat, suffix in (("none", ""), ("full", "_remat")):
+            stack = layers.BlockStack(depth, functools.partial(layers.EncoderBlock, HEADS, MLP, dtype=BF16),
+                                      remat_policy=remat)
+            fn, params, x = _module_part(stack, (IMAGES, TOKENS, WIDTH))
+            out[f"vit_blocks{depth}{suffix}"] = (fn, (params, x))
     for depth in (1, 2):
         model = vit.create("B/16", depth=depth, dtype=BF16, num_classes=1000)
         fn, params, x = _module_part(model, (IMAGES, 224, 224, 3), jnp.float32)
@@ -140,7 +143,8 @@ def predict(fn, args, mesh) -> dict:
     flops = float(cost.get("flops", 0.0))
     floor = flops / perf.TPU_TOPOLOGIES[TOPOLOGY].peak_flops
     priced, unpriced = perf.priced_seconds(float(cost.get("optimal_seconds", float("nan"))), floor)
-    return {"flops": flops, "floor_s": floor, "predicted_s": priced, "unpriced": unpriced}
+    return {"flops": flops, "floor_s": floor, "predicted_s": priced, "unpriced": unpriced,
+            "bytes": float(cost.get("bytes accessed", float("nan")))}
 
 
 def main(argv=None):
@@ -155,8 +159,8 @@ def main(argv=None):
     if unknown:
         raise ValueError(f"--parts: unknown {unknown}; expected some of {sorted(every)}")
     print(f"| part (one {TOPOLOGY} chip; the compiler's model) | GFLOP | floor ms | predicted ms | of floor | "
-          "unpriced ops |")
-    print("|---|---|---|---|---|---|")
+          "unpriced ops | GB accessed |")
+    print("|---|---|---|---|---|---|---|")
     for name in names:
         fn, example = every[name]
         with layers.unrolled_scans():
@@ -164,7 +168,7 @@ def main(argv=None):
         share = row["floor_s"] / row["predicted_s"] if row["predicted_s"] else float("nan")
         print(f"| {name} | {row['flops'] / 1e9:.2f} | {1e3 * row['floor_s']:.3f} | "
               f"{1e3 * row['predicted_s']:.3f} | "
-              f"{100 * share:.0f}% | {row['unpriced']} |", flush=True)
+              f"{100 * share:.0f}% | {row['unpriced']} | {row['bytes'] / 1e9:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
