@@ -135,3 +135,30 @@ def test_agt_population_step_prediction_and_protocol_steps(tmp_path):
     assert row["predicted_s"] >= row["floor_s"] > 0 and 0 < row["mfu"] <= 1
     assert row["round0_hours"] > 0 and row["rounds_hours"] > 0
     assert "The TPU compiler's cost model, not a measurement" in path.read_text()
+
+
+def test_parts_attribute_the_compilers_cycles_to_source_operations(mesh):
+    """`benchmarks.profiles.tpu_parts --by_op`: the compiled program's per-instruction cycle estimates grouped by
+    the JAX operation that produced them, the same name for a layer whether scanned, unrolled or rematerialised."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from benchmarks.profiles import tpu_parts
+
+    assert tpu_parts._source_op("jit(fn)/transpose(jvp(BlockStack))/while/body/closed_call/layers/block/mlp/fc1/"
+                                "dot_general") == "transpose(jvp(BlockStack))/layers/block/mlp/fc1/dot_general"
+    assert tpu_parts._source_op("jit(fn)/transpose(jvp(BlockStack))/checkpoint/rematted_computation/layers_1/"
+                                "block/mlp/fc1/dot_general") == "transpose(jvp(BlockStack))/block/mlp/fc1/dot_general"
+    chip = Mesh(np.asarray(mesh.devices.flat[:1]), ("chip",))
+
+    def loss(w, x):
+        return jnp.sum(jnp.tanh(jnp.tanh(x @ w[0]) @ w[1]))
+
+    args = (jax.ShapeDtypeStruct((2, 256, 256), jnp.bfloat16), jax.ShapeDtypeStruct((512, 256), jnp.bfloat16))
+    row = tpu_parts.predict(jax.grad(loss), args, chip)
+    cycles = row["cycles"]
+    assert row["predicted_s"] >= row["floor_s"] > 0
+    assert sum(cycles.values()) > 0 and not any(op.startswith("jit(") for op in cycles)
+    assert any("dot_general" in op and c > 0 for op, c in cycles.items()), cycles

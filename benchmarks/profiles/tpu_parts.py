@@ -2,6 +2,7 @@
 
     python -m benchmarks.profiles.tpu_parts                  # every part (minutes, on this CPU with libtpu)
     python -m benchmarks.profiles.tpu_parts --parts=attention_core,vit_block
+    python -m benchmarks.profiles.tpu_parts --chained=vit_blocks1,vit_blocks2 --by_op=8
 
 Each part is built from jaxemo's own modules, lowered for one chip of `v5e:16x16`
 (`jax.experimental.topologies`; nothing runs), compiled with every scan unrolled, and read as
@@ -13,18 +14,30 @@ float32 parameters. The model's figures, not measurements: they point at where a
 Parts (ViT-B/16, 16 images of 224 px unless named): `vit_dense` the layer's four dense matmuls alone,
 `attention_core` the two attention einsums and the softmax (12 heads of 64, 197 tokens), `vit_block` one
 encoder block, `vit_blocks1` / `vit_blocks2` the model's layer stack (`layers.BlockStack`) of one and two
-blocks on tokens, without embedding or head (`_remat`: each block recomputed in the backward,
-`remat_policy=full`), `vit_depth1` / `vit_depth2` the whole ViT with one and two
-layers (their difference is one layer inside the model), `adamw_layer` optax's clipped AdamW update over one layer's float32 parameters,
+blocks on tokens,
+without embedding or head (`_remat`: each block recomputed in the backward,
+`remat_policy=full`; `_dots`: only the dense matmuls' outputs saved, the attention core and the elementwise ops
+recomputed, `remat_policy=dots_no_batch`), `vit_depth1` / `vit_depth2` the whole ViT with one and two
+layers (their difference is one layer inside the model),
+`adamw_layer` optax's clipped AdamW update over one layer's float32 parameters,
 `rand_augment` UniEmoX's on-device RandAugment (forward only), `wav2vec2` / `wav2vec2_encoder` wav2vec2-base on
 4 clips of 5 s and its CNN feature encoder alone, `scan8` / `unrolled8` eight 4096-wide bf16 matmuls under
 `lax.scan` read as is and unrolled (the reason every prediction unrolls).
+
+`--by_op=N` also lists each part's N costliest source operations by the compiler's own per-instruction
+estimate (`estimated_cycles` in the compiled HLO's backend config, at v5e's clock; instructions grouped by
+their JAX `op_name`, layer indices and loop wrappers removed). Those cycles are not the predicted time: the
+model overlaps instructions and prices the asynchronous copies between HBM and on-chip memory (which carry no
+cycles) in its schedule, so their sum can fall on either side of it. `--chained=A,B` prints, per source
+operation, what part B (two chained copies of A) costs beyond twice A.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -41,6 +54,7 @@ from jaxemo.train import sharding
 TOPOLOGY = "v5e:16x16"
 IMAGES, TOKENS, WIDTH, HEADS, MLP = 16, 197, 768, 12, 3072
 BF16 = jnp.bfloat16
+V5E_CLOCK_HZ = 1.5e9  # 197 TFLOP/s = 4 MXUs x 128 x 128 multiply-adds x 2 x 1.5 GHz
 
 
 def _grad(apply):
@@ -91,7 +105,7 @@ def parts() -> dict:
     fn, params, x = _module_part(block, (IMAGES, TOKENS, WIDTH))
     out["vit_block"] = (fn, (params, x))
     for depth in (1, 2):
-        for remat, suffix in (("none", ""), ("full", "_remat")):
+        for remat, suffix in (("none", ""), ("full", "_remat"), ("dots_no_batch", "_dots")):
             stack = layers.BlockStack(depth, functools.partial(layers.EncoderBlock, HEADS, MLP, dtype=BF16),
                                       remat_policy=remat)
             fn, params, x = _module_part(stack, (IMAGES, TOKENS, WIDTH))
@@ -144,31 +158,86 @@ def predict(fn, args, mesh) -> dict:
     floor = flops / perf.TPU_TOPOLOGIES[TOPOLOGY].peak_flops
     priced, unpriced = perf.priced_seconds(float(cost.get("optimal_seconds", float("nan"))), floor)
     return {"flops": flops, "floor_s": floor, "predicted_s": priced, "unpriced": unpriced,
-            "bytes": float(cost.get("bytes accessed", float("nan")))}
+            "bytes": float(cost.get("bytes accessed", float("nan"))), "cycles": cycles_by_op(compiled.as_text())}
+
+
+def _source_op(op_name: str) -> str:
+    """An HLO instruction's JAX `op_name`, with the jit wrapper, layer indices and loop/call wrappers removed, so
+    that the same operation of a scanned, unrolled or rematerialised layer reads the same."""
+    wrappers = r"jit\([^)]*\)/|layers_\d+/?|while/body/|closed_call/|checkpoint/|rematted_computation/"
+    name = re.sub(wrappers, "", op_name)
+    return name or "(no op_name)"
+
+
+def cycles_by_op(hlo_text: str) -> collections.Counter:
+    """Source operation -> the compiler's estimated cycles summed over the entry computation's instructions."""
+    entry = re.search(r"^ENTRY .*?^}", hlo_text, re.S | re.M)
+    totals = collections.Counter()
+    for line in entry.group(0).splitlines()[1:-1] if entry else []:
+        cycles = re.search(r'"estimated_cycles":"(\d+)"', line)
+        if cycles:
+            op_name = re.search(r'op_name="([^"]*)"', line)
+            totals[_source_op(op_name.group(1) if op_name else "")] += int(cycles.group(1))
+    return totals
+
+
+def _ms(cycles: float) -> float:
+    return 1e3 * cycles / V5E_CLOCK_HZ
+
+
+def print_by_op(name: str, row: dict, top: int) -> None:
+    cycles = row["cycles"]
+    print(f"\n{name}: estimated cycles of all instructions {_ms(sum(cycles.values())):.3f} ms at "
+          f"{V5E_CLOCK_HZ / 1e9:.1f} GHz (predicted {1e3 * row['predicted_s']:.3f} ms); the costliest:")
+    for op, c in cycles.most_common(top):
+        print(f"  {_ms(c):7.3f} ms  {op}")
+
+
+def print_chained(single: str, chained: str, rows: dict, top: int) -> None:
+    a, b = rows[single]["cycles"], rows[chained]["cycles"]
+    excess = {op: b[op] - 2 * a[op] for op in set(a) | set(b)}
+    total = sum(excess.values())
+    predicted = rows[chained]["predicted_s"] - 2 * rows[single]["predicted_s"]
+    print(f"\n{chained} beyond twice {single}: predicted {1e3 * predicted:+.3f} ms, of which on instructions' "
+          f"cycles {_ms(total):+.3f} ms; by source operation:")
+    for op, c in sorted(excess.items(), key=lambda kv: -abs(kv[1]))[:top]:
+        print(f"  {_ms(c):+7.3f} ms  {op}")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", default="", help="comma-separated (default: all)")
+    p.add_argument("--by_op", type=int, default=0, help="list each part's N costliest source operations")
+    p.add_argument("--chained", default="", help="A,B: what part B costs beyond twice part A, by source operation")
     args = p.parse_args(argv)
     topology = sharding.topology_mesh(TOPOLOGY)
     mesh = Mesh(np.asarray(topology.devices.flat[:1]), ("chip",))
     every = parts()
-    names = [n for n in args.parts.split(",") if n] or list(every)
+    chained = [n for n in args.chained.split(",") if n]
+    if chained and len(chained) != 2:
+        raise ValueError(f"--chained={args.chained!r}: expected two parts, A,B")
+    names = [n for n in args.parts.split(",") if n] or ([] if chained else list(every))
+    names += [n for n in chained if n not in names]
     unknown = sorted(set(names) - set(every))
     if unknown:
         raise ValueError(f"--parts: unknown {unknown}; expected some of {sorted(every)}")
     print(f"| part (one {TOPOLOGY} chip; the compiler's model) | GFLOP | floor ms | predicted ms | of floor | "
           "unpriced ops | GB accessed |")
     print("|---|---|---|---|---|---|---|")
+    rows = {}
     for name in names:
         fn, example = every[name]
         with layers.unrolled_scans():
-            row = predict(fn, example, mesh)
+            rows[name] = row = predict(fn, example, mesh)
         share = row["floor_s"] / row["predicted_s"] if row["predicted_s"] else float("nan")
         print(f"| {name} | {row['flops'] / 1e9:.2f} | {1e3 * row['floor_s']:.3f} | "
               f"{1e3 * row['predicted_s']:.3f} | "
               f"{100 * share:.0f}% | {row['unpriced']} | {row['bytes'] / 1e9:.2f} |", flush=True)
+    for name in names if args.by_op else ():
+        print_by_op(name, rows[name], args.by_op)
+    if chained:
+        print_chained(*chained, rows, args.by_op or 12)
+    return rows
 
 
 if __name__ == "__main__":
