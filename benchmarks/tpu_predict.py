@@ -36,7 +36,7 @@ import sys
 from typing import Optional
 
 from benchmarks import pod_compile, report
-from jaxemo import perf, systems
+from jaxemo import layers, perf, systems
 from jaxemo.systems.base import TINY
 from jaxemo.train import sharding
 
@@ -93,6 +93,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--topologies", default="v5e:16x16,v5p:4x4x4", help="comma-separated topology names")
     p.add_argument("--batch", type=int, default=0, help="per-chip batch (default: the largest that fits)")
     p.add_argument("--max_batch", type=int, default=16, help="largest per-chip batch the search tries")
+    p.add_argument("--remat", default="none", choices=sorted(layers.REMAT_POLICIES),
+                   help="the layer stacks' recomputation policy (results unchanged; `full` saves no residuals)")
     p.add_argument("--tiny", action="store_true", help="tiny configs on v5e:2x2 at per-chip batch 2: seconds")
     p.add_argument("--write", action="store_true")
     p.add_argument("--benchmarks_file", default=os.path.join(REPO_ROOT, "BENCHMARKS.md"))
@@ -113,11 +115,12 @@ def parse_args(argv) -> argparse.Namespace:
     return args
 
 
-def per_chip_batch(system: str, variant: str, mesh, topology: str, max_batch: int) -> tuple[Optional[int], str]:
+def per_chip_batch(system: str, variant: str, mesh, topology: str, max_batch: int,
+                   remat: str = "none") -> tuple[Optional[int], str]:
     """The largest power of two <= max_batch whose scanned step fits (None and the last error if none does)."""
     batch, error = 1 << (max_batch.bit_length() - 1), ""
     while batch >= 1:
-        row = pod_compile.compile_step(system, variant, mesh, topology, batch, "none")
+        row = pod_compile.compile_step(system, variant, mesh, topology, batch, remat)
         fits = pod_compile.fits(row, topology)
         print(f"  {system} {variant} {topology} batch {batch}: "
               f"{row.error or f'{row.memory_bytes / GIB:.2f} GiB per chip'} ({row.compile_s:.0f} s)", flush=True)
@@ -128,8 +131,8 @@ def per_chip_batch(system: str, variant: str, mesh, topology: str, max_batch: in
     return None, error
 
 
-def predict(system: str, variant: str, mesh, topology: str, batch: int) -> Prediction:
-    row = pod_compile.compile_step(system, variant, mesh, topology, batch, "none", unroll=True)
+def predict(system: str, variant: str, mesh, topology: str, batch: int, remat: str = "none") -> Prediction:
+    row = pod_compile.compile_step(system, variant, mesh, topology, batch, remat, unroll=True)
     floor = row.analytic_flops_per_chip / perf.TPU_TOPOLOGIES[topology].peak_flops
     raw = row.optimal_seconds
     priced, unpriced = (None, 0) if raw is None else perf.priced_seconds(raw, floor)
@@ -146,12 +149,12 @@ def measure(args) -> list[Prediction]:
             variants = (TINY,) if args.tiny else args.paper[system]
             for variant in variants if args.variants is None else [v for v in variants if v in args.variants]:
                 batch, error = (args.batch, "") if args.batch else per_chip_batch(system, variant, mesh, topology,
-                                                                                  args.max_batch)
+                                                                                  args.max_batch, args.remat)
                 if batch is None:
                     row = Prediction(system, variant, topology, 0, mesh.size, None, None, 0.0, None, 0, 0.0,
                                      f"no per-chip batch fits: {error}")
                 else:
-                    row = predict(system, variant, mesh, topology, batch)
+                    row = predict(system, variant, mesh, topology, batch, args.remat)
                 print(f"{system} {variant} on {topology}: {describe(row)}", flush=True)
                 rows.append(row)
                 if args.write:
@@ -214,8 +217,9 @@ def section_body(rows: list[Prediction], args, argv) -> str:
         "topology (`jax.experimental.topologies`) with every scan unrolled, its predicted time the priced part "
         "of `cost_analysis()['optimal_seconds']` (`jaxemo.perf.priced_seconds`; unpriced ops: async memory "
         "prefetches the model reports as -1 s each, left out). The same program as `benchmarks.pod_compile`: "
-        "bf16 compute and frozen weights, fp32 master weights, `data x fsdp`, the batch split over both, no "
-        "remat.",
+        "bf16 compute and frozen weights, fp32 master weights, `data x fsdp`, the batch split over both, "
+        + ("no remat." if args.remat == "none" else f"the layer stacks recomputed in the backward "
+           f"(`remat_policy={args.remat}`; MFU counts the model's FLOPs, not the recomputation's)."),
         f"- MFU: the system's analytic FLOPs per chip (`jaxemo/systems/`, matmuls only) / (bf16 peak x "
         f"predicted time); peak per chip (TFLOP/s, datasheet): {peaks}. Floor: analytic FLOPs / peak; the "
         "priced time is the smallest reading at or above it, flagged where only known up to whole seconds. "
@@ -227,7 +231,9 @@ def section_body(rows: list[Prediction], args, argv) -> str:
 def write(rows: list[Prediction], args) -> None:
     systems_part = "" if set(args.systems) == set(args.paper) else "-" + "+".join(args.systems)
     variants_part = "" if args.variants is None else "-" + "+".join(args.variants)
-    key = f"tpu-predict{'-tiny' if args.tiny else ''}{systems_part}{variants_part}-{'+'.join(args.topologies)}"
+    remat_part = "" if args.remat == "none" else f"-remat_{args.remat}"
+    key = (f"tpu-predict{'-tiny' if args.tiny else ''}{systems_part}{variants_part}{remat_part}"
+           f"-{'+'.join(args.topologies)}")
     report.write_section(args.benchmarks_file, f"{key}:tpu-bfloat16", section_body(rows, args, args.argv))
 
 
