@@ -323,9 +323,9 @@ def section(args, rows: list[Row], reads: tuple[float, float], config: Synthetic
          f"{need * cheapest.cpu_s_per_clip:.0f} cores of this machine's kind, i.e. "
          f"{need / max(best.clips_per_s, 1e-9):.1f}x its best rate."),
         "",
-        ("**Measured MMA-DFER train step rate: pending** (PLACEHOLDER: added with the model, which another "
-         "issue builds; until then the requirement above is the dossier's FLOP count divided by an assumed "
-         "FLOP/s)."),
+        ("**Measured MMA-DFER train steps**: `python -m benchmarks.steps --system=mma_dfer --write` (the section "
+         "\"MMA-DFER train and inference steps\"; on a GPU, `python -m benchmarks.gpu_suite`): a measured step's "
+         "samples/s is the clips/s this pipeline must deliver; the table above assumes the FLOP/s."),
     ]
     return "\n".join(out)
 

@@ -257,4 +257,4 @@ def test_data_benchmark_tiny_writes_its_section(tmp_path):
     assert len(rows) == 1 and rows[0].clips_per_s > 0
     text = path.read_text()
     assert "keep me" in text and "<!-- input-pipeline:dfew-clips begin -->" in text
-    assert "derived" in text and "PLACEHOLDER" in text
+    assert "derived" in text and "python -m benchmarks.steps --system=mma_dfer --write" in text
