@@ -54,8 +54,10 @@ def others_share_text(value: Optional[float]) -> str:
 def use_host_devices(count: int) -> None:
     """At least `count` CPU devices in this process (the host's cores as XLA devices, e.g. a population's
     trials axis over them); call before the backend starts."""
+    from jaxemo.train import sharding
+
     if count > 1:
-        jax.config.update("jax_num_cpu_devices", max(count, jax.config.jax_num_cpu_devices or 1))
+        sharding.use_host_devices(max(count, jax.config.jax_num_cpu_devices or 1))
 
 def run_side_by_side(argv, args, section: str, measure: Callable, section_body: Callable) -> dict:
     """A side-by-side comparison's main (`benchmarks.agt_round0`, `benchmarks.fewshot_released`): jaxemo's side

@@ -62,7 +62,8 @@ def apply_overrides(config: config_dict.ConfigDict, overrides) -> None:
 
 
 def run(main) -> None:
-    """absl entry point: logging to stderr at INFO, multi-host initialisation before anything else."""
+    """absl entry point: logging to stderr at INFO; the config's `host_devices` and multi-host initialisation
+    before anything else."""
 
     def wrapped(argv):
         logging.getLogger().setLevel(logging.INFO)
@@ -70,6 +71,8 @@ def run(main) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         from jaxemo.train import sharding
 
+        if "config" in flags.FLAGS and "host_devices" in flags.FLAGS.config:
+            sharding.use_host_devices(int(flags.FLAGS.config.host_devices))
         sharding.maybe_initialize_distributed()
         return main(argv)
 

@@ -41,6 +41,19 @@ def test_command_line_flags_are_defined_when_run_as_a_program():
         assert "--workdir: output directory" in out.stdout, name
 
 
+def test_the_configs_host_devices_split_the_cpu_before_jax_starts():
+    """`python -m experiments.<name>` applies `config.host_devices` before JAX starts its backends: a count, or
+    0 for one device per core (AGT's recipe)."""
+    import os
+
+    program = ("import sys\nfrom experiments import cli\ncli.define_experiment_flags('agt_mer', 'tiny')\n"
+               "def main(argv):\n    import jax\n    print('cpu devices', len(jax.devices('cpu')))\n"
+               "sys.argv = ['agt_mer'] + sys.argv[1:]\ncli.run(main)\n")
+    for argv, expected in ((["--config.host_devices=3"], 3), ([], len(os.sched_getaffinity(0)))):
+        out = subprocess.run([sys.executable, "-c", program, *argv], capture_output=True, text=True, timeout=120)
+        assert f"cpu devices {expected}\n" in out.stdout, (argv, out.stderr[-2000:])
+
+
 def _imported_modules(path) -> set[str]:
     import ast
 

@@ -17,6 +17,9 @@ def base_config() -> config_dict.ConfigDict:
     config.steps_per_epoch = 0  # when > 0 an epoch is this many steps, not one pass over the training set
     # Mesh axes data x fsdp x tensor; -1 takes all remaining devices.
     config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # On a CPU: its cores as this many XLA devices (0: one per core; 1: one device using every core through
+    # XLA's threads). Applied by `python -m experiments.<name>` before JAX starts; accelerators unaffected.
+    config.host_devices = 1
     # Real datasets are read through TFDS from files the user provides (see README, "Real data").
     config.data = config_dict.ConfigDict(dict(name="", manual_dir="", data_dir=""))
     config.frozen_dtype = "float32"  # "bfloat16" keeps frozen weights in bf16

@@ -71,6 +71,19 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def use_host_devices(count: int) -> int:
+    """The host's CPU cores as `count` XLA CPU devices (0: one per core this process may run on), so that a
+    mesh axis (a population's trials) splits over them instead of one device using the cores through XLA's
+    intra-op threads. Call before JAX starts its backends (JAX raises otherwise); an accelerator's devices are
+    not affected. Returns the count set (1 leaves JAX's default)."""
+    if count < 0:
+        raise ValueError(f"host_devices={count}: expected 0 (one per core) or a positive count")
+    count = count or len(os.sched_getaffinity(0))
+    if count > 1 and jax.config.jax_num_cpu_devices != count:
+        jax.config.update("jax_num_cpu_devices", count)
+    return count
+
+
 def resolve_mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
     """Fills the one axis given as -1 so that the product equals `num_devices`."""
     unknown = [name for name in axes if name not in MESH_AXES]
