@@ -72,7 +72,7 @@ def get_config(arg: str | None = None):
         threshold_mode="adaptive", balance="quota", adjust_prior=False, redraw=False))
     config.vote = config_dict.ConfigDict(dict(prior="em", target_prior=(), members="all", calibrate="bcts"))
     config.population.group_size = 0 if paper else 40
-    # On a CPU, the trials split over its cores as devices: the default run took 2 min 34 s instead of 3 min 10
-    # s on 2 cores (`python -m benchmarks.profiles.host_cores`); the few-shot population is slower so (its 1).
+    # On a CPU, one XLA device per core, the trials split over them: the default run took 2 min 40 s instead of
+    # 3 min 10 s on 2 cores (`python -m benchmarks.profiles.host_cores`; the few-shot recipe, slower so, keeps 1).
     config.host_devices = 0
     return config
