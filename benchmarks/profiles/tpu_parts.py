@@ -181,16 +181,16 @@ def cycles_by_op(hlo_text: str) -> collections.Counter:
     return totals
 
 
-def _ms(cycles: float) -> float:
+def _cycles_ms(cycles: float) -> float:
     return 1e3 * cycles / V5E_CLOCK_HZ
 
 
 def print_by_op(name: str, row: dict, top: int) -> None:
     cycles = row["cycles"]
-    print(f"\n{name}: estimated cycles of all instructions {_ms(sum(cycles.values())):.3f} ms at "
+    print(f"\n{name}: estimated cycles of all instructions {_cycles_ms(sum(cycles.values())):.3f} ms at "
           f"{V5E_CLOCK_HZ / 1e9:.1f} GHz (predicted {1e3 * row['predicted_s']:.3f} ms); the costliest:")
     for op, c in cycles.most_common(top):
-        print(f"  {_ms(c):7.3f} ms  {op}")
+        print(f"  {_cycles_ms(c):7.3f} ms  {op}")
 
 
 def print_chained(single: str, chained: str, rows: dict, top: int) -> None:
@@ -199,9 +199,9 @@ def print_chained(single: str, chained: str, rows: dict, top: int) -> None:
     total = sum(excess.values())
     predicted = rows[chained]["predicted_s"] - 2 * rows[single]["predicted_s"]
     print(f"\n{chained} beyond twice {single}: predicted {1e3 * predicted:+.3f} ms, of which on instructions' "
-          f"cycles {_ms(total):+.3f} ms; by source operation:")
+          f"cycles {_cycles_ms(total):+.3f} ms; by source operation:")
     for op, c in sorted(excess.items(), key=lambda kv: -abs(kv[1]))[:top]:
-        print(f"  {_ms(c):+7.3f} ms  {op}")
+        print(f"  {_cycles_ms(c):+7.3f} ms  {op}")
 
 
 def main(argv=None):
